@@ -1,0 +1,94 @@
+"""Building the tokenizer and the model exactly as the params describe them.
+
+`model.init: pretrained` loads a hub id or local directory with `from_pretrained`;
+`model.init: random` builds a GPT-2 preset from its public shape with random weights,
+seeded, so that offline runs use the same code path as the real experiment. `train` and
+`evaluate@base` both call `build_model`, so the base model evaluated is the model trained.
+Never `trust_remote_code`; weights are safetensors only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stages.config import ModelParams
+from stages.errors import StageError
+
+# The shapes of the public GPT-2 checkpoints (vocabulary 50257, 1024 positions).
+GPT2_SHAPES = {
+    "gpt2": {"n_layer": 12, "n_embd": 768, "n_head": 12},
+    "gpt2-medium": {"n_layer": 24, "n_embd": 1024, "n_head": 16},
+    "gpt2-large": {"n_layer": 36, "n_embd": 1280, "n_head": 20},
+    "gpt2-xl": {"n_layer": 48, "n_embd": 1600, "n_head": 25},
+}
+
+
+def load_tokenizer(params: ModelParams):
+    """The tokenizer of `model.tokenizer` (or of `model.name`), with a pad token set."""
+    from transformers import AutoTokenizer
+
+    source = params.tokenizer or params.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise StageError(f"model.tokenizer: cannot load tokenizer from {source!r}: {exc}") from None
+    if tokenizer.pad_token is None:
+        # GPT-2 has no pad token; padded positions are masked out of attention and labels.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def random_config(params: ModelParams):
+    """A GPT2Config of the named preset (or a local config directory) plus overrides."""
+    from transformers import AutoConfig, GPT2Config
+
+    if params.name in GPT2_SHAPES:
+        config = GPT2Config(**GPT2_SHAPES[params.name])
+    elif (Path(params.name) / "config.json").is_file():
+        config = AutoConfig.from_pretrained(params.name, trust_remote_code=False)
+    else:
+        raise StageError(
+            f"model.name: {params.name!r} is not a GPT-2 preset ({', '.join(GPT2_SHAPES)}) "
+            "nor a directory with config.json, so model.init=random cannot build it"
+        )
+    for key, value in params.overrides.items():
+        if not hasattr(config, key):
+            raise StageError(f"model.overrides.{key}: {type(config).__name__} has no such field")
+        setattr(config, key, value)
+    return config
+
+
+def build_model(params: ModelParams, dtype=None):
+    """The model before fine-tuning: pretrained weights or a seeded random initialisation."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if params.init == "random":
+        config = random_config(params)
+        torch.manual_seed(params.seed)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+        return model if dtype is None else model.to(dtype)
+    if params.overrides:
+        raise StageError("model.overrides: only used with model.init=random; set it to {}")
+    return load_model(params.name, dtype=dtype, what="model.name")
+
+
+def load_model(name_or_dir: str | Path, dtype=None, what: str = "model"):
+    """`from_pretrained` with safetensors only and no remote code; errors in one line."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            name_or_dir, dtype=dtype, use_safetensors=True, trust_remote_code=False
+        )
+    except (OSError, ValueError) as exc:
+        raise StageError(f"{what}: cannot load a model from {str(name_or_dir)!r}: {exc}") from None
+
+
+def pick_device(prefer: str | None = None):
+    """CUDA when available (or the device asked for), else CPU."""
+    import torch
+
+    if prefer:
+        return torch.device(prefer)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

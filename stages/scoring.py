@@ -1,0 +1,117 @@
+"""Scoring fixed text: the decision (" yes", " no", " maybe" after the prompt) and the
+likelihood of a reference continuation (the perplexity of the long answer).
+
+One forward pass per batch. Rows are right-padded, so every real token keeps the absolute
+position it has when scored alone (GPT-2 has learned position embeddings). Only the positions
+that are read go through the LM head (the last real one for the decision, those that predict
+the continuation for its likelihood), so a batch never materialises a
+[batch, length, vocabulary] logits tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+
+def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token rows into (input_ids, attention_mask)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def last_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The decoder's final hidden states [batch, length, width], without the LM head."""
+    return model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+@torch.inference_mode()
+def score_decisions(
+    model,
+    prompts: Sequence[Sequence[int]],
+    label_ids: Sequence[int],
+    batch_size: int = 16,
+    pad_id: int = 0,
+    progress: str | None = None,
+) -> torch.Tensor:
+    """Probabilities [n, len(label_ids)] of each label token at the end of each prompt.
+
+    The softmax is taken over the label tokens only: the prediction is their argmax, and the
+    probabilities say how sure the model is among the allowed answers. Prompts are scored in
+    order of length so that batches carry little padding; the result is in input order.
+    `progress` names a progress bar; None shows none.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    head = model.get_output_embeddings()
+    labels = torch.as_tensor(list(label_ids), device=device)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out = torch.empty((len(prompts), len(labels)), dtype=torch.float32)
+    for start in tqdm(
+        range(0, len(order), batch_size), desc=progress, unit="batch", disable=progress is None
+    ):
+        index = order[start : start + batch_size]
+        ids, mask = pad_right([prompts[i] for i in index], pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+        hidden = last_hidden(model, ids, mask)
+        last = mask.sum(dim=1) - 1
+        final = hidden[torch.arange(len(index), device=device), last]
+        logits = head(final)[:, labels].float()
+        out[index] = torch.softmax(logits, dim=-1).cpu()
+    return out
+
+
+@torch.inference_mode()
+def continuation_nll(
+    model,
+    prompts: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
+    batch_size: int = 16,
+    pad_id: int = 0,
+    progress: str | None = None,
+) -> torch.Tensor:
+    """Negative log-likelihood [n] (nats, summed over tokens) of each continuation after its
+    prompt: the model reads prompt + continuation and is scored on the continuation only.
+
+    Rows are scored in order of length; the result is in input order. `progress` names a
+    progress bar; None shows none.
+    """
+    if len(prompts) != len(continuations):
+        raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+    for i, prompt in enumerate(prompts):
+        if not prompt:
+            raise ValueError(f"prompt {i} is empty: the first continuation token needs a context")
+    model.eval()
+    device = next(model.parameters()).device
+    head = model.get_output_embeddings()
+    lengths = [len(p) + len(c) for p, c in zip(prompts, continuations, strict=True)]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    out = torch.zeros(len(prompts), dtype=torch.float64)
+    for start in tqdm(
+        range(0, len(order), batch_size), desc=progress, unit="batch", disable=progress is None
+    ):
+        index = [i for i in order[start : start + batch_size] if continuations[i]]
+        if not index:
+            continue
+        ids, mask = pad_right([list(prompts[i]) + list(continuations[i]) for i in index], pad_id)
+        hidden = last_hidden(model, ids.to(device), mask.to(device))
+        # Position t predicts token t + 1: row r is scored at len(prompt) - 1 ... length - 2.
+        read = torch.zeros_like(mask, dtype=torch.bool)
+        row_of = []
+        for r, i in enumerate(index):
+            read[r, len(prompts[i]) - 1 : lengths[i] - 1] = True
+            row_of += [r] * len(continuations[i])
+        targets = torch.cat([torch.as_tensor(continuations[i]) for i in index]).to(device)
+        logits = head(hidden[read.to(device)]).float()
+        nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+        sums = torch.zeros(len(index), dtype=torch.float64)
+        sums.index_add_(0, torch.as_tensor(row_of), nll.double().cpu())
+        out[index] = sums
+    return out

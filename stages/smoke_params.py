@@ -1,0 +1,72 @@
+"""Apply `smoke.yaml` to a params file in place: `python -m stages.smoke_params [params.yaml]`.
+
+Used by `make smoke-params` and `make smoke DIR=...`. Comments and key order of the params
+file are kept (ruamel round-trip); `${VAR}` in smoke.yaml is replaced from the environment.
+The result is validated like any params file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+from stages.config import load_params
+from stages.errors import StageError, run_stage
+
+SMOKE_FILE = Path(__file__).resolve().parent.parent / "smoke.yaml"
+
+
+def expand_env(value):
+    """Replace ${VAR} in strings (recursively) with the environment's absolute path/value."""
+    if isinstance(value, dict):
+        return {k: expand_env(v) for k, v in value.items()}
+    if not isinstance(value, str):
+        return value
+
+    def lookup(match: re.Match) -> str:
+        name = match.group(1)
+        if not os.environ.get(name):
+            raise StageError(f"smoke.yaml: environment variable {name} is not set")
+        return str(Path(os.environ[name]).resolve()) if name.endswith("_DIR") else os.environ[name]
+
+    return re.sub(r"\$\{(\w+)\}", lookup, value)
+
+
+def merge(target, overrides: dict) -> None:
+    """Deep-merge plain `overrides` into a ruamel mapping, keeping its comments."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict) and value:
+            merge(target[key], value)
+        else:
+            target[key] = value
+
+
+def apply_smoke(params_path: Path, smoke_path: Path = SMOKE_FILE) -> None:
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.representer.add_representer(
+        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    overrides = expand_env(YAML(typ="safe").load(smoke_path.read_text()))
+    document = yaml.load(params_path.read_text())
+    merge(document, overrides)
+    tmp = params_path.with_suffix(".tmp")
+    with tmp.open("w") as f:
+        yaml.dump(document, f)
+    load_params(tmp)  # refuse to write a params file that does not validate
+    tmp.replace(params_path)
+
+
+def main() -> None:
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "params.yaml")
+    apply_smoke(path)
+    print(f"smoke_params: applied {SMOKE_FILE.name} to {path}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,115 @@
+"""Metrics on small hand-checked cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from stages import metrics
+from stages.metrics import (
+    LABELS,
+    decision_metrics,
+    generation_metrics,
+    load_wordnet,
+    split_sentences,
+)
+
+GOLD = ["yes", "yes", "no", "maybe"]
+PRED = ["yes", "no", "no", "yes"]
+TEXT = "The treatment reduced mortality in elderly patients. Further trials are needed."
+
+
+def test_labels_order() -> None:
+    assert LABELS == ("yes", "no", "maybe")
+
+
+def test_decision_metrics_by_hand() -> None:
+    result = decision_metrics(GOLD, PRED)
+    assert result["accuracy"] == pytest.approx(0.5)  # positions 0 and 2 are right
+    # yes:   P = 1/2 (pred yes at 0, 3), R = 1/2 (gold yes at 0, 1)  -> F1 = 1/2
+    # no:    P = 1/2 (pred no at 1, 2),  R = 1/1 (gold no at 2)      -> F1 = 2/3
+    # maybe: never predicted, P = 0 (zero_division), R = 0            -> F1 = 0
+    # macro F1 = (1/2 + 2/3 + 0) / 3 = 7/18
+    assert result["macro_f1"] == pytest.approx(7 / 18)
+    assert result["per_class"]["yes"] == pytest.approx(
+        {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    )
+    assert result["per_class"]["no"] == pytest.approx(
+        {"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "support": 1}
+    )
+    assert result["per_class"]["maybe"] == {"precision": 0, "recall": 0, "f1": 0, "support": 1}
+
+
+def test_confusion_matrix_rows_are_gold_columns_are_pred() -> None:
+    matrix = decision_metrics(GOLD, PRED)["confusion_matrix"]
+    #                 pred: yes no maybe
+    assert matrix == [[1, 1, 0],  # gold yes
+                      [0, 1, 0],  # gold no
+                      [1, 0, 0]]  # gold maybe  # fmt: skip
+    assert matrix[0][1] == 1  # one gold "yes" predicted "no"
+
+
+@pytest.mark.parametrize(
+    ("gold", "pred", "message"),
+    [
+        (["yes", "Yes"], ["yes", "no"], "not among"),
+        (["yes"], ["perhaps"], "not among"),
+        (["yes", "no"], ["yes"], "2 labels"),
+        ([], [], "no labels"),
+    ],
+)
+def test_decision_metrics_rejects_bad_input(gold: list[str], pred: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        decision_metrics(gold, pred)
+
+
+def test_split_sentences() -> None:
+    text = " A b. C d? 3 e! Lee et al. found p < 0.05 here. "
+    assert split_sentences(text) == ["A b.", "C d?", "3 e!", "Lee et al. found p < 0.05 here."]
+
+
+def test_identical_texts_score_one() -> None:
+    result = generation_metrics([TEXT, "Yes, it works."], [TEXT, "Yes, it works."])
+    for key in ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu"):
+        assert result[key] == pytest.approx(1.0), key
+    assert result["meteor"] > 0.99
+
+
+def test_disjoint_texts_score_zero() -> None:
+    result = generation_metrics(["alpha beta gamma delta"], ["one two three four"])
+    for key in ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "meteor"):
+        assert result[key] == pytest.approx(0.0), key
+
+
+def test_generation_metrics_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="no texts"):
+        generation_metrics([], [])
+    with pytest.raises(ValueError, match="2 references but 1 predictions"):
+        generation_metrics(["a", "b"], ["a"])
+
+
+def test_wordnet_gives_synonyms(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(metrics.WORDNET_ENV, raising=False)
+    wordnet, source = load_wordnet()
+    assert wordnet is not None, f"no WordNet: {source}"
+    assert "dog.n.01" in [s.name() for s in wordnet.synsets("dog")]
+
+    pair = (["the doctor examined the patient"], ["the physician examined the patient"])
+    with_synonyms = generation_metrics(*pair)
+    assert with_synonyms["meteor_wordnet"] == source
+    monkeypatch.setattr(metrics, "load_wordnet", lambda: (None, "none (test)"))
+    without = generation_metrics(*pair)
+    assert "meteor" not in without
+    assert without["meteor_wordnet"] == "none (test)"
+    # "physician" matches "doctor" only through WordNet.
+    assert with_synonyms["meteor"] > without["meteor_no_synonyms"] + 0.2
+
+
+def test_wordnet_dir_override(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.delenv(metrics.WORDNET_ENV, raising=False)
+    wordnet, _ = load_wordnet()
+    assert wordnet is not None
+    monkeypatch.setenv(metrics.WORDNET_ENV, wordnet.root.path)
+    assert load_wordnet()[1].endswith(f"({metrics.WORDNET_ENV}={wordnet.root.path})")
+    monkeypatch.setenv(metrics.WORDNET_ENV, str(tmp_path))
+    with pytest.raises(ValueError, match=metrics.WORDNET_ENV):
+        load_wordnet()

@@ -1,0 +1,164 @@
+"""prepare: the official split, the prompt template, the token budget, data metrics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+
+import pyarrow.parquet as pq
+import pytest
+
+from stages.prompt import LABELS, encode_example, format_prompt, label_token_ids
+from stages.records import Record
+from stages.split import official_split, overlapping_pmids
+
+from .conftest import needs_pubmedqa, needs_tokenizer
+from .test_fetch import assert_clean_failure, run_stage
+
+
+@pytest.fixture(scope="module")
+def official(pubmedqa_dir):
+    return json.loads((pubmedqa_dir / "ori_pqal.json").read_text())
+
+
+@needs_pubmedqa
+def test_test_split_is_the_official_test_set(official, pubmedqa_dir):
+    truth = json.loads((pubmedqa_dir / "test_ground_truth.json").read_text())
+    split = official_split([(p, r["final_decision"]) for p, r in official.items()], seed=0)
+    assert len(split.test) == 500
+    assert {p: official[p]["final_decision"] for p in split.test} == truth
+
+
+@needs_pubmedqa
+def test_fold_zero_label_counts(official):
+    split = official_split([(p, r["final_decision"]) for p, r in official.items()], seed=0)
+    train, dev = split.train_dev(0)
+    count = lambda pmids: [Counter(official[p]["final_decision"] for p in pmids)[l] for l in LABELS]  # noqa: E731
+    assert (len(train), len(dev)) == (450, 50)
+    assert count(train) == [249, 152, 49]
+    assert count(dev) == [27, 17, 6]
+
+
+@needs_pubmedqa
+def test_every_fold_partitions_the_cv_half(official):
+    split = official_split([(p, r["final_decision"]) for p, r in official.items()], seed=0)
+    cv = [p for fold in split.folds for p in fold]
+    assert len(cv) == len(set(cv)) == 500
+    assert not set(cv) & set(split.test)
+    for fold in range(10):
+        train, dev = split.train_dev(fold)
+        assert sorted(train + dev) == sorted(cv) and len(dev) == 50
+
+
+def test_too_few_records_to_split_is_an_error():
+    with pytest.raises(ValueError, match="too few"):
+        official_split([(str(i), LABELS[i % 3]) for i in range(12)])
+
+
+def test_overlapping_pmids_are_reported():
+    assert overlapping_pmids({"train": ["1", "2"], "dev": ["3"], "test": ["2"]}) == [
+        ("2", "train", "test")
+    ]
+    assert overlapping_pmids({"train": ["1"], "dev": ["2"], "test": ["3"]}) == []
+
+
+@needs_tokenizer
+def test_prompt_has_question_and_context_but_never_the_long_answer(tokenizer):
+    enc = encode_example(
+        tokenizer, "Is X safe?", ["X was given."], ["METHODS"], "no", "X was not safe."
+    )
+    prompt = tokenizer.decode(enc.prompt_ids)
+    completion = tokenizer.decode(enc.completion_ids)
+    assert prompt == format_prompt("Is X safe?", ["X was given."], ["METHODS"])
+    assert "Is X safe?" in prompt and "METHODS: X was given." in prompt
+    assert "not safe" not in prompt
+    assert completion == " no. X was not safe.<|endoftext|>"
+    # The first completion token is the decision, scored at the last prompt position.
+    assert enc.completion_ids[0] == label_token_ids(tokenizer)[LABELS.index("no")]
+    assert enc.completion_ids[-1] == tokenizer.eos_token_id
+
+
+@needs_tokenizer
+def test_only_the_context_is_shortened_to_fit_the_budget(tokenizer):
+    long_context = ["word " * 2000]
+    enc = encode_example(tokenizer, "Is it?", long_context, [], "yes", "Because.", max_length=128)
+    assert enc.shortened
+    assert len(enc.prompt_ids) + len(enc.completion_ids) == 128
+    prompt = tokenizer.decode(enc.prompt_ids)
+    assert prompt.startswith("Question: Is it?\nContext: word") and prompt.endswith("\nAnswer:")
+    assert tokenizer.decode(enc.completion_ids) == " yes. Because.<|endoftext|>"
+    short = encode_example(tokenizer, "Is it?", ["word"], [], "yes", "Because.", max_length=128)
+    assert not short.shortened
+
+
+def write_raw(workdir, records: list[Record]) -> None:
+    from stages.records import write_jsonl
+
+    (workdir / "data/raw").mkdir(parents=True)
+    write_jsonl(workdir / "data/raw/pqa_labeled.jsonl", records)
+
+
+def tokenizer_params(tokenizer_dir, **prepare) -> dict:
+    return {"model": {"tokenizer": str(tokenizer_dir)}, "prepare": prepare}
+
+
+@needs_pubmedqa
+@needs_tokenizer
+def test_prepare_stage_writes_splits_and_data_metrics(tmp_path, pubmedqa_dir, tokenizer_dir):
+    from stages.records import read_official_json
+
+    write_raw(tmp_path, read_official_json(pubmedqa_dir / "ori_pqal.json"))
+    proc = run_stage(tmp_path, "prepare", tokenizer_params(tokenizer_dir, max_length=512))
+    assert proc.returncode == 0, proc.stderr
+    tables = {
+        s: pq.read_table(tmp_path / f"data/prepared/{s}.parquet") for s in ("train", "dev", "test")
+    }
+    assert {s: t.num_rows for s, t in tables.items()} == {"train": 450, "dev": 50, "test": 500}
+    metrics = json.loads((tmp_path / "metrics/data.json").read_text())
+    assert metrics["dev"]["labels"] == {"yes": 27, "no": 17, "maybe": 6}
+    for split, table in tables.items():
+        lengths = [
+            len(p) + len(c)
+            for p, c in zip(table["prompt_ids"].to_pylist(), table["completion_ids"].to_pylist())
+        ]
+        assert max(lengths) <= 512
+        assert metrics[split]["tokens"]["max"] == max(lengths)
+        assert metrics[split]["shortened"] == sum(table["shortened"].to_pylist()) > 0
+
+
+@needs_tokenizer
+def test_prepare_refuses_a_question_too_long_for_the_budget(tmp_path, tokenizer_dir):
+    records = [
+        Record(str(i), "Why " * (300 if i == 7 else 1) + "?", ["ctx"], [], [], "ans", label)
+        for i, label in zip(range(1, 301), LABELS * 100)
+    ]
+    write_raw(tmp_path, records)
+    proc = run_stage(tmp_path, "prepare", tokenizer_params(tokenizer_dir, max_length=128))
+    assert_clean_failure(proc, "record 7", "prepare.max_length=128")
+    assert not (tmp_path / "data/prepared").exists()
+
+
+@needs_pubmedqa
+@needs_tokenizer
+def test_max_train_samples_keeps_a_seeded_sample(tmp_path, pubmedqa_dir, tokenizer_dir):
+    from stages.records import read_official_json
+
+    write_raw(tmp_path, read_official_json(pubmedqa_dir / "ori_pqal.json"))
+    proc = run_stage(tmp_path, "prepare", tokenizer_params(tokenizer_dir, max_train_samples=40))
+    assert proc.returncode == 0, proc.stderr
+    first = pq.read_table(tmp_path / "data/prepared/train.parquet")["pmid"].to_pylist()
+    assert (
+        len(first) == 40
+        and len(
+            set(
+                Counter(
+                    pq.read_table(tmp_path / "data/prepared/train.parquet")["decision"].to_pylist()
+                )
+            )
+        )
+        > 1
+    )
+    shutil.rmtree(tmp_path / "data/prepared")
+    run_stage(tmp_path, "prepare", tokenizer_params(tokenizer_dir, max_train_samples=40))
+    assert pq.read_table(tmp_path / "data/prepared/train.parquet")["pmid"].to_pylist() == first
