@@ -10,8 +10,9 @@ Face Trainer:
 - after each epoch (and every `train.save_steps` steps) the dev split is evaluated: `dev_loss`
   from the Trainer, `dev_accuracy` by reading the decision the way `evaluate` does
   (`stages/scoring.py`); the checkpoint best by `train.best_metric` is the one saved;
-- checkpoints go to `models/checkpoints/` (persisted by DVC): a killed run resumes from the
-  last complete one when the params and data are unchanged, and starts afresh otherwise;
+- checkpoints go to `models/checkpoints/` (git-ignored and not a DVC output, so DVC never
+  deletes it): a killed run resumes from the last complete one when the params and data are
+  unchanged, and starts afresh otherwise;
 - `train.num_processes > 1` relaunches this module under `torch.distributed.run`
   (one process per GPU, or CPU processes with gloo).
 
