@@ -66,3 +66,74 @@ def tiny_model_params(tokenizer_dir):
         overrides={"n_layer": 2, "n_embd": 64, "n_head": 2},
         seed=0,
     )
+
+
+# ---- For the evaluate stage and the CLI (tests/test_evaluate.py, tests/test_cli.py) ----
+
+EVAL_TEST_FILE = Path("data/prepared/test.parquet")
+EVAL_MODEL_DIR = Path("models/finetuned")
+
+
+def write_prepared_test_split(path: Path, tokenizer, n: int) -> list[dict]:
+    """A prepared split with every column prepare writes, prompts of varied lengths; its rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stages.prompt import LABELS, encode_examples
+
+    questions = [
+        f"Does treatment {i} reduce mortality" + " in older patients" * (i % 4) + "?"
+        for i in range(n)
+    ]
+    contexts = [
+        [f"We studied {i} patients.", "Outcomes were recorded. " * (1 + i % 5)] for i in range(n)
+    ]
+    decisions = [LABELS[i % 3] for i in range(n)]
+    answers = [
+        f"Treatment {i} had " + ("an effect." if i % 2 else "no clear effect.") for i in range(n)
+    ]
+    encoded = encode_examples(
+        tokenizer, questions, contexts, [["BACKGROUND", "RESULTS"]] * n, decisions, answers, 256
+    )
+    rows = [
+        {
+            "pmid": str(2000 + 7 * i),
+            "question": questions[i],
+            "decision": decisions[i],
+            "long_answer": answers[i],
+            "prompt_ids": encoded[i].prompt_ids,
+            "completion_ids": encoded[i].completion_ids,
+            "shortened": encoded[i].shortened,
+        }
+        for i in range(n)
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return rows
+
+
+@pytest.fixture
+def eval_workdir(tmp_path, monkeypatch, tokenizer, tiny_model_params):
+    """A working directory for `evaluate` and the CLI: params.yaml (tiny random GPT-2, short
+    generation), a 12-question prepared test split, and that model saved in models/finetuned."""
+    import yaml
+
+    from stages.modeling import build_model
+
+    params = {
+        "model": tiny_model_params.model_dump(),
+        "evaluate": {
+            "batch_size": 5,
+            "generate_examples": 5,
+            "max_new_tokens": 8,
+            "generation_batch_size": 3,
+        },
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_prepared_test_split(tmp_path / EVAL_TEST_FILE, tokenizer, 12)
+    build_model(tiny_model_params).save_pretrained(
+        tmp_path / EVAL_MODEL_DIR, safe_serialization=True
+    )
+    tokenizer.save_pretrained(tmp_path / EVAL_MODEL_DIR)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

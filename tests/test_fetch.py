@@ -132,7 +132,7 @@ def test_bad_record_stops_fetch_naming_pmid_and_field(tmp_path, content, needles
 
 def test_duplicate_pmid_is_refused(tmp_path):
     one = json.dumps(GOOD)
-    write_official(tmp_path, '{"123": %s, "456": %s, "123": %s}' % (one, one, one))
+    write_official(tmp_path, f'{{"123": {one}, "456": {one}, "123": {one}}}')
     assert_clean_failure(run_stage(tmp_path, "fetch"), "123", "more than once")
 
 

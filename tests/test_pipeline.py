@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,3 +96,217 @@ def test_a_changed_official_file_is_an_error(tmp_path):
         f.write(" ")
     out = sh(["dvc", "repro", "download"], cwd=repo, check=False)
     assert "not the official ori_pqal.json" in out
+
+
+# ---- The smoke pipeline: dvc repro, experiments, commits, queues, remotes ----
+
+
+ALL_STAGES = ["download", "fetch", "prepare", "train", "evaluate@base", "evaluate@finetuned"]
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def without_perf(metrics: dict) -> dict:
+    """A metrics file less its `perf` part (timing and memory vary from run to run)."""
+    return {k: v for k, v in metrics.items() if k != "perf"}
+
+
+def metrics_of(repo: Path) -> dict[str, dict]:
+    return {p.name: without_perf(read_json(p)) for p in sorted((repo / "metrics").glob("*.json"))}
+
+
+def commit_all(repo: Path, message: str) -> None:
+    sh(["git", "add", "-A"], cwd=repo)
+    sh(["git", "commit", "--quiet", "-m", message], cwd=repo)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> tuple[Path, str]:
+    """`make smoke DIR=...` once for the module; the result is committed in the clone."""
+    repo = tmp_path_factory.mktemp("smoke") / "repo"
+    output = sh(["make", "smoke", f"DIR={repo}"], cwd=ROOT)
+    commit_all(repo, "smoke run")
+    return repo, output
+
+
+def copy_of(smoke_repo: Path, dest: Path) -> Path:
+    """An independent copy of the smoke repository (git, DVC cache, outputs, checkpoints)."""
+    shutil.copytree(smoke_repo, dest, symlinks=True)
+    return dest
+
+
+def test_repro_from_nothing_produces_every_output_then_runs_nothing(smoke, pubmedqa_dir):
+    repo, output = smoke
+    assert sorted(ran_stages(output)) == sorted(ALL_STAGES)
+    for path in (
+        "models/finetuned/model.safetensors",
+        "models/finetuned/README.md",
+        "dvclive/plots/metrics/eval/loss.tsv",
+        "metrics/data.json",
+        "metrics/train.json",
+        "metrics/eval_base.json",
+        "metrics/eval_finetuned.json",
+    ):
+        assert (repo / path).is_file(), path
+    truth = read_json(pubmedqa_dir / "test_ground_truth.json")
+    for model in ("base", "finetuned"):
+        predictions = read_json(repo / f"eval/{model}/predictions.json")
+        assert set(predictions) == set(truth)
+        assert set(predictions.values()) <= {"yes", "no", "maybe"}
+        # The metrics file agrees with the predictions scored against the official labels.
+        from stages.metrics import decision_metrics
+
+        recomputed = decision_metrics([truth[p] for p in truth], [predictions[p] for p in truth])
+        metrics = read_json(repo / f"metrics/eval_{model}.json")
+        assert metrics["accuracy"] == pytest.approx(recomputed["accuracy"])
+        assert metrics["macro_f1"] == pytest.approx(recomputed["macro_f1"])
+    # The fine-tuned model loads as a plain transformers model.
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(repo / "models/finetuned").config.n_layer == 2
+    # Dev loss falls across the epochs of the smoke run.
+    dev_loss = [
+        float(line.split("\t")[-1])
+        for line in (repo / "dvclive/plots/metrics/eval/loss.tsv").read_text().splitlines()[1:]
+    ]
+    assert len(dev_loss) == 3 and dev_loss[-1] < dev_loss[0]
+    assert ran_stages(sh(["dvc", "repro"], cwd=repo)) == []
+    assert "up to date" in sh(["dvc", "status"], cwd=repo)
+
+
+def test_exp_run_set_param_reruns_only_train_and_its_evaluation(smoke, tmp_path):
+    repo = copy_of(smoke[0], tmp_path / "repo")
+    output = sh(
+        ["dvc", "exp", "run", "--name", "lr-5e-4", "-S", "train.learning_rate=5e-4"], cwd=repo
+    )
+    assert sorted(ran_stages(output)) == ["evaluate@finetuned", "train"]
+    table = read_json_text(sh(["dvc", "exp", "show", "--json"], cwd=repo))
+    names = [exp.get("name") for rev in table for exp in rev.get("experiments") or []]
+    assert "lr-5e-4" in names
+    shown = sh(["dvc", "exp", "show", "--no-pager", "--csv"], cwd=repo)
+    header, *rows = shown.splitlines()
+    assert "accuracy" in header and "train.learning_rate" in header
+    assert any(row.startswith("lr-5e-4") and "0.0005" in row for row in rows)
+
+
+def read_json_text(text: str):
+    """The JSON document in a command's output (dvc may print warnings before it)."""
+    return json.loads(text[min(i for i in (text.find("["), text.find("{")) if i >= 0) :])
+
+
+def test_metrics_params_and_plots_diff_between_two_commits(smoke, tmp_path):
+    repo = copy_of(smoke[0], tmp_path / "repo")
+    sh([sys.executable, "-c", SET_PARAM, "train.learning_rate", "3e-4"], cwd=repo)
+    assert sorted(ran_stages(sh(["dvc", "repro"], cwd=repo))) == ["evaluate@finetuned", "train"]
+    commit_all(repo, "lower learning rate")
+    metrics = read_json_text(sh(["dvc", "metrics", "diff", "HEAD~1", "HEAD", "--json"], cwd=repo))
+    # Only changed metrics are listed: the fine-tuned model's, not the base model's.
+    assert "perplexity" in metrics["metrics/eval_finetuned.json"]
+    assert "dev_loss" in metrics["metrics/train.json"]
+    assert "metrics/eval_base.json" not in metrics  # the base model did not change
+    params = read_json_text(sh(["dvc", "params", "diff", "HEAD~1", "HEAD", "--json"], cwd=repo))
+    assert params["params.yaml"]["train.learning_rate"] == {"old": 0.001, "new": 0.0003}
+    out = sh(["dvc", "plots", "diff", "HEAD~1", "HEAD", "-o", "plots"], cwd=repo)
+    page = (repo / "plots/index.html").read_text()
+    assert "file://" in out or "index.html" in out
+    assert "confusion" in page.lower() and "loss" in page
+
+
+SET_PARAM = """
+import sys
+from ruamel.yaml import YAML
+yaml = YAML()
+doc = yaml.load(open("params.yaml"))
+section, key = sys.argv[1].split(".")
+doc[section][key] = YAML(typ="safe").load(sys.argv[2])  # "3e-4" -> float, "2" -> int
+yaml.dump(doc, open("params.yaml", "w"))
+"""
+
+
+def test_queued_experiments_run_to_completion(smoke, tmp_path):
+    repo = copy_of(smoke[0], tmp_path / "repo")
+    for lr in ("2e-4", "4e-4"):
+        sh(
+            ["dvc", "exp", "run", "--queue", "--name", f"q{lr}", "-S", f"train.learning_rate={lr}"],
+            cwd=repo,
+        )
+    sh(["dvc", "queue", "start", "--jobs", "1"], cwd=repo)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = sh(["dvc", "queue", "status"], cwd=repo)
+        if status.count("Success") == 2 or "Failed" in status:
+            break
+        time.sleep(5)
+    assert status.count("Success") == 2, status + sh(
+        ["dvc", "queue", "logs", "q2e-4"], cwd=repo, check=False
+    )
+    table = read_json_text(sh(["dvc", "exp", "show", "--json"], cwd=repo))
+    names = {exp.get("name") for rev in table for exp in rev.get("experiments") or []}
+    assert {"q2e-4", "q4e-4"} <= names
+
+
+def test_push_to_a_local_remote_then_pull_into_a_fresh_clone(smoke, tmp_path):
+    repo = copy_of(smoke[0], tmp_path / "repo")
+    sh(["dvc", "remote", "add", "--default", "local", str(tmp_path / "remote")], cwd=repo)
+    commit_all(repo, "add a local DVC remote")
+    sh(["dvc", "push"], cwd=repo)
+    fresh = tmp_path / "fresh"
+    sh(["git", "clone", "--quiet", str(repo), str(fresh)], cwd=tmp_path)
+    sh(["dvc", "pull"], cwd=fresh)
+    assert "up to date" in sh(["dvc", "status"], cwd=fresh)
+    assert ran_stages(sh(["dvc", "repro"], cwd=fresh)) == []
+    assert metrics_of(fresh) == metrics_of(repo)
+
+
+def test_two_smoke_runs_from_scratch_give_identical_metrics(smoke, tmp_path):
+    second = tmp_path / "second"
+    sh(["make", "smoke", f"DIR={second}"], cwd=ROOT)
+    assert metrics_of(second) == metrics_of(smoke[0])
+    assert set(metrics_of(second)) == {
+        "data.json",
+        "train.json",
+        "eval_base.json",
+        "eval_finetuned.json",
+    }
+
+
+def test_smoke_params_in_place_is_the_edit_make_smoke_makes(smoke, tmp_path):
+    repo = clone(tmp_path / "repo")
+    before = (repo / "params.yaml").read_text()
+    sh(["make", "smoke-params"], cwd=repo)
+    after = (repo / "params.yaml").read_text()
+    assert after == (smoke[0] / "params.yaml").read_text()
+    assert after != before and "# pretrained | random" in after  # comments are kept
+    from stages.config import load_params
+
+    params = load_params(repo / "params.yaml")
+    assert params.model.init == "random" and params.model.tokenizer == str(TOKENIZER_DIR)
+    assert params.model.overrides == {"n_layer": 2, "n_embd": 64, "n_head": 2}
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(smoke, tmp_path):
+    """`kill -9` in the middle of `dvc repro train`; the next `dvc repro` resumes."""
+    repo = copy_of(smoke[0], tmp_path / "repo")
+    shutil.rmtree(repo / "models/checkpoints")
+    sh([sys.executable, "-c", SET_PARAM, "train.save_steps", "2"], cwd=repo)
+    log = (tmp_path / "killed.log").open("w")
+    proc = subprocess.Popen(
+        ["dvc", "repro", "train"],
+        cwd=repo,
+        env=os.environ | OFFLINE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    state = repo / "models/checkpoints/checkpoint-4/trainer_state.json"
+    deadline = time.monotonic() + 600
+    while not state.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "training ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    output = sh(["dvc", "repro", "train"], cwd=repo)
+    assert "resuming from models/checkpoints/checkpoint-" in output
+    assert read_json(repo / "metrics/train.json")["steps"] == 18

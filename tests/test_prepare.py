@@ -34,7 +34,11 @@ def test_test_split_is_the_official_test_set(official, pubmedqa_dir):
 def test_fold_zero_label_counts(official):
     split = official_split([(p, r["final_decision"]) for p, r in official.items()], seed=0)
     train, dev = split.train_dev(0)
-    count = lambda pmids: [Counter(official[p]["final_decision"] for p in pmids)[l] for l in LABELS]  # noqa: E731
+
+    def count(pmids):
+        labels = Counter(official[p]["final_decision"] for p in pmids)
+        return [labels[label] for label in LABELS]
+
     assert (len(train), len(dev)) == (450, 50)
     assert count(train) == [249, 152, 49]
     assert count(dev) == [27, 17, 6]
@@ -120,7 +124,9 @@ def test_prepare_stage_writes_splits_and_data_metrics(tmp_path, pubmedqa_dir, to
     for split, table in tables.items():
         lengths = [
             len(p) + len(c)
-            for p, c in zip(table["prompt_ids"].to_pylist(), table["completion_ids"].to_pylist())
+            for p, c in zip(
+                table["prompt_ids"].to_pylist(), table["completion_ids"].to_pylist(), strict=True
+            )
         ]
         assert max(lengths) <= 512
         assert metrics[split]["tokens"]["max"] == max(lengths)
@@ -131,7 +137,7 @@ def test_prepare_stage_writes_splits_and_data_metrics(tmp_path, pubmedqa_dir, to
 def test_prepare_refuses_a_question_too_long_for_the_budget(tmp_path, tokenizer_dir):
     records = [
         Record(str(i), "Why " * (300 if i == 7 else 1) + "?", ["ctx"], [], [], "ans", label)
-        for i, label in zip(range(1, 301), LABELS * 100)
+        for i, label in zip(range(1, 301), LABELS * 100, strict=False)
     ]
     write_raw(tmp_path, records)
     proc = run_stage(tmp_path, "prepare", tokenizer_params(tokenizer_dir, max_length=128))

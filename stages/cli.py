@@ -1,0 +1,164 @@
+"""`pubmedqa-gpt2`: ask a saved model a PubMedQA question.
+
+    pubmedqa-gpt2 ask --question "Do statins reduce ...?" --context "BACKGROUND: ..."
+    pubmedqa-gpt2 ask --pmid 12377809          # a question of data/prepared/test.parquet
+    pubmedqa-gpt2 ask --model DIR ... --json   # one JSON object, for machines
+
+Prints the decision with the probabilities of yes / no / maybe, then the greedy long answer.
+It goes through the code the evaluate stage uses (template, scoring, generation), so a
+question gets the answer it gets there. Bad input is a one-line `error: ...` and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from stages.config import EvaluateParams, ModelParams
+from stages.errors import StageError, run_stage
+
+DEFAULT_MODEL = Path("models/finetuned")
+DEFAULT_DATA = Path("data/prepared/test.parquet")
+SAVED_FILES = ("config.json", "tokenizer_config.json")  # what save_pretrained writes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = EvaluateParams()
+    parser = argparse.ArgumentParser(prog="pubmedqa-gpt2", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    ask = commands.add_parser("ask", help="answer one question with a saved model")
+    ask.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="a from_pretrained dir")
+    ask.add_argument("--question", help="the question")
+    ask.add_argument("--context", default="", help="the abstract the question is about")
+    ask.add_argument("--pmid", help="take question and prompt from the prepared test set")
+    ask.add_argument("--data", type=Path, default=DEFAULT_DATA, help="where --pmid is looked up")
+    ask.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    ask.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
+    ask.add_argument("--no-repeat-ngram-size", type=int, default=defaults.no_repeat_ngram_size)
+    ask.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> EvaluateParams:
+    """The decoding settings, validated as params.yaml's `evaluate` section is."""
+    from pydantic import ValidationError
+
+    try:
+        return EvaluateParams(
+            max_new_tokens=args.max_new_tokens,
+            repetition_penalty=args.repetition_penalty,
+            no_repeat_ngram_size=args.no_repeat_ngram_size,
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise StageError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+
+
+def find_test_example(path: Path, pmid: str):
+    """The prepared test example with this PMID."""
+    from stages.evaluate import read_test
+
+    for example in read_test(path):
+        if example.pmid == pmid.strip():
+            return example
+    raise StageError(f"--pmid {pmid}: not in {path}")
+
+
+def ask(args: argparse.Namespace) -> dict[str, Any]:
+    """Answer the question `args` describe; the answer as a JSON-ready dict."""
+    if args.pmid is not None and args.question is not None:
+        raise StageError("give either --question (with --context) or --pmid, not both")
+    if args.pmid is None and args.question is None:
+        raise StageError("give --question (with --context) or --pmid")
+    if args.question is not None and not args.question.strip():
+        raise StageError("--question is empty")
+    if not args.model.is_dir():
+        raise StageError(f"--model {args.model}: no such directory")
+    for name in SAVED_FILES:
+        if not (args.model / name).is_file():
+            raise StageError(f"--model {args.model}: no {name}; not a saved model with tokenizer")
+    settings = settings_from(args)
+
+    from transformers.utils import logging
+
+    from stages.evaluate import decide, decision_ids, generate_answers, inference_dtype
+    from stages.modeling import load_model, load_tokenizer, pick_device
+    from stages.prompt import TooLongError, encode_example
+
+    answer: dict[str, Any] = {}
+    prompt = None
+    if args.pmid is not None:
+        example = find_test_example(args.data, args.pmid)
+        prompt = example.prompt_ids
+        answer.update(
+            pmid=example.pmid,
+            question=example.question,
+            gold_decision=example.decision,
+            reference_answer=example.long_answer,
+        )
+    logging.disable_progress_bar()  # "Loading weights" would go to the user's terminal
+    device = pick_device()
+    tokenizer = load_tokenizer(ModelParams(name=str(args.model)))
+    model = load_model(args.model, dtype=inference_dtype(device), what=f"--model {args.model}")
+    model.to(device)
+    limit = model.config.n_positions
+    decision_room = max(len(ids) for ids in decision_ids(tokenizer).values())
+    if prompt is None:
+        # Leave room for the decision's tokens and the whole answer in the model's positions.
+        try:
+            encoded = encode_example(
+                tokenizer,
+                args.question.strip(),
+                [args.context.strip()] if args.context.strip() else [],
+                max_length=limit - decision_room - settings.max_new_tokens,
+            )
+        except TooLongError:
+            raise StageError(
+                f"--question: too long for the model's {limit} positions "
+                f"with --max-new-tokens {settings.max_new_tokens}"
+            ) from None
+        prompt = encoded.prompt_ids
+        answer.update(question=args.question.strip(), context_shortened=encoded.shortened)
+    elif len(prompt) + decision_room >= limit:
+        raise StageError(f"--pmid {args.pmid}: the prompt leaves no room in {limit} positions")
+
+    labels, probabilities = decide(model, tokenizer, [prompt], batch_size=1, progress=None)
+    (long_answer,) = generate_answers(model, tokenizer, [prompt], labels, settings, progress=None)
+    answer.update(decision=labels[0], probabilities=probabilities[0], long_answer=long_answer)
+    return answer
+
+
+def render(answer: dict[str, Any]) -> str:
+    """The answer for a person to read."""
+    probabilities = ", ".join(f"{label} {p:.3f}" for label, p in answer["probabilities"].items())
+    lines = [f"Question: {answer['question']}"]
+    if answer.get("context_shortened"):
+        lines.append("(the context was shortened to fit the model)")
+    lines += [
+        f"Decision: {answer['decision']}  ({probabilities})",
+        f"Answer: {answer['long_answer']}",
+    ]
+    if "gold_decision" in answer:
+        lines += [
+            f"Gold decision: {answer['gold_decision']}",
+            f"Reference answer: {answer['reference_answer']}",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The console script `pubmedqa-gpt2`."""
+    args = build_parser().parse_args(argv)
+
+    def run() -> None:
+        answer = ask(args)
+        print(json.dumps(answer, ensure_ascii=False) if args.json else render(answer))
+
+    run_stage(run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,341 @@
+"""The evaluate stage: one model on the official PubMedQA test set.
+
+    python -m stages.evaluate base        # the model before fine-tuning, built as train builds it
+    python -m stages.evaluate finetuned   # models/finetuned
+
+Decisions (the benchmark's task): one forward pass per prompt, the prediction is the most
+likely of " yes", " no", " maybe" (stages/scoring.py). Long answers (what the notebook
+measured): greedy generation after the predicted decision (stages/generate.py), scored
+against the reference with ROUGE, METEOR and BLEU (stages/metrics.py), and the perplexity of
+the reference long answer given the prompt and the gold decision.
+
+Writes `eval/<model>/predictions.json` (the official `{pmid: label}` submission format),
+`probabilities.json`, `samples.jsonl`, `confusion.json` (rows for `dvc plots`' confusion
+template) and `metrics/eval_<model>.json`, whose "perf" key alone holds timings, so that the
+other figures are equal whenever params, data and model are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stages.config import EvaluateParams, ModelParams, load_params
+from stages.errors import StageError, run_stage
+from stages.generate import generate_greedy
+from stages.io import atomic_file, write_json
+from stages.metrics import decision_metrics, generation_metrics
+from stages.modeling import build_model, load_model, load_tokenizer, pick_device
+from stages.prompt import LABELS, decision_text, label_token_ids
+from stages.scoring import continuation_nll, score_decisions
+
+MODELS = ("base", "finetuned")
+TEST_FILE = Path("data/prepared/test.parquet")
+FINETUNED = Path("models/finetuned")
+EVAL_DIR = Path("eval")
+METRICS_DIR = Path("metrics")
+COLUMNS = ("pmid", "question", "decision", "long_answer", "prompt_ids", "completion_ids")
+
+
+@dataclass(frozen=True)
+class TestExample:
+    """One prepared test question (see stages/prepare.py for the columns)."""
+
+    pmid: str
+    question: str
+    decision: str
+    long_answer: str
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    """Gold decision + long answer + end-of-text, as `decision_text` and the template encode."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything the stage writes, computed before anything is written."""
+
+    predictions: dict[str, str]
+    probabilities: dict[str, dict[str, float]]
+    samples: list[dict[str, Any]]
+    confusion: list[dict[str, str]]
+    metrics: dict[str, Any]
+
+
+# ---- Inputs ----
+
+
+def read_test(path: Path) -> list[TestExample]:
+    """The prepared test questions, checked row by row."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise StageError(f"{path}: file not found; run the prepare stage first (dvc repro prepare)")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise StageError(f"{path}: not a readable parquet file: {exc}") from None
+    missing = [c for c in COLUMNS if c not in table.column_names]
+    if missing:
+        raise StageError(f"{path}: missing column(s) {', '.join(missing)}")
+    if table.num_rows == 0:
+        raise StageError(f"{path}: no examples")
+    examples = [TestExample(**row) for row in table.select(list(COLUMNS)).to_pylist()]
+    seen: set[str] = set()
+    for i, ex in enumerate(examples):
+        where = f"{path}: row {i} (pmid {ex.pmid})"
+        if ex.pmid in seen:
+            raise StageError(f"{where}: the PMID appears twice")
+        seen.add(ex.pmid)
+        if ex.decision not in LABELS:
+            raise StageError(f"{where}: decision {ex.decision!r} is not one of {list(LABELS)}")
+        if not ex.prompt_ids:
+            raise StageError(f"{where}: prompt_ids is empty")
+    return examples
+
+
+def inference_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on a GPU that has it, else fp16 on a GPU; fp32 on the CPU."""
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def load_evaluated(which: str, params: ModelParams, dtype: torch.dtype | None = None):
+    """(model, tokenizer): `base` is built exactly as train builds it; `finetuned` is loaded."""
+    if which == "base":
+        return build_model(params, dtype=dtype), load_tokenizer(params)
+    if not FINETUNED.is_dir():
+        raise StageError(f"{FINETUNED}: not found; run the train stage first (dvc repro train)")
+    model = load_model(FINETUNED, dtype=dtype, what=str(FINETUNED))
+    return model, load_tokenizer(ModelParams(name=str(FINETUNED)))
+
+
+def check_fits(examples: Sequence[TestExample], limit: int) -> None:
+    """Prompt + gold completion must fit the model's positions (perplexity reads both)."""
+    for ex in examples:
+        length = len(ex.prompt_ids) + len(ex.completion_ids)
+        if length > limit:
+            raise StageError(
+                f"{TEST_FILE}: pmid {ex.pmid}: {length} tokens, over the model's {limit} "
+                "positions; lower prepare.max_length"
+            )
+
+
+# ---- The model's answers (also the CLI's path) ----
+
+
+def decision_ids(tokenizer) -> dict[str, list[int]]:
+    """The tokens of each label's `decision_text` (" yes." and so on): what follows the prompt."""
+    return {
+        label: tokenizer(decision_text(label), add_special_tokens=False)["input_ids"]
+        for label in LABELS
+    }
+
+
+def decide(
+    model, tokenizer, prompts: Sequence[Sequence[int]], batch_size: int, progress: str | None
+) -> tuple[list[str], list[dict[str, float]]]:
+    """Each prompt's predicted label and the probabilities of the three labels."""
+    probabilities = score_decisions(
+        model,
+        prompts,
+        label_token_ids(tokenizer),
+        batch_size=batch_size,
+        pad_id=tokenizer.pad_token_id,
+        progress=progress,
+    )
+    labels = [LABELS[i] for i in probabilities.argmax(dim=1).tolist()]
+    return labels, [dict(zip(LABELS, row, strict=True)) for row in probabilities.tolist()]
+
+
+def generate_answers(
+    model,
+    tokenizer,
+    prompts: Sequence[Sequence[int]],
+    decisions: Sequence[str],
+    settings: EvaluateParams,
+    progress: str | None,
+) -> list[str]:
+    """The greedy long answer after each prompt and its decision's text, as the template goes."""
+    follow = decision_ids(tokenizer)
+    tokens = generate_greedy(
+        model,
+        [list(p) + follow[d] for p, d in zip(prompts, decisions, strict=True)],
+        max_new_tokens=settings.max_new_tokens,
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        batch_size=settings.generation_batch_size,
+        repetition_penalty=settings.repetition_penalty,
+        no_repeat_ngram_size=settings.no_repeat_ngram_size,
+        progress=progress,
+    )
+    return [
+        tokenizer.decode(t, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()
+        for t in tokens
+    ]
+
+
+def reference_perplexity(
+    model, tokenizer, examples: Sequence[TestExample], batch_size: int, progress: str | None
+) -> float:
+    """exp(mean NLL per token) of the reference long answer and its end-of-text token, given
+    the prompt and the gold decision's text: the tokens that follow the decision in training."""
+    follow = decision_ids(tokenizer)
+    prompts, answers = [], []
+    for ex in examples:
+        head = follow[ex.decision]
+        if ex.completion_ids[: len(head)] != head:
+            raise StageError(
+                f"{TEST_FILE}: pmid {ex.pmid}: completion_ids do not start with the tokens of "
+                f"{decision_text(ex.decision)!r}"
+            )
+        prompts.append(ex.prompt_ids + head)
+        answers.append(ex.completion_ids[len(head) :])
+    nll = continuation_nll(
+        model,
+        prompts,
+        answers,
+        batch_size=batch_size,
+        pad_id=tokenizer.pad_token_id,
+        progress=progress,
+    )
+    return math.exp(nll.sum().item() / sum(len(a) for a in answers))
+
+
+def confusion_rows(gold: Sequence[str], pred: Sequence[str]) -> list[dict[str, str]]:
+    """One {"actual", "predicted"} row per question: what `dvc plots`' confusion template reads."""
+    return [{"actual": g, "predicted": p} for g, p in zip(gold, pred, strict=True)]
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    examples: Sequence[TestExample],
+    settings: EvaluateParams,
+    name: str | None = None,
+) -> Evaluation:
+    """Decisions on every example, long answers on the first `settings.generate_examples`.
+
+    `name` labels the progress bars (None shows none).
+    """
+    progress = (lambda what: f"{name}: {what}") if name else (lambda what: None)
+    gold = [ex.decision for ex in examples]
+    prompts = [ex.prompt_ids for ex in examples]
+
+    start = time.perf_counter()
+    pred, probabilities = decide(model, tokenizer, prompts, settings.batch_size, progress("decide"))
+    scoring_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    perplexity = reference_perplexity(
+        model, tokenizer, examples, settings.batch_size, progress("perplexity")
+    )
+    perplexity_s = time.perf_counter() - start
+
+    limit = settings.generate_examples
+    n_generated = len(examples) if limit is None else min(limit, len(examples))
+    start = time.perf_counter()
+    generated = generate_answers(
+        model, tokenizer, prompts[:n_generated], pred[:n_generated], settings, progress("generate")
+    )
+    generation_s = time.perf_counter() - start
+
+    decisions = decision_metrics(gold, pred)
+    metrics: dict[str, Any] = {
+        "n_test": len(examples),
+        "accuracy": decisions["accuracy"],
+        "macro_f1": decisions["macro_f1"],
+        "per_class": decisions["per_class"],
+        "perplexity": perplexity,
+        "n_generated": n_generated,
+    }
+    if n_generated:
+        references = [ex.long_answer for ex in examples[:n_generated]]
+        metrics.update(generation_metrics(references, generated))
+    metrics["perf"] = {
+        "scoring_examples_per_s": round(len(examples) / scoring_s, 3),
+        "perplexity_examples_per_s": round(len(examples) / perplexity_s, 3),
+        "scoring_s": round(scoring_s, 3),
+        "perplexity_s": round(perplexity_s, 3),
+        "generation_s": round(generation_s, 3),
+    }
+    if n_generated:
+        metrics["perf"]["generation_examples_per_s"] = round(n_generated / generation_s, 3)
+
+    samples = [
+        {
+            "pmid": ex.pmid,
+            "question": ex.question,
+            "gold_decision": ex.decision,
+            "predicted_decision": pred[i],
+            "probabilities": probabilities[i],
+            "reference_answer": ex.long_answer,
+            "generated_answer": generated[i] if i < n_generated else None,
+        }
+        for i, ex in enumerate(examples)
+    ]
+    return Evaluation(
+        predictions={ex.pmid: p for ex, p in zip(examples, pred, strict=True)},
+        probabilities={ex.pmid: p for ex, p in zip(examples, probabilities, strict=True)},
+        samples=samples,
+        confusion=confusion_rows(gold, pred),
+        metrics=metrics,
+    )
+
+
+# ---- Outputs ----
+
+
+def write_outputs(which: str, evaluation: Evaluation) -> None:
+    """Every output of one model, each file written whole or not at all."""
+    folder = EVAL_DIR / which
+    write_json(folder / "predictions.json", evaluation.predictions)
+    write_json(folder / "probabilities.json", evaluation.probabilities)
+    write_json(folder / "confusion.json", evaluation.confusion)
+    with atomic_file(folder / "samples.jsonl") as f:
+        for sample in evaluation.samples:
+            f.write(json.dumps(sample, ensure_ascii=False) + "\n")
+    write_json(METRICS_DIR / f"eval_{which}.json", evaluation.metrics)
+
+
+def parse_which(argv: Sequence[str]) -> str:
+    if len(argv) != 1 or argv[0] not in MODELS:
+        raise StageError(f"usage: python -m stages.evaluate {'|'.join(MODELS)}")
+    return argv[0]
+
+
+def main() -> None:
+    started = time.perf_counter()
+    which = parse_which(sys.argv[1:])
+    params = load_params()
+    examples = read_test(TEST_FILE)
+    device = pick_device()
+    dtype = inference_dtype(device)
+    model, tokenizer = load_evaluated(which, params.model, dtype=dtype)
+    model.to(device)
+    check_fits(examples, model.config.n_positions)
+    print(f"evaluate {which}: {len(examples)} test questions on {device} ({dtype})", flush=True)
+    evaluation = evaluate_model(model, tokenizer, examples, params.evaluate, name=which)
+    evaluation.metrics["perf"].update(
+        device=str(device),
+        dtype=str(dtype).removeprefix("torch."),
+        runtime_s=round(time.perf_counter() - started, 3),
+    )
+    write_outputs(which, evaluation)
+    m = evaluation.metrics
+    print(
+        f"evaluate {which}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, "
+        f"perplexity {m['perplexity']:.2f}, {m['n_generated']} answers generated"
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)

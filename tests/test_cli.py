@@ -1,0 +1,99 @@
+"""The `pubmedqa-gpt2 ask` console script, on a tiny random GPT-2 saved as a model directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stages import cli
+from stages import evaluate as stage
+from stages.prompt import LABELS
+
+from .conftest import EVAL_MODEL_DIR, ROOT
+
+
+def ask(capsys, *args: str) -> str:
+    """Run `pubmedqa-gpt2 ask ARGS` in-process; its stdout."""
+    cli.main(["ask", *args])
+    return capsys.readouterr().out
+
+
+def failure(capsys, *args: str) -> str:
+    """Run a failing `ask`; check the exit status and return its single stderr line."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["ask", *args])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    return err
+
+
+def test_question_and_context_are_answered(eval_workdir, capsys) -> None:
+    out = ask(
+        capsys,
+        "--model", str(EVAL_MODEL_DIR),
+        "--question", "Do statins reduce mortality?",
+        "--context", "BACKGROUND: We followed 200 patients. RESULTS: Fewer died.",
+        "--max-new-tokens", "5",
+    )  # fmt: skip
+    lines = out.splitlines()
+    assert lines[0] == "Question: Do statins reduce mortality?"
+    decision = lines[1].split()[1]
+    assert decision in LABELS
+    assert all(f"{label} 0." in lines[1] for label in LABELS)
+    assert lines[2].startswith("Answer:")
+
+
+def test_json_answer_is_the_evaluate_stage_answer(eval_workdir, capsys, monkeypatch) -> None:
+    # Same model, same prompt, same decoding settings (params.yaml: max_new_tokens 8):
+    # the CLI answers a test question as the evaluate stage did.
+    monkeypatch.setattr(sys, "argv", ["evaluate", "finetuned"])
+    stage.main()
+    capsys.readouterr()
+    sample = json.loads(Path("eval/finetuned/samples.jsonl").read_text().splitlines()[0])
+    out = ask(capsys, "--pmid", sample["pmid"], "--json", "--max-new-tokens", "8")
+    answer = json.loads(out)
+    assert answer["pmid"] == sample["pmid"]
+    assert answer["question"] == sample["question"]
+    assert answer["gold_decision"] == sample["gold_decision"]
+    assert answer["reference_answer"] == sample["reference_answer"]
+    assert answer["decision"] == sample["predicted_decision"]
+    assert answer["probabilities"] == pytest.approx(sample["probabilities"], abs=1e-5)
+    assert answer["long_answer"] == sample["generated_answer"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--model", "no/such/dir", "--question", "Why?"],
+            "--model no/such/dir: no such directory",
+        ),
+        (["--question", "   ", "--context", "Some text."], "--question is empty"),
+        (["--context", "Some text."], r"give --question \(with --context\) or --pmid"),
+        (["--question", "Why?", "--pmid", "2000"], "not both"),
+        (["--pmid", "1"], "--pmid 1: not in data/prepared/test.parquet"),
+        (["--model", ".", "--question", "Why?"], r"--model \.: no config\.json"),
+        (["--question", "Why?", "--max-new-tokens", "0"], "--max-new-tokens: .*greater than"),
+        (["--question", "Why?", "--max-new-tokens", "1023"], "too long for the model's 1024"),
+    ],
+)
+def test_bad_input_is_a_one_line_error(eval_workdir, capsys, args, message) -> None:
+    assert re.search(message, failure(capsys, *args))
+
+
+def test_console_entry_point_fails_without_a_traceback(tmp_path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.cli", "ask", "--model", "missing", "--question", "Why?"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr == "error: --model missing: no such directory\n"
+    assert result.stdout == ""

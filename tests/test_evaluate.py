@@ -1,0 +1,237 @@
+"""The evaluate stage: input checks, the pieces, and whole runs on a tiny random GPT-2."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+from stages import evaluate as stage
+from stages.config import EvaluateParams
+from stages.errors import StageError
+from stages.modeling import build_model
+from stages.prompt import LABELS
+
+from .conftest import EVAL_TEST_FILE, write_prepared_test_split
+
+PERF_KEYS = {
+    "device",
+    "dtype",
+    "runtime_s",
+    "scoring_s",
+    "perplexity_s",
+    "generation_s",
+    "scoring_examples_per_s",
+    "perplexity_examples_per_s",
+    "generation_examples_per_s",
+}
+
+
+def run(monkeypatch, which: str) -> dict:
+    """Run the stage's main() for `which` in the current directory; its metrics file."""
+    monkeypatch.setattr(sys, "argv", ["evaluate", which])
+    stage.main()
+    return json.loads(Path(f"metrics/eval_{which}.json").read_text())
+
+
+def read_json(path: str):
+    return json.loads(Path(path).read_text())
+
+
+def without_perf(metrics: dict) -> dict:
+    return {key: value for key, value in metrics.items() if key != "perf"}
+
+
+# ---- Pieces ----
+
+
+def test_parse_which() -> None:
+    assert stage.parse_which(["base"]) == "base"
+    assert stage.parse_which(["finetuned"]) == "finetuned"
+    for argv in ([], ["tuned"], ["base", "finetuned"]):
+        with pytest.raises(StageError, match=r"usage: python -m stages.evaluate base\|finetuned"):
+            stage.parse_which(argv)
+
+
+def test_confusion_rows_by_hand() -> None:
+    rows = stage.confusion_rows(["yes", "no", "maybe"], ["yes", "yes", "no"])
+    assert rows == [
+        {"actual": "yes", "predicted": "yes"},
+        {"actual": "no", "predicted": "yes"},
+        {"actual": "maybe", "predicted": "no"},
+    ]
+
+
+def test_decision_ids_are_the_decision_text(tokenizer) -> None:
+    # " yes." is " yes" (3763) then "." (13): the label token, then the full stop.
+    assert stage.decision_ids(tokenizer) == {
+        "yes": [3763, 13],
+        "no": [645, 13],
+        "maybe": [3863, 13],
+    }
+
+
+def test_read_test_accepts_what_prepare_writes(tmp_path, tokenizer) -> None:
+    rows = write_prepared_test_split(tmp_path / "test.parquet", tokenizer, 4)
+    examples = stage.read_test(tmp_path / "test.parquet")
+    assert [ex.pmid for ex in examples] == [row["pmid"] for row in rows]
+    assert examples[1].completion_ids == rows[1]["completion_ids"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda rows: [{k: v for k, v in r.items() if k != "long_answer"} for r in rows],
+         "missing column"),
+        (lambda rows: [rows[0], {**rows[1], "decision": "Yes"}], r"row 1 \(pmid 2007\): decision"),
+        (lambda rows: [rows[0], {**rows[1], "pmid": rows[0]["pmid"]}], "appears twice"),
+        (lambda rows: [{**rows[0], "prompt_ids": []}], "prompt_ids is empty"),
+        (lambda rows: [], "no examples"),
+    ],
+)  # fmt: skip
+def test_read_test_refuses_bad_input(tmp_path, tokenizer, change, message) -> None:
+    path = tmp_path / "test.parquet"
+    rows = change(write_prepared_test_split(path, tokenizer, 2))
+    schema = pq.read_schema(path)
+    if rows and "long_answer" not in rows[0]:
+        schema = schema.remove(schema.get_field_index("long_answer"))
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    with pytest.raises(StageError, match=message):
+        stage.read_test(path)
+
+
+def test_read_test_names_a_missing_file(tmp_path) -> None:
+    with pytest.raises(StageError, match="file not found; run the prepare stage first"):
+        stage.read_test(tmp_path / "nope.parquet")
+
+
+def test_reference_perplexity_is_the_long_answer_given_prompt_and_decision(
+    tmp_path, tokenizer, tiny_model_params
+) -> None:
+    write_prepared_test_split(tmp_path / "test.parquet", tokenizer, 5)
+    examples = stage.read_test(tmp_path / "test.parquet")
+    model = build_model(tiny_model_params)
+    got = stage.reference_perplexity(model, tokenizer, examples, batch_size=2, progress=None)
+    # By hand: the decision text " yes." is 2 tokens, the rest (answer + eos) is scored.
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ex in examples:
+            ids = torch.tensor([ex.prompt_ids + ex.completion_ids])
+            logits = model(ids).logits[0]
+            start = len(ex.prompt_ids) + 2
+            target = ids[0, start:]
+            total += torch.nn.functional.cross_entropy(
+                logits[start - 1 : -1], target, reduction="sum"
+            ).item()
+            count += len(target)
+    assert got == pytest.approx(math.exp(total / count), rel=1e-4)
+    assert examples[0].completion_ids[-1] == tokenizer.eos_token_id  # the eos is scored too
+
+
+def test_reference_perplexity_refuses_a_completion_without_the_decision(
+    tmp_path, tokenizer, tiny_model_params
+) -> None:
+    write_prepared_test_split(tmp_path / "test.parquet", tokenizer, 1)
+    (example,) = stage.read_test(tmp_path / "test.parquet")
+    bad = stage.TestExample(**{**example.__dict__, "decision": "maybe"})  # its text says " yes."
+    with pytest.raises(StageError, match="do not start with the tokens of ' maybe.'"):
+        stage.reference_perplexity(build_model(tiny_model_params), tokenizer, [bad], 1, None)
+
+
+def test_evaluate_model_without_generation(tmp_path, tokenizer, tiny_model_params) -> None:
+    write_prepared_test_split(tmp_path / "test.parquet", tokenizer, 4)
+    examples = stage.read_test(tmp_path / "test.parquet")
+    result = stage.evaluate_model(
+        build_model(tiny_model_params), tokenizer, examples, EvaluateParams(generate_examples=0)
+    )
+    assert result.metrics["n_generated"] == 0
+    assert "rouge1" not in result.metrics and "bleu" not in result.metrics
+    assert "generation_examples_per_s" not in result.metrics["perf"]
+    assert all(sample["generated_answer"] is None for sample in result.samples)
+
+
+# ---- Whole runs ----
+
+
+def test_base_run_writes_every_output_consistently(eval_workdir, monkeypatch) -> None:
+    metrics = run(monkeypatch, "base")
+    rows = pq.read_table(EVAL_TEST_FILE).to_pylist()
+    gold = {row["pmid"]: row["decision"] for row in rows}
+
+    # predictions.json: exactly the official format, {pmid: label} over exactly the test PMIDs.
+    predictions = read_json("eval/base/predictions.json")
+    assert set(predictions) == set(gold) and len(predictions) == len(rows)
+    assert all(isinstance(k, str) and v in LABELS for k, v in predictions.items())
+
+    probabilities = read_json("eval/base/probabilities.json")
+    assert set(probabilities) == set(gold)
+    for pmid, probs in probabilities.items():
+        assert set(probs) == set(LABELS)
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+        assert max(probs, key=probs.get) == predictions[pmid]
+
+    # The decision metrics, recomputed from the files alone, equal the metrics file.
+    pmids = sorted(gold)
+    y_true, y_pred = [gold[p] for p in pmids], [predictions[p] for p in pmids]
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert metrics["macro_f1"] == pytest.approx(
+        f1_score(y_true, y_pred, labels=list(LABELS), average="macro", zero_division=0)
+    )
+    assert sum(c["support"] for c in metrics["per_class"].values()) == len(rows)
+
+    confusion = read_json("eval/base/confusion.json")
+    assert confusion == [
+        {"actual": row["decision"], "predicted": predictions[row["pmid"]]} for row in rows
+    ]
+
+    samples = [
+        json.loads(line) for line in Path("eval/base/samples.jsonl").read_text().splitlines()
+    ]
+    assert [s["pmid"] for s in samples] == [row["pmid"] for row in rows]
+    assert [s["reference_answer"] for s in samples] == [row["long_answer"] for row in rows]
+    generated = [s["generated_answer"] for s in samples]
+    assert all(isinstance(g, str) for g in generated[:5]) and generated[5:] == [None] * 7
+
+    assert metrics["n_test"] == 12 and metrics["n_generated"] == 5
+    assert {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "meteor_wordnet"} <= set(metrics)
+    assert "meteor" in metrics or "meteor_no_synonyms" in metrics
+    assert metrics["perplexity"] > 1.0
+    assert set(metrics["perf"]) == PERF_KEYS
+    assert metrics["perf"]["device"] == "cpu" and metrics["perf"]["dtype"] == "float32"
+
+
+def test_runs_are_deterministic_and_base_equals_its_saved_copy(eval_workdir, monkeypatch) -> None:
+    # models/finetuned holds the base model saved with save_pretrained: loading it must give
+    # the same figures as building it, and a second run the same figures as the first.
+    base = run(monkeypatch, "base")
+    first = Path("eval/base/predictions.json").read_bytes()
+    assert without_perf(run(monkeypatch, "base")) == without_perf(base)
+    assert Path("eval/base/predictions.json").read_bytes() == first
+    finetuned = run(monkeypatch, "finetuned")
+    assert without_perf(finetuned) == without_perf(base)
+    assert read_json("eval/finetuned/predictions.json") == read_json("eval/base/predictions.json")
+
+
+def test_finetuned_without_a_trained_model_is_a_clear_error(eval_workdir, monkeypatch) -> None:
+    import shutil
+
+    shutil.rmtree("models")
+    monkeypatch.setattr(sys, "argv", ["evaluate", "finetuned"])
+    with pytest.raises(StageError, match="models/finetuned: not found; run the train stage"):
+        stage.main()
+    assert not Path("eval").exists() and not Path("metrics").exists()
+
+
+def test_prompts_too_long_for_the_model_are_refused(eval_workdir, tokenizer) -> None:
+    examples = stage.read_test(EVAL_TEST_FILE)
+    longest = max(len(ex.prompt_ids) + len(ex.completion_ids) for ex in examples)
+    stage.check_fits(examples, longest)
+    with pytest.raises(StageError, match=f"{longest} tokens, over the model's {longest - 1}"):
+        stage.check_fits(examples, longest - 1)

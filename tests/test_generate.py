@@ -1,0 +1,118 @@
+"""Greedy generation: batched equals one-at-a-time, equals Hugging Face `generate` on one
+unpadded prompt, stops at end-of-text, and never runs past the model's positions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stages.generate import NgramBlocker, generate_greedy, pad_left, penalize_repeats
+
+N_POSITIONS = 48
+VOCAB = 300
+PAD = 0
+NO_EOS = -1  # a token id greedy decoding never produces: rows run to their budget
+SETTINGS = [
+    {},
+    {"repetition_penalty": 1.3},
+    {"no_repeat_ngram_size": 2},
+    {"repetition_penalty": 0.8, "no_repeat_ngram_size": 3},
+]
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A 2-layer random GPT-2 with a small vocabulary and 48 positions."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=2, n_embd=32, n_head=2, n_positions=N_POSITIONS, vocab_size=VOCAB,
+        bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1,
+    )  # fmt: skip
+    return GPT2LMHeadModel(config).eval()
+
+
+def random_rows(lengths, seed: int) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    # Token 0 (the pad id) is left out so that Hugging Face does not mistake it for padding.
+    return [torch.randint(1, VOCAB - 1, (n,), generator=generator).tolist() for n in lengths]
+
+
+def test_pad_left_by_hand() -> None:
+    ids, mask = pad_left([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_ngram_blocker_by_hand() -> None:
+    blocker = NgramBlocker(2, [[1, 2, 3, 1]])
+    assert blocker.banned(0) == [2]  # "1 2" is there: after 1, 2 would repeat it
+    blocker.append(0, 4)
+    assert blocker.banned(0) == []  # nothing followed 4 yet
+    blocker.append(0, 1)
+    assert blocker.banned(0) == [2, 4]  # "1 2" and "1 4"
+    assert NgramBlocker(1, [[3, 1, 3]]).banned(0) == [1, 3]  # unigrams: every seen token
+    assert NgramBlocker(3, [[1]]).banned(0) == []  # too short for any trigram
+
+
+def test_penalize_repeats_by_hand() -> None:
+    logits = torch.tensor([[2.0, -2.0, 1.0]])
+    seen = torch.tensor([[True, True, False]])
+    assert penalize_repeats(logits, seen, 2.0).tolist() == [[1.0, -4.0, 1.0]]
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_batched_generation_equals_one_at_a_time(model, settings) -> None:
+    # Lengths up to the model's 48 positions: the long ones get fewer new tokens, or none.
+    prompts = random_rows((5, 17, 1, 30, 44, 9, 47, 48), seed=1)
+    kwargs = dict(max_new_tokens=10, eos_id=VOCAB - 1, pad_id=PAD, **settings)
+    batched = generate_greedy(model, prompts, batch_size=3, **kwargs)
+    alone = [generate_greedy(model, [p], batch_size=1, **kwargs)[0] for p in prompts]
+    assert batched == alone
+    assert all(len(p) + len(g) <= N_POSITIONS for p, g in zip(prompts, batched, strict=True))
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_generation_equals_hugging_face_generate(model, settings) -> None:
+    for prompt in random_rows((5, 17, 9, 30), seed=2):
+        ids = torch.tensor([prompt])
+        expected = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=PAD,
+            eos_token_id=VOCAB - 1,
+            **settings,
+        )[0, len(prompt) :].tolist()
+        if expected and expected[-1] == VOCAB - 1:
+            expected = expected[:-1]  # ours leaves the end-of-text token out
+        got = generate_greedy(
+            model, [prompt], max_new_tokens=12, eos_id=VOCAB - 1, pad_id=PAD, **settings
+        )
+        assert got == [expected]
+
+
+def test_budget_is_max_new_tokens_capped_by_positions(model) -> None:
+    prompts = random_rows((3, 40, 46, 48), seed=3)
+    out = generate_greedy(model, prompts, max_new_tokens=5, eos_id=NO_EOS, pad_id=PAD)
+    assert [len(g) for g in out] == [5, 5, 2, 0]
+
+
+def test_stops_at_end_of_text(model) -> None:
+    prompts = random_rows((6, 11), seed=4)
+    free = generate_greedy(model, prompts, max_new_tokens=6, eos_id=NO_EOS, pad_id=PAD)
+    # Declare a token the first row generates to be end-of-text: rows stop before it.
+    eos = free[0][2]
+    out = generate_greedy(model, prompts, max_new_tokens=6, eos_id=eos, pad_id=PAD)
+    for row, tokens in zip(out, free, strict=True):
+        assert row == tokens[: tokens.index(eos)] if eos in tokens else row == tokens
+    assert len(out[0]) <= 2
+
+
+def test_rejects_prompts_that_do_not_fit(model) -> None:
+    with pytest.raises(ValueError, match="prompt 1 has 49 tokens; need 1 to 48"):
+        generate_greedy(model, [[1], [1] * 49], max_new_tokens=3, eos_id=NO_EOS, pad_id=PAD)
+    with pytest.raises(ValueError, match="prompt 0 has 0 tokens"):
+        generate_greedy(model, [[]], max_new_tokens=3, eos_id=NO_EOS, pad_id=PAD)
