@@ -350,6 +350,7 @@ def training_arguments(train: TrainParams, precision: str, warmup_steps: int, cu
         # never rotates the best one out; with a limit of 1 it deletes the last one at the end).
         save_total_limit=2,
         label_names=["labels"],
+        prediction_loss_only=True,  # dev loss only: never gather [examples, length, vocab] logits
         report_to="none",
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
