@@ -34,6 +34,7 @@ from stages.generate import generate_greedy
 from stages.io import atomic_file, write_json
 from stages.metrics import decision_metrics, generation_metrics
 from stages.modeling import build_model, load_model, load_tokenizer, pick_device
+from stages.prepare import read_prepared
 from stages.prompt import LABELS, decision_text, label_token_ids
 from stages.scoring import continuation_nll, score_decisions
 
@@ -74,20 +75,8 @@ class Evaluation:
 
 def read_test(path: Path) -> list[TestExample]:
     """The prepared test questions, checked row by row."""
-    import pyarrow.parquet as pq
-
-    if not path.is_file():
-        raise StageError(f"{path}: file not found; run the prepare stage first (dvc repro prepare)")
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise StageError(f"{path}: not a readable parquet file: {exc}") from None
-    missing = [c for c in COLUMNS if c not in table.column_names]
-    if missing:
-        raise StageError(f"{path}: missing column(s) {', '.join(missing)}")
-    if table.num_rows == 0:
-        raise StageError(f"{path}: no examples")
-    examples = [TestExample(**row) for row in table.select(list(COLUMNS)).to_pylist()]
+    table = read_prepared(path, COLUMNS)
+    examples = [TestExample(**row) for row in table.to_pylist()]
     seen: set[str] = set()
     for i, ex in enumerate(examples):
         where = f"{path}: row {i} (pmid {ex.pmid})"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +46,24 @@ SCHEMA = pa.schema(
         ("shortened", pa.bool_()),
     ]
 )
+
+
+def read_prepared(path: Path, columns: Sequence[str]) -> pa.Table:
+    """The given columns of a prepared split, or a one-line StageError saying what is wrong."""
+    if not path.is_file():
+        raise StageError(f"{path}: file not found; run the prepare stage first (dvc repro prepare)")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise StageError(f"{path}: not a readable parquet file: {exc}") from None
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise StageError(
+            f"{path}: missing column(s) {', '.join(missing)}; has {', '.join(table.column_names)}"
+        )
+    if table.num_rows == 0:
+        raise StageError(f"{path}: no examples")
+    return table.select(list(columns))
 
 
 @dataclass

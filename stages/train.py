@@ -37,6 +37,7 @@ from stages.config import Params, TrainParams, load_params
 from stages.errors import StageError, run_stage
 from stages.io import atomic_dir, write_json
 from stages.modeling import build_model, load_tokenizer
+from stages.prepare import read_prepared
 from stages.prompt import Encoded, label_token_ids
 from stages.scoring import pad_right, score_decisions
 
@@ -48,7 +49,7 @@ CHECKPOINTS = Path("models/checkpoints")
 DVCLIVE = Path("dvclive")
 METRICS_FILE = Path("metrics/train.json")
 
-COLUMNS = ("prompt_ids", "completion_ids", "shortened")
+COLUMNS = ("pmid", "prompt_ids", "completion_ids", "shortened")
 IGNORE_INDEX = -100  # label of a position that does not count in the loss
 RUN_FILE = "run.json"  # in CHECKPOINTS: the fingerprint of the run the checkpoints belong to
 STATE_FILE = "trainer_state.json"  # the Trainer writes it last: a checkpoint without it is partial
@@ -64,26 +65,11 @@ def read_split(path: Path, label_ids: list[int]) -> list[Encoded]:
     Every completion must start with one of the decision tokens (" yes", " no", " maybe"),
     since dev accuracy reads the gold decision from it.
     """
-    import pyarrow.parquet as pq
-
-    if not path.is_file():
-        raise StageError(f"{path}: file not found; run the prepare stage first (dvc repro prepare)")
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise StageError(f"{path}: not a readable parquet file: {exc}") from None
-    missing = [c for c in COLUMNS if c not in table.column_names]
-    if missing:
-        raise StageError(
-            f"{path}: missing column(s) {', '.join(missing)}; has {', '.join(table.column_names)}"
-        )
-    if table.num_rows == 0:
-        raise StageError(f"{path}: no examples")
-    names = table.column("pmid").to_pylist() if "pmid" in table.column_names else None
+    table = read_prepared(path, COLUMNS)
     examples = []
     rows = zip(*(table.column(c).to_pylist() for c in COLUMNS), strict=True)
-    for i, (prompt, completion, shortened) in enumerate(rows):
-        where = f"{path}: row {i}" + (f" (pmid {names[i]})" if names else "")
+    for i, (pmid, prompt, completion, shortened) in enumerate(rows):
+        where = f"{path}: row {i} (pmid {pmid})"
         if not prompt:
             raise StageError(f"{where}: prompt_ids is empty")
         if not completion or completion[0] not in label_ids:
