@@ -171,7 +171,7 @@ def test_repro_from_nothing_produces_every_output_then_runs_nothing(smoke, pubme
         float(line.split("\t")[-1])
         for line in (repo / "dvclive/plots/metrics/eval/loss.tsv").read_text().splitlines()[1:]
     ]
-    assert len(dev_loss) == 3 and dev_loss[-1] < dev_loss[0]
+    assert len(dev_loss) == 2 and dev_loss[-1] < dev_loss[0]  # smoke.yaml: 2 epochs
     assert ran_stages(sh(["dvc", "repro"], cwd=repo)) == []
     assert "up to date" in sh(["dvc", "status"], cwd=repo)
 
@@ -207,7 +207,8 @@ def test_metrics_params_and_plots_diff_between_two_commits(smoke, tmp_path):
     assert "dev_loss" in metrics["metrics/train.json"]
     assert "metrics/eval_base.json" not in metrics  # the base model did not change
     params = read_json_text(sh(["dvc", "params", "diff", "HEAD~1", "HEAD", "--json"], cwd=repo))
-    assert params["params.yaml"]["train.learning_rate"] == {"old": 0.001, "new": 0.0003}
+    change = params["params.yaml"]["train.learning_rate"]
+    assert (change["old"], change["new"]) == (0.001, 0.0003)
     out = sh(["dvc", "plots", "diff", "HEAD~1", "HEAD", "-o", "plots"], cwd=repo)
     page = (repo / "plots/index.html").read_text()
     assert "file://" in out or "index.html" in out
@@ -309,4 +310,34 @@ def test_killed_training_resumes_from_its_last_checkpoint(smoke, tmp_path):
     proc.wait()
     output = sh(["dvc", "repro", "train"], cwd=repo)
     assert "resuming from models/checkpoints/checkpoint-" in output
-    assert read_json(repo / "metrics/train.json")["steps"] == 18
+    # smoke.yaml: 40 examples, batch 8, 2 epochs = 10 steps, whether killed or not.
+    assert read_json(repo / "metrics/train.json")["steps"] == 10
+
+
+def test_cli_answers_a_test_question_with_the_finetuned_model(smoke):
+    repo = smoke[0]
+    pmid = "12377809"  # the first question of the official test set
+    answer = read_json_text(
+        sh(
+            ["pubmedqa-gpt2", "ask", "--model", "models/finetuned", "--pmid", pmid, "--json"],
+            cwd=repo,
+        )
+    )
+    assert answer["decision"] in ("yes", "no", "maybe")
+    assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    stage = read_json(repo / "eval/finetuned/probabilities.json")[pmid]
+    assert answer["probabilities"] == pytest.approx(stage, abs=1e-5)
+    text = sh(
+        [
+            "pubmedqa-gpt2",
+            "ask",
+            "--model",
+            "models/finetuned",
+            "--question",
+            "Does aspirin reduce fever?",
+            "--context",
+            "Aspirin was given.",
+        ],
+        cwd=repo,
+    )
+    assert text.startswith("Decision: ")
