@@ -1,0 +1,177 @@
+"""Benchmarks of the project's real code paths; the figures are in docs/PERFORMANCE.md.
+
+    python -m bench.cpu    # `make bench`: each figure against its naive baseline, on this CPU
+    python -m bench.gpu    # GPT-2 Large training: tokens/s, MFU and peak memory on a GPU
+
+What both use lives here: the PubMedQA examples, encoded by the project's template
+(`stages/prompt.py`), and the project's Trainer assembled from the pieces of
+`stages/train.py`, with a clock on each epoch. Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import PrinterCallback, TrainerCallback, set_seed
+
+from stages.config import ModelParams, TrainParams
+from stages.prompt import Encoded, encode_examples
+from stages.records import read_official_json
+from stages.train import (
+    Collator,
+    make_trainer_class,
+    optimizer_steps,
+    resolve_precision,
+    to_features,
+    training_arguments,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def shared_path(env: str, default: Path, probe: str) -> Path | None:
+    """The offline data or tokenizer folder named by `env` (else `default`), if it holds `probe`."""
+    path = Path(os.environ.get(env, default)).resolve()
+    return path if (path / probe).is_file() else None
+
+
+PUBMEDQA_DIR = shared_path("PUBMEDQA_DIR", SHARED / "pubmedqa", "ori_pqal.json")
+TOKENIZER_DIR = shared_path("GPT2_TOKENIZER_DIR", SHARED / "gpt2-tokenizer", "tokenizer.json")
+
+
+def require_shared() -> tuple[Path, Path]:
+    """(PubMedQA folder, tokenizer folder); SystemExit saying which variable to set if absent."""
+    if PUBMEDQA_DIR is None or TOKENIZER_DIR is None:
+        raise SystemExit(
+            "the offline data is missing: set PUBMEDQA_DIR (a folder with ori_pqal.json) and "
+            "GPT2_TOKENIZER_DIR (one with tokenizer.json), e.g. ../shared/pubmedqa and "
+            "../shared/gpt2-tokenizer"
+        )
+    return PUBMEDQA_DIR, TOKENIZER_DIR
+
+
+def small_gpt2(tokenizer_dir: Path | None, **shape: int) -> ModelParams:
+    """Params of a random GPT-2 of the given shape (n_layer, n_embd, n_head), seeded."""
+    return ModelParams(
+        name="gpt2",
+        init="random",
+        tokenizer=str(tokenizer_dir) if tokenizer_dir else None,
+        overrides=dict(shape),
+        seed=0,
+    )
+
+
+def pubmedqa_examples(tokenizer, max_length: int = 1024) -> list[Encoded]:
+    """The 1,000 PQA-L questions, encoded as `prepare` encodes them (prompt + completion)."""
+    records = read_official_json(require_shared()[0] / "ori_pqal.json")
+    return encode_examples(
+        tokenizer,
+        [r.question for r in records],
+        [r.contexts for r in records],
+        [r.labels for r in records],
+        [r.final_decision for r in records],
+        [r.long_answer for r in records],
+        max_length,
+    )
+
+
+def length(example: Encoded) -> int:
+    """Tokens of prompt and completion together."""
+    return len(example.prompt_ids) + len(example.completion_ids)
+
+
+def useful_tokens(examples: Sequence[Encoded]) -> int:
+    """Real (non-padding) tokens: what a training epoch over `examples` learns from."""
+    return sum(length(ex) for ex in examples)
+
+
+class CountingCollator(Collator):
+    """The project's collator, counting the token positions it hands the model (padding too)."""
+
+    def __init__(self, pad_id: int):
+        super().__init__(pad_id)
+        self.positions = 0
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor | int]:
+        batch = super().__call__(features)
+        self.positions += batch["input_ids"].numel()
+        return batch
+
+
+class EpochClock(TrainerCallback):
+    """Wall time and computed positions of each training epoch: its optimizer steps only, not
+    the setup before nor evaluation after. Every batch of an epoch is collated within it."""
+
+    def __init__(self, collator: CountingCollator) -> None:
+        self.collator = collator
+        self.seconds: list[float] = []
+        self.positions: list[int] = []
+        self._start = 0.0
+        self._positions = 0
+
+    @staticmethod
+    def _now() -> float:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._positions = self.collator.positions
+        self._start = self._now()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.seconds.append(self._now() - self._start)
+        self.positions.append(self.collator.positions - self._positions)
+
+
+def project_trainer(
+    model, examples: Sequence[Encoded], train: TrainParams, pad_id: int, output_dir: Path, **args
+):
+    """(trainer, clock): the Trainer `stages/train.py` builds, over `examples`.
+
+    Same arguments (precision, warmup, checkpointing, sampler), the same trainer class,
+    features and collator; only what is not timed is off: evaluation, checkpoints, logging,
+    progress bars. `args` overrides further TrainingArguments (`optim`, `torch_compile`).
+    """
+    cuda = torch.cuda.is_available()
+    precision = resolve_precision(
+        train.precision, cuda, cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+    )
+    warmup = math.ceil(optimizer_steps(len(examples), train, 1) * train.warmup_ratio)
+    arguments = dataclasses.replace(
+        training_arguments(train, precision, warmup, cuda),
+        output_dir=str(output_dir),
+        eval_strategy="no",
+        save_strategy="no",
+        load_best_model_at_end=False,
+        logging_strategy="no",
+        disable_tqdm=True,
+        **args,
+    )
+    model.config.pad_token_id = pad_id
+    collator = CountingCollator(pad_id)
+    clock = EpochClock(collator)
+    set_seed(train.seed)
+    trainer = make_trainer_class()(
+        model=model,
+        args=arguments,
+        train_dataset=[to_features(ex, train.loss_on) for ex in examples],
+        data_collator=collator,
+        callbacks=[clock],
+        dev_examples=[],
+        label_ids=[],
+    )
+    trainer.remove_callback(PrinterCallback)  # its end-of-run summary is not this benchmark's
+    return trainer, clock
+
+
+def load_average() -> str:
+    """The 1-minute load average and the core count, for every benchmark's header."""
+    return f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
