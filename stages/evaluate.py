@@ -32,7 +32,6 @@ from stages.config import EvaluateParams, ModelParams, load_params
 from stages.errors import StageError, run_stage
 from stages.generate import generate_greedy
 from stages.io import atomic_file, write_json
-from stages.metrics import decision_metrics, generation_metrics
 from stages.modeling import build_model, load_model, load_tokenizer, pick_device
 from stages.prepare import read_prepared
 from stages.prompt import LABELS, decision_text, label_token_ids
@@ -215,6 +214,9 @@ def evaluate_model(
 
     `name` labels the progress bars (None shows none).
     """
+    # Imported here: nltk and sklearn take a second or two, and the CLI computes no metric.
+    from stages.metrics import decision_metrics, generation_metrics
+
     progress = (lambda what: f"{name}: {what}") if name else (lambda what: None)
     gold = [ex.decision for ex in examples]
     prompts = [ex.prompt_ids for ex in examples]
