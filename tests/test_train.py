@@ -377,15 +377,16 @@ def test_lora_run_saves_a_merged_model(workdir, tiny):
 
 def test_bad_input_fails_with_one_line_and_writes_nothing(workdir, tiny):
     set_params(workdir, tiny())
-    bad = {"prompt_ids": [[1, 2]], "completion_ids": [[99]], "shortened": [False]}
+    bad = {"pmid": ["7"], "prompt_ids": [[1, 2]], "completion_ids": [[99]], "shortened": [False]}
     pq.write_table(pa.table(bad), stage.DEV_FILE)
     result = run_module(workdir)
     assert result.returncode == 1
     assert (
         result.stderr.strip()
         .splitlines()[-1]
-        .startswith("error: data/prepared/dev.parquet: row 0: completion_ids must start")
+        .startswith("error: data/prepared/dev.parquet: row 0 (pmid 7): completion_ids must start")
     )
+    assert "Traceback" not in result.stderr
     assert not (workdir / "models" / "finetuned").exists()
     assert not (workdir / stage.METRICS_FILE).exists()
 
