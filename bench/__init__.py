@@ -21,7 +21,8 @@ import torch
 from transformers import PrinterCallback, TrainerCallback, set_seed
 
 from stages.config import ModelParams, TrainParams
-from stages.prompt import Encoded, encode_examples
+from stages.prepare import encode_records
+from stages.prompt import Encoded
 from stages.records import read_official_json
 from stages.train import (
     Collator,
@@ -71,15 +72,7 @@ def small_gpt2(tokenizer_dir: Path | None, **shape: int) -> ModelParams:
 def pubmedqa_examples(tokenizer, max_length: int = 1024) -> list[Encoded]:
     """The 1,000 PQA-L questions, encoded as `prepare` encodes them (prompt + completion)."""
     records = read_official_json(require_shared()[0] / "ori_pqal.json")
-    return encode_examples(
-        tokenizer,
-        [r.question for r in records],
-        [r.contexts for r in records],
-        [r.labels for r in records],
-        [r.final_decision for r in records],
-        [r.long_answer for r in records],
-        max_length,
-    )
+    return encode_records(tokenizer, records, max_length)
 
 
 def length(example: Encoded) -> int:

@@ -26,7 +26,7 @@ from stages.errors import StageError, run_stage
 from stages.fetch import ARTIFICIAL_FILE, LABELED_FILE, RAW_DIR
 from stages.io import atomic_dir, write_json
 from stages.modeling import load_tokenizer
-from stages.prompt import LABELS, TooLongError, encode_examples
+from stages.prompt import LABELS, Encoded, TooLongError, encode_examples
 from stages.records import Record, iter_jsonl
 from stages.split import official_split, overlapping_pmids
 
@@ -90,10 +90,10 @@ class SplitStats:
         }
 
 
-def encode_batch(tokenizer, records: list[Record], max_length: int) -> pa.Table:
-    """One batch of records as a table of SCHEMA; TooLongError becomes a StageError."""
+def encode_records(tokenizer, records: Sequence[Record], max_length: int) -> list[Encoded]:
+    """Records through the shared template; a question too long to fit is a StageError."""
     try:
-        encoded = encode_examples(
+        return encode_examples(
             tokenizer,
             [r.question for r in records],
             [r.contexts for r in records],
@@ -107,6 +107,11 @@ def encode_batch(tokenizer, records: list[Record], max_length: int) -> pa.Table:
             f"record {records[exc.index].pmid}: question and completion alone exceed "
             f"prepare.max_length={max_length} tokens; only the context can be shortened"
         ) from None
+
+
+def encode_batch(tokenizer, records: list[Record], max_length: int) -> pa.Table:
+    """One batch of records as a table of SCHEMA."""
+    encoded = encode_records(tokenizer, records, max_length)
     return pa.table(
         {
             "pmid": [r.pmid for r in records],
