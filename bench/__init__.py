@@ -11,7 +11,6 @@ What both use lives here: the PubMedQA examples, encoded by the project's templa
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -27,10 +26,8 @@ from stages.records import read_official_json
 from stages.train import (
     Collator,
     make_trainer_class,
-    optimizer_steps,
-    resolve_precision,
+    run_arguments,
     to_features,
-    training_arguments,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,13 +130,9 @@ def project_trainer(
     features and collator; only what is not timed is off: evaluation, checkpoints, logging,
     progress bars. `args` overrides further TrainingArguments (`optim`, `torch_compile`).
     """
-    cuda = torch.cuda.is_available()
-    precision = resolve_precision(
-        train.precision, cuda, cuda and torch.cuda.is_bf16_supported(including_emulation=False)
-    )
-    warmup = math.ceil(optimizer_steps(len(examples), train, 1) * train.warmup_ratio)
+    _, arguments = run_arguments(train, len(examples), world_size=1)
     arguments = dataclasses.replace(
-        training_arguments(train, precision, warmup, cuda),
+        arguments,
         output_dir=str(output_dir),
         eval_strategy="no",
         save_strategy="no",

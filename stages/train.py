@@ -345,6 +345,16 @@ def training_arguments(train: TrainParams, precision: str, warmup_steps: int, cu
     )
 
 
+def run_arguments(train: TrainParams, n_examples: int, world_size: int):
+    """(precision, TrainingArguments) for this machine: precision resolved, warmup in steps."""
+    cuda = torch.cuda.is_available()
+    precision = resolve_precision(
+        train.precision, cuda, cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+    )
+    warmup = math.ceil(optimizer_steps(n_examples, train, world_size) * train.warmup_ratio)
+    return precision, training_arguments(train, precision, warmup, cuda)
+
+
 def apply_lora(model, train: TrainParams):
     """Wrap the model with LoRA adapters on the attention and MLP projections."""
     from peft import LoraConfig, get_peft_model
@@ -444,12 +454,8 @@ def train(params: Params) -> None:
     dev_examples = read_split(DEV_FILE, label_ids)
 
     cuda = torch.cuda.is_available()
-    precision = resolve_precision(
-        cfg.precision, cuda, cuda and torch.cuda.is_bf16_supported(including_emulation=False)
-    )
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    total_steps = optimizer_steps(len(train_examples), cfg, world_size)
-    args = training_arguments(cfg, precision, math.ceil(total_steps * cfg.warmup_ratio), cuda)
+    precision, args = run_arguments(cfg, len(train_examples), world_size)
 
     model = build_model(params.model, dtype=torch.float32)  # fp32 master weights; AMP on top
     model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
