@@ -243,9 +243,9 @@ def curve_name(key: str) -> str:
 
 def curve_wanted(key: str) -> bool:
     """Per-step figures only: not the end-of-run summary (`train_loss`, the mean over this
-    session only, is misleading after a resume), nor speed figures that vary run to run."""
-    summary = key in ("step", "epoch", "total_flos") or key.startswith("train_")
-    return not summary and not key.endswith(("_runtime", "_per_second"))
+    session only, is misleading after a resume), counters, nor speed figures that vary."""
+    counter = key in ("step", "epoch", "total_flos", "num_input_tokens_seen")
+    return not (counter or key.startswith("train_") or key.endswith(("_runtime", "_per_second")))
 
 
 def make_callbacks(save_steps: int | None):
