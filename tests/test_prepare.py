@@ -107,14 +107,20 @@ def tokenizer_params(tokenizer_dir, **prepare) -> dict:
     return {"model": {"tokenizer": str(tokenizer_dir)}, "prepare": prepare}
 
 
+def prepare_official(workdir, pubmedqa_dir, tokenizer_dir, **prepare) -> None:
+    """Run the prepare stage on the 1,000 official records with these `prepare` params."""
+    from stages.records import read_official_json
+
+    if not (workdir / "data/raw").exists():
+        write_raw(workdir, read_official_json(pubmedqa_dir / "ori_pqal.json"))
+    proc = run_stage(workdir, "prepare", tokenizer_params(tokenizer_dir, **prepare))
+    assert proc.returncode == 0, proc.stderr
+
+
 @needs_pubmedqa
 @needs_tokenizer
 def test_prepare_stage_writes_splits_and_data_metrics(tmp_path, pubmedqa_dir, tokenizer_dir):
-    from stages.records import read_official_json
-
-    write_raw(tmp_path, read_official_json(pubmedqa_dir / "ori_pqal.json"))
-    proc = run_stage(tmp_path, "prepare", tokenizer_params(tokenizer_dir, max_length=512))
-    assert proc.returncode == 0, proc.stderr
+    prepare_official(tmp_path, pubmedqa_dir, tokenizer_dir, max_length=512)
     tables = {
         s: pq.read_table(tmp_path / f"data/prepared/{s}.parquet") for s in ("train", "dev", "test")
     }
@@ -148,23 +154,10 @@ def test_prepare_refuses_a_question_too_long_for_the_budget(tmp_path, tokenizer_
 @needs_pubmedqa
 @needs_tokenizer
 def test_max_train_samples_keeps_a_seeded_sample(tmp_path, pubmedqa_dir, tokenizer_dir):
-    from stages.records import read_official_json
-
-    write_raw(tmp_path, read_official_json(pubmedqa_dir / "ori_pqal.json"))
-    proc = run_stage(tmp_path, "prepare", tokenizer_params(tokenizer_dir, max_train_samples=40))
-    assert proc.returncode == 0, proc.stderr
-    first = pq.read_table(tmp_path / "data/prepared/train.parquet")["pmid"].to_pylist()
-    assert (
-        len(first) == 40
-        and len(
-            set(
-                Counter(
-                    pq.read_table(tmp_path / "data/prepared/train.parquet")["decision"].to_pylist()
-                )
-            )
-        )
-        > 1
-    )
+    train_file = tmp_path / "data/prepared/train.parquet"
+    prepare_official(tmp_path, pubmedqa_dir, tokenizer_dir, max_train_samples=40)
+    first = pq.read_table(train_file, columns=["pmid", "decision"]).to_pydict()
+    assert len(first["pmid"]) == 40 and len(set(first["decision"])) > 1
     shutil.rmtree(tmp_path / "data/prepared")
-    run_stage(tmp_path, "prepare", tokenizer_params(tokenizer_dir, max_train_samples=40))
-    assert pq.read_table(tmp_path / "data/prepared/train.parquet")["pmid"].to_pylist() == first
+    prepare_official(tmp_path, pubmedqa_dir, tokenizer_dir, max_train_samples=40)
+    assert pq.read_table(train_file)["pmid"].to_pylist() == first["pmid"]
