@@ -1,7 +1,8 @@
 """Shared fixtures: where the offline data and tokenizer are, and small helpers.
 
 `.ci/run` sets PUBMEDQA_DIR and GPT2_TOKENIZER_DIR to the copies in `../shared`; elsewhere
-the tests that need them skip with the reason shown by `pytest -ra`.
+the tests that need them skip with the reason shown by `pytest -ra`. Under CI (`CI=true`) a
+missing data path fails the run instead: a green CI must mean those tests ran.
 """
 
 from __future__ import annotations
@@ -22,6 +23,27 @@ def _shared_path(env: str, default: Path, probe: str) -> Path | None:
 
 PUBMEDQA_DIR = _shared_path("PUBMEDQA_DIR", SHARED / "pubmedqa", "ori_pqal.json")
 TOKENIZER_DIR = _shared_path("GPT2_TOKENIZER_DIR", SHARED / "gpt2-tokenizer", "tokenizer.json")
+
+
+
+def pytest_sessionstart(session) -> None:
+    """Under CI, the offline data is part of the contract: stop at once when it is missing."""
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        missing = [
+            f"{env} (no {probe} there)"
+            for env, path, probe in (
+                ("PUBMEDQA_DIR", PUBMEDQA_DIR, "ori_pqal.json"),
+                ("GPT2_TOKENIZER_DIR", TOKENIZER_DIR, "tokenizer.json"),
+            )
+            if path is None
+        ]
+        if missing:
+            pytest.exit(
+                f"CI is set but the offline data is missing: {', '.join(missing)}; "
+                "the tests that need it would be skipped",
+                returncode=1,
+            )
+
 
 needs_pubmedqa = pytest.mark.skipif(
     PUBMEDQA_DIR is None, reason="PubMedQA data not found: set PUBMEDQA_DIR to ../shared/pubmedqa"

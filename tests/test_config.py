@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from stages.config import Params, load_params, parse_params
@@ -62,3 +66,24 @@ def test_scientific_notation_from_dvc_set_param_is_a_number():
 def test_missing_params_file_is_one_clear_error(tmp_path):
     with pytest.raises(StageError, match="params.yaml: file not found"):
         load_params(tmp_path / "params.yaml")
+
+
+
+def pytest_run(env: dict) -> subprocess.CompletedProcess:
+    """One quick test of this file in a child pytest with `env`."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_config.py",
+         "-k", "committed_params_are_the_real"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("missing", ["PUBMEDQA_DIR", "GPT2_TOKENIZER_DIR"])
+def test_ci_fails_instead_of_skipping_when_the_offline_data_is_missing(tmp_path, missing):
+    env = {**os.environ, "CI": "true", missing: str(tmp_path / "nowhere")}
+    proc = pytest_run(env)
+    assert proc.returncode == 1, proc.stdout
+    assert f"offline data is missing: {missing}" in proc.stdout + proc.stderr
+    # Outside CI the same run goes on: tests that need the data skip, with their reason.
+    proc = pytest_run({**env, "CI": ""})
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout

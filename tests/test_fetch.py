@@ -241,3 +241,32 @@ def test_official_file_reads_in_file_order(pubmedqa_dir):
     records = read_official_json(pubmedqa_dir / "ori_pqal.json")
     official = json.loads((pubmedqa_dir / "ori_pqal.json").read_text())
     assert [r.pmid for r in records] == list(official)
+
+
+def download_stage(workdir: Path, url: str, md5: str):
+    """The `download` stage in `workdir` with data.url and data.md5 set."""
+    return run_stage(workdir, "download", {"data": {"url": url, "md5": md5}})
+
+
+def test_a_downloaded_file_with_the_wrong_md5_is_refused_and_not_kept(tmp_path):
+    served = tmp_path / "served.json"
+    served.write_text('{"1": {}}')  # not the official file
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    proc = download_stage(workdir, served.as_uri(), "05b2b70949907e260d2aa82bc5d20c6f")
+    assert_clean_failure(proc, served.as_uri(), f"md5 {md5_of(served)}", "data.md5 pins 05b2b709")
+    external = workdir / "data/external"
+    assert list(external.iterdir()) == []  # neither the file nor a temporary copy
+
+
+@needs_pubmedqa
+def test_a_downloaded_file_with_the_pinned_md5_is_kept(tmp_path, pubmedqa_dir):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    source = pubmedqa_dir / "ori_pqal.json"
+    proc = download_stage(workdir, source.as_uri(), "05b2b70949907e260d2aa82bc5d20c6f")
+    assert proc.returncode == 0, proc.stderr
+    assert "downloaded from" in proc.stdout
+    kept = workdir / "data/external/ori_pqal.json"
+    assert kept.read_bytes() == source.read_bytes()
+    assert [p.name for p in kept.parent.iterdir()] == ["ori_pqal.json"]

@@ -9,12 +9,32 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
+from stages.prepare import SPLITS
 from stages.prompt import LABELS, encode_example, format_prompt, label_token_ids
 from stages.records import Record
 from stages.split import official_split, overlapping_pmids
 
 from .conftest import needs_pubmedqa, needs_tokenizer
+from .official_split_script import official_folds
 from .test_fetch import assert_clean_failure, run_stage
+
+# Dev PMIDs of two folds, as PubMedQA's own split script writes them (pqal_fold0/dev_set.json
+# and pqal_fold7/dev_set.json): printed by tests/official_split_script.py, whose test set is
+# checked against the official test_ground_truth.json below.
+FOLD_DEV_PMIDS = {
+    0: """10354335 11247896 11729377 11882828 12607666 12626177 12836106 15530261 15879722
+        16100194 16249670 17113061 17444776 17593459 17704864 18534072 18670651 18832500
+        18843057 19058191 19155657 19925761 20156655 20338971 20363841 21865668 21873082
+        21904069 22211919 22303473 22706226 23337545 23588461 23719685 23774337 23791827
+        24160268 25070942 25156467 25228241 25251991 25336163 26063028 26485091 27491658
+        27554179 27581329 8422202 9347843 9363529""".split(),
+    7: """10759659 11296674 11566686 11776681 12690589 15141797 15483019 15588538 15800018
+        16216859 16253970 16361634 16414216 16428354 16968183 17096624 17105833 17279467
+        17295865 17559449 18269157 18575014 18948835 19712912 20304513 21618245 21739621
+        21979183 22428608 23240452 23449952 24235894 24433626 24606627 24684514 24748473
+        24946973 25034219 25168472 25218577 25592625 25691513 25735444 26133538 26175531
+        26363639 27928673 8017535 8111516 8262881""".split(),
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +48,28 @@ def test_test_split_is_the_official_test_set(official, pubmedqa_dir):
     split = official_split([(p, r["final_decision"]) for p, r in official.items()], seed=0)
     assert len(split.test) == 500
     assert {p: official[p]["final_decision"] for p in split.test} == truth
+
+
+@needs_pubmedqa
+def test_the_restated_split_script_gives_the_official_test_set_and_the_pinned_folds(
+    official, pubmedqa_dir
+):
+    truth = json.loads((pubmedqa_dir / "test_ground_truth.json").read_text())
+    test, folds = official_folds(official)
+    assert sorted(test) == sorted(truth)
+    for fold, pmids in FOLD_DEV_PMIDS.items():
+        assert sorted(folds[fold]) == sorted(pmids)
+
+
+@needs_pubmedqa
+@pytest.mark.parametrize("fold", sorted(FOLD_DEV_PMIDS))
+def test_folds_are_the_official_script_folds(official, fold):
+    split = official_split([(p, r["final_decision"]) for p, r in official.items()], seed=0)
+    train, dev = split.train_dev(fold)
+    assert sorted(dev) == sorted(FOLD_DEV_PMIDS[fold])
+    _, folds = official_folds(official)
+    others = [pmid for i, part in enumerate(folds) if i != fold for pmid in part]
+    assert sorted(train) == sorted(others) and len(train) == 450
 
 
 @needs_pubmedqa
@@ -161,3 +203,27 @@ def test_max_train_samples_keeps_a_seeded_sample(tmp_path, pubmedqa_dir, tokeniz
     shutil.rmtree(tmp_path / "data/prepared")
     prepare_official(tmp_path, pubmedqa_dir, tokenizer_dir, max_train_samples=40)
     assert pq.read_table(train_file)["pmid"].to_pylist() == first["pmid"]
+
+
+@needs_pubmedqa
+@needs_tokenizer
+def test_prepare_with_another_fold_writes_that_fold_and_never_shows_the_answer(
+    tmp_path, pubmedqa_dir, tokenizer_dir, tokenizer, official
+):
+    """prepare.fold reaches the stage, and no prepared prompt carries its long answer."""
+    prepare_official(tmp_path, pubmedqa_dir, tokenizer_dir, fold=7)
+    tables = {s: pq.read_table(tmp_path / f"data/prepared/{s}.parquet") for s in SPLITS}
+    assert sorted(tables["dev"]["pmid"].to_pylist()) == sorted(FOLD_DEV_PMIDS[7])
+    _, folds = official_folds(official)
+    others = [pmid for i, part in enumerate(folds) if i != 7 for pmid in part]
+    assert sorted(tables["train"]["pmid"].to_pylist()) == sorted(others)
+    for split, table in tables.items():
+        for row in table.to_pylist():
+            record = official[row["pmid"]]
+            prompt = tokenizer.decode(row["prompt_ids"])
+            assert row["long_answer"] == record["LONG_ANSWER"]
+            assert record["LONG_ANSWER"] not in prompt, (split, row["pmid"])
+            assert record["QUESTION"] in prompt, (split, row["pmid"])
+            assert tokenizer.decode(row["completion_ids"]) == (
+                f" {record['final_decision']}. {record['LONG_ANSWER']}<|endoftext|>"
+            )
