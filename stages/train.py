@@ -249,8 +249,22 @@ def curve_wanted(key: str) -> bool:
 
 
 def make_callbacks(save_steps: int | None):
-    """Checkpoints every `save_steps` steps (besides each epoch end) and the dvclive curves."""
+    """Checkpoints every `save_steps` steps (besides each epoch end), the dvclive curves, and
+    the count of optimizer steps this process ran (fewer than the run's after a resume), last."""
     from transformers import TrainerCallback
+
+    class StepCount(TrainerCallback):
+        """The step training (re)started at, and the optimizer steps taken since."""
+
+        def __init__(self):
+            self.first_step = 0
+            self.steps = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.first_step = state.global_step  # a resumed run starts at its checkpoint's step
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps += 1
 
     class StepCheckpoints(TrainerCallback):
         """Evaluate and checkpoint every N optimizer steps, on top of the epoch ends."""
@@ -294,7 +308,7 @@ def make_callbacks(save_steps: int | None):
                     self.live.log_metric(curve_name(key), value)
             self.live.make_summary()
 
-    return ([StepCheckpoints()] if save_steps else []) + [LiveCurves()]
+    return ([StepCheckpoints()] if save_steps else []) + [LiveCurves(), StepCount()]
 
 
 def training_arguments(train: TrainParams, precision: str, warmup_steps: int, cuda: bool):
@@ -475,6 +489,8 @@ def train(params: Params) -> None:
         print(f"resuming from {resume}")
 
     set_seed(cfg.seed)
+    callbacks = make_callbacks(cfg.save_steps)
+    step_count = callbacks[-1]
     trainer = make_trainer_class()(
         model=model,
         args=args,
@@ -482,7 +498,7 @@ def train(params: Params) -> None:
         eval_dataset=[to_features(ex, cfg.loss_on) for ex in dev_examples],
         data_collator=Collator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=make_callbacks(cfg.save_steps),
+        callbacks=callbacks,
         dev_examples=dev_examples,
         label_ids=label_ids,
     )
@@ -500,6 +516,8 @@ def train(params: Params) -> None:
         perf = {
             "runtime_seconds": round(runtime, 2),
             "train_tokens_per_second": round(tokens / runtime, 1) if runtime else None,
+            "resumed_from_step": step_count.first_step,
+            "steps_this_run": step_count.steps,
             "peak_memory_bytes": peak_memory_bytes(cuda),
             "precision": precision,
             "processes": world_size,

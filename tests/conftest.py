@@ -159,3 +159,31 @@ def eval_workdir(tmp_path, monkeypatch, tokenizer, tiny_model_params):
     tokenizer.save_pretrained(tmp_path / EVAL_MODEL_DIR)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def model_deciding_by_length(params, label_ids):
+    """A tiny GPT-2 whose decision is a known function of the prompt's length: label
+    `(length - 1) % 3` (yes, no, maybe order of `label_ids`), by a wide margin.
+
+    The blocks add nothing (their output projections are zero), so the last hidden state is
+    the last token's embedding plus its position's; each position embedding points along the
+    direction of one label token's (tied) embedding, and no other token has that direction.
+    """
+    import torch
+
+    from stages.modeling import build_model
+
+    model = build_model(params)
+    with torch.no_grad():
+        for block in model.transformer.h:
+            for proj in (block.attn.c_proj, block.mlp.c_proj):
+                proj.weight.zero_()
+                proj.bias.zero_()
+        wte, wpe = model.transformer.wte.weight, model.transformer.wpe.weight
+        wte[:, :3] = 0.0
+        for k, token in enumerate(label_ids):
+            wte[token, k] = 5.0
+        wpe.zero_()
+        for position in range(wpe.shape[0]):
+            wpe[position, position % 3] = 10.0
+    return model

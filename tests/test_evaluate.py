@@ -235,3 +235,75 @@ def test_prompts_too_long_for_the_model_are_refused(eval_workdir, tokenizer) -> 
     stage.check_fits(examples, longest)
     with pytest.raises(StageError, match=f"{longest} tokens, over the model's {longest - 1}"):
         stage.check_fits(examples, longest - 1)
+
+
+# ---- Wiring, seen from outside: a model that always says one thing ----
+
+
+def biased_model(params, token_id: int):
+    """A tiny GPT-2 whose every position predicts `token_id` by a wide margin: the final layer
+    norm outputs one fixed vector, and only that token's (tied) embedding points along it."""
+    model = build_model(params)
+    with torch.no_grad():
+        width = model.config.n_embd
+        direction = torch.zeros(width)
+        direction[0] = 10.0
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(direction)
+        model.transformer.wte.weight[:, 0] = 0.0
+        model.transformer.wte.weight[token_id, 0] = 5.0  # logit 50 here, 0 everywhere else
+    return model
+
+
+@pytest.mark.parametrize("label", LABELS)
+def test_a_model_biased_toward_one_label_predicts_it_and_generates_after_it(
+    eval_workdir, monkeypatch, tokenizer, tiny_model_params, label
+) -> None:
+    from stages.prompt import label_token_ids
+
+    token = label_token_ids(tokenizer)[LABELS.index(label)]
+    assert tokenizer.decode([token]) == f" {label}"
+    biased_model(tiny_model_params, token).save_pretrained(stage.FINETUNED)
+    prompts_generated: list[list[int]] = []
+    real_generate = stage.generate_greedy
+
+    def spy(model, prompts, *args, **kwargs):
+        prompts_generated.extend(list(p) for p in prompts)
+        return real_generate(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(stage, "generate_greedy", spy)
+    metrics = run(monkeypatch, "finetuned")
+
+    rows = pq.read_table(EVAL_TEST_FILE).to_pylist()
+    assert {r["decision"] for r in rows} == set(LABELS)  # the gold labels vary
+    predictions = read_json("eval/finetuned/predictions.json")
+    assert set(predictions.values()) == {label}
+    assert metrics["accuracy"] == pytest.approx(sum(r["decision"] == label for r in rows) / 12)
+    # Each long answer is generated after the prompt and the PREDICTED decision's text.
+    follow = tokenizer(f" {label}.", add_special_tokens=False)["input_ids"]
+    assert len(prompts_generated) == 5  # params: generate_examples 5
+    for row, prompt in zip(rows, prompts_generated, strict=False):
+        assert prompt == row["prompt_ids"] + follow
+    samples = [json.loads(line) for line in Path("eval/finetuned/samples.jsonl").open()]
+    assert samples[0]["generated_answer"].startswith(label)  # the model repeats its token
+
+
+def test_the_cli_prompt_holds_the_question_and_the_given_context(
+    eval_workdir, capsys, monkeypatch, tokenizer
+) -> None:
+    from stages import cli
+
+    seen: list[list[int]] = []
+    real_decide = stage.decide
+
+    def spy(model, tok, prompts, *args, **kwargs):
+        seen.extend(list(p) for p in prompts)
+        return real_decide(model, tok, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(stage, "decide", spy)
+    question = "Do statins reduce mortality?"
+    context = "BACKGROUND: We followed 200 patients. RESULTS: Fewer died."
+    cli.main(["ask", "--question", question, "--context", context, "--max-new-tokens", "2"])
+    assert "Decision:" in capsys.readouterr().out
+    (prompt,) = seen
+    assert tokenizer.decode(prompt) == f"Question: {question}\nContext: {context}\nAnswer:"

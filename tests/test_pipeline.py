@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -320,9 +321,15 @@ def test_killed_training_resumes_from_its_last_checkpoint(smoke, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     output = sh(["dvc", "repro", "train"], cwd=repo)
-    assert "resuming from models/checkpoints/checkpoint-" in output
-    # smoke.yaml: 40 examples, batch 8, 2 epochs = 10 steps, whether killed or not.
-    assert read_json(repo / "metrics/train.json")["steps"] == 10
+    resumed = re.search(r"resuming from models/checkpoints/checkpoint-(\d+)", output)
+    assert resumed, output[-3000:]
+    # smoke.yaml: 40 examples, batch 8, 2 epochs = 10 steps, whether killed or not; the
+    # resumed run trains only those after its checkpoint (at least 4: checkpoint-4 existed).
+    metrics = read_json(repo / "metrics/train.json")
+    start = int(resumed.group(1))
+    assert start >= 4 and metrics["steps"] == 10
+    assert metrics["perf"]["resumed_from_step"] == start
+    assert metrics["perf"]["steps_this_run"] == 10 - start
 
 
 def test_cli_answers_a_test_question_with_the_finetuned_model(smoke):

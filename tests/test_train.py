@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from stages import train as stage
 from stages.config import TrainParams, parse_params
@@ -23,7 +24,7 @@ from stages.prepare import write_split
 from stages.prompt import LABELS, Encoded
 from stages.records import Record
 
-from .conftest import ROOT
+from .conftest import ROOT, model_deciding_by_length
 
 LABEL_IDS = [3763, 645, 3863]  # " yes", " no", " maybe" in GPT-2's vocabulary
 
@@ -82,6 +83,17 @@ def read_metrics(folder: Path) -> dict:
     metrics = json.loads((folder / stage.METRICS_FILE).read_text())
     del metrics["perf"]
     return metrics
+
+
+def curve_text(folder: Path, name: str) -> str:
+    """A dvclive curve's whole file, e.g. name="train/loss"."""
+    return (folder / stage.DVCLIVE / "plots" / "metrics" / f"{name}.tsv").read_text()
+
+
+def curve(folder: Path, name: str) -> dict[int, float]:
+    """A dvclive curve as {step: value} (a step logged twice keeps its value)."""
+    rows = [line.split("\t") for line in curve_text(folder, name).splitlines()[1:]]
+    return {int(step): float(value) for step, value in rows}
 
 
 def curve_steps(folder: Path, name: str) -> list[str]:
@@ -158,6 +170,20 @@ def test_loss_equals_a_hand_computed_cross_entropy(tiny_model_params, loss_on):
             terms.append(-log_probs[row, pos - 1, tokens[pos]])
     assert len(terms) == (3 + 4 if loss_on == "completion" else 7 + 5)
     assert loss.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+
+
+def test_dev_accuracy_scores_predictions_against_each_example_s_gold(tiny_model_params):
+    """A model whose decision follows the prompt's length (see conftest): predictions vary,
+    so accuracy depends on pairing each prediction with its own example's gold label."""
+    model = model_deciding_by_length(tiny_model_params, LABEL_IDS)
+    # Prompt lengths 5..10 give yes/no/maybe index (length - 1) % 3: no maybe yes no maybe yes.
+    gold = ["no", "maybe", "yes", "no", "yes", "no"]
+    examples = [
+        Encoded(list(range(11, 11 + n)), [LABEL_IDS[LABELS.index(g)], 50256], False)
+        for n, g in zip(range(5, 11), gold, strict=True)
+    ]
+    accuracy = stage.decision_accuracy(model, examples, LABEL_IDS, batch_size=4, pad_id=50256)
+    assert accuracy == pytest.approx(4 / 6)
 
 
 @pytest.mark.parametrize(
@@ -325,23 +351,39 @@ def test_resume_from_an_interrupted_run_matches_an_uninterrupted_one(workdir, ti
     set_params(workdir, tiny(epochs=2))
     stage.main()
     whole = read_metrics(workdir)
-    whole_curve = (workdir / "dvclive/plots/metrics/train/loss.tsv").read_text()
+    curves = {name: curve_text(workdir, name) for name in ("train/loss", "train/learning_rate")}
+    checkpoints = workdir / stage.CHECKPOINTS
+    last_weights = load_file(checkpoints / "checkpoint-6" / "model.safetensors")
+    last_optimizer = torch.load(checkpoints / "checkpoint-6" / "optimizer.pt")
 
     # Simulate a run killed after the first epoch: only its first checkpoint survives.
-    checkpoints = workdir / stage.CHECKPOINTS
     shutil.rmtree(checkpoints / "checkpoint-6")
     state = json.loads((checkpoints / "checkpoint-3" / stage.STATE_FILE).read_text())
     assert state["global_step"] == 3
     shutil.rmtree(workdir / "models" / "finetuned")
     shutil.rmtree(workdir / "dvclive")
     stage.main()
+    perf = json.loads((workdir / stage.METRICS_FILE).read_text())["perf"]
+    # Only the remaining steps were trained: a restart would run all 6.
+    assert (perf["resumed_from_step"], perf["steps_this_run"]) == (3, 3)
     resumed = read_metrics(workdir)
     assert resumed["steps"] == 6
     assert resumed["dev_loss"] == pytest.approx(whole["dev_loss"], rel=1e-5)
     assert resumed["final_train_loss"] == pytest.approx(whole["final_train_loss"], rel=1e-5)
-    # The curve is replayed from the checkpoint, then continued: each step once.
+    # The curves are replayed from the checkpoint, then continued: each step once, and the
+    # learning rate goes on down the schedule instead of starting it over.
     assert curve_steps(workdir, "train/loss") == [str(step) for step in range(1, 7)]
-    assert (workdir / "dvclive/plots/metrics/train/loss.tsv").read_text() == whole_curve
+    for name, text in curves.items():
+        assert curve_text(workdir, name) == text, name
+    # Optimizer state continued: Adam's moments and the weights end where the whole run's did.
+    weights = load_file(checkpoints / "checkpoint-6" / "model.safetensors")
+    assert weights.keys() == last_weights.keys()
+    for key, value in weights.items():
+        torch.testing.assert_close(value, last_weights[key], rtol=1e-5, atol=1e-6, msg=key)
+    optimizer = torch.load(checkpoints / "checkpoint-6" / "optimizer.pt")
+    for index, moments in last_optimizer["state"].items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(optimizer["state"][index][key], moments[key], msg=key)
 
 
 def test_changed_params_start_afresh(workdir, tiny, capsys):
@@ -353,11 +395,14 @@ def test_changed_params_start_afresh(workdir, tiny, capsys):
     assert read_metrics(workdir)["steps"] == 3
 
 
-def test_lora_run_saves_a_merged_model(workdir, tiny):
+def test_lora_run_saves_the_base_plus_the_trained_low_rank_update(workdir, tiny, tiny_model_params):
     from safetensors import safe_open
 
+    from stages.modeling import build_model
+
     params = tiny(epochs=1, save_steps=2, gradient_checkpointing=True)
-    params["train"]["lora"] = {"enabled": True, "r": 4, "alpha": 8}
+    r, alpha = 4, 8
+    params["train"]["lora"] = {"enabled": True, "r": r, "alpha": alpha}
     set_params(workdir, params)
     stage.main()
     metrics = read_metrics(workdir)
@@ -367,6 +412,25 @@ def test_lora_run_saves_a_merged_model(workdir, tiny):
     assert keys and not any("lora" in k for k in keys)
     # save_steps=2 evaluates at steps 2 and 3 (the epoch end).
     assert curve_steps(workdir, "eval/loss") == ["2", "3"]
+
+    # The saved weights are W + (alpha / r) * (B A)^T (GPT-2's Conv1D stores W as in x out),
+    # with A and B the adapters of the checkpoint selected on dev; everything else is the base.
+    base = build_model(tiny_model_params).state_dict()
+    saved = load_model(workdir / stage.FINETUNED).state_dict()
+    best = workdir / stage.CHECKPOINTS / f"checkpoint-{metrics['best_step']}"
+    adapters = load_file(best / "adapter_model.safetensors")
+    updated = 0
+    for name, weight in saved.items():
+        a_key = f"base_model.model.{name.removesuffix('.weight')}.lora_A.weight"
+        if a_key not in adapters:
+            torch.testing.assert_close(weight, base[name], rtol=0, atol=0, msg=name)
+            continue
+        a, b = adapters[a_key], adapters[a_key.replace("lora_A", "lora_B")]
+        delta = (alpha / r) * (b @ a).T
+        assert delta.abs().max() > 1e-4, name  # training moved the adapter
+        torch.testing.assert_close(weight, base[name] + delta, rtol=1e-5, atol=1e-6, msg=name)
+        updated += 1
+    assert updated == 2 * len(stage.LORA_TARGETS) + 2  # c_attn, attn.c_proj, c_fc, mlp.c_proj
 
 
 def test_bad_input_fails_with_one_line_and_writes_nothing(workdir, tiny):
@@ -392,3 +456,131 @@ def test_two_cpu_processes(workdir, tiny):
     # 12 examples over 2 processes of batch 4: 2 steps per epoch.
     assert read_metrics(workdir)["steps"] == 2
     assert (workdir / stage.FINETUNED / "model.safetensors").is_file()
+
+
+# ---- Model selection on the dev split, and the loss on every token ----
+
+WORD = {"yes": "helps", "no": "harms", "maybe": "unclear"}
+
+
+def cohort(n: int, offset: int, answer: str) -> list[Record]:
+    """Records whose decision is named in the question; their long answers follow `answer`."""
+    labels = ["yes", "no", "yes", "maybe"]
+    out = []
+    for i in range(offset, offset + n):
+        decision = labels[i % 4]
+        out.append(
+            Record(
+                pmid=str(1000 + i),
+                question=f"Treatment {i} {WORD[decision]}?",
+                contexts=[f"Study {i}."],
+                labels=["RESULTS"],
+                meshes=[],
+                long_answer=answer.format(i=i, word=WORD[decision]),
+                final_decision=decision,
+            )
+        )
+    return out
+
+
+@pytest.fixture
+def selection_workdir(tmp_path, monkeypatch, tokenizer):
+    """16 training and 8 dev examples whose long answers differ: with a high constant learning
+    rate the dev loss first falls, then rises as the model overfits the training answers, and
+    dev accuracy moves from step to step, so choosing a checkpoint matters."""
+    prepared = tmp_path / stage.TRAIN_FILE.parent
+    prepared.mkdir(parents=True)
+    write_split(tmp_path / stage.TRAIN_FILE, cohort(16, 0, "It {word}."), tokenizer, 128)
+    dev = cohort(8, 100, "Patients in cohort {i} were followed for years.")
+    write_split(tmp_path / stage.DEV_FILE, dev, tokenizer, 128)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def dev_figures_by_hand(model_dir: Path) -> tuple[float, float]:
+    """(accuracy, loss) of a saved model on dev.parquet, from full logits: the decision is the
+    most likely of " yes"/" no"/" maybe" after the prompt, scored against the `decision`
+    column; the loss is the mean NLL of every completion token."""
+    model = load_model(model_dir).eval()
+    correct, nll, count = 0, 0.0, 0
+    rows = pq.read_table(stage.DEV_FILE).to_pylist()
+    with torch.no_grad():
+        for row in rows:
+            ids = torch.tensor([row["prompt_ids"] + row["completion_ids"]])
+            logits = model(ids).logits[0].float()
+            start = len(row["prompt_ids"])
+            predicted = LABELS[int(logits[start - 1, LABEL_IDS].argmax())]
+            correct += predicted == row["decision"]
+            nll += torch.nn.functional.cross_entropy(
+                logits[start - 1 : -1], ids[0, start:], reduction="sum"
+            ).item()
+            count += len(row["completion_ids"])
+    return correct / len(rows), nll / count
+
+
+@pytest.mark.parametrize("best_metric", ["dev_loss", "dev_accuracy"])
+def test_the_saved_model_is_the_best_dev_checkpoint(selection_workdir, tiny, best_metric):
+    set_params(
+        selection_workdir,
+        tiny(
+            epochs=4, learning_rate=1e-2, lr_scheduler="constant", warmup_ratio=0.0,
+            save_steps=1, eval_batch_size=8, best_metric=best_metric,
+        ),
+    )  # fmt: skip
+    stage.main()
+    metrics = read_metrics(selection_workdir)
+    logged = curve(selection_workdir, "eval/loss" if best_metric == "dev_loss" else "eval/accuracy")
+    steps = sorted(logged)
+    assert steps == list(range(1, 17))
+    # The curve must make the choice matter: not flat, and its best is not the last step.
+    assert len(set(logged.values())) > 1
+    choose = min if best_metric == "dev_loss" else max
+    best = next(step for step in steps if logged[step] == choose(logged.values()))
+    assert best != steps[-1]
+    assert metrics["best_step"] == best
+    assert metrics[best_metric] == pytest.approx(logged[best])
+
+    # models/finetuned holds exactly that checkpoint's weights, not the last step's.
+    saved = load_file(selection_workdir / stage.FINETUNED / "model.safetensors")
+    chosen = load_file(selection_workdir / stage.CHECKPOINTS / f"checkpoint-{best}/model.safetensors")
+    assert saved.keys() == chosen.keys()
+    assert all(torch.equal(saved[k], chosen[k]) for k in saved)
+
+    # The dev figures recompute from dev.parquet and the saved model alone.
+    accuracy, loss = dev_figures_by_hand(selection_workdir / stage.FINETUNED)
+    assert metrics["dev_accuracy"] == pytest.approx(accuracy)
+    assert metrics["dev_loss"] == pytest.approx(loss, rel=1e-4)
+
+
+def test_loss_on_all_learns_the_prompt_tokens_too(workdir, tiny, monkeypatch):
+    """With train.loss_on: all every real token is a label; with completion only the
+    completion's are; and the run's losses differ accordingly."""
+    seen: dict[str, list[tuple[int, int, int]]] = {}
+
+    class Recording(stage.Collator):
+        def __call__(self, features):
+            batch = super().__call__(features)
+            labelled = int((batch["labels"] != stage.IGNORE_INDEX).sum())
+            real = int(batch["attention_mask"].sum())
+            completion = sum(len(f["input_ids"]) - f["labels"].count(stage.IGNORE_INDEX)
+                             for f in features)  # fmt: skip
+            seen[mode].append((labelled, real, completion))
+            return batch
+
+    monkeypatch.setattr(stage, "Collator", Recording)
+    examples = stage.read_split(workdir / stage.TRAIN_FILE, LABEL_IDS)
+    completion_tokens = sum(len(ex.completion_ids) for ex in examples)
+    losses = {}
+    for mode in ("completion", "all"):
+        seen[mode] = []
+        set_params(workdir, tiny(epochs=1, loss_on=mode))
+        stage.main()
+        losses[mode] = read_metrics(workdir)["dev_loss"]
+        shutil.rmtree(workdir / "models")
+        train_batches = seen[mode][:3]  # 12 examples, batch 4; then the dev batches
+        assert sum(real for _, real, _ in train_batches) > 2 * completion_tokens
+        if mode == "all":
+            assert all(labelled == real for labelled, real, _ in seen[mode])
+        else:
+            assert sum(labelled for labelled, _, _ in train_batches) == completion_tokens
+    assert losses["all"] != pytest.approx(losses["completion"], rel=1e-3)
