@@ -25,7 +25,6 @@ PUBMEDQA_DIR = _shared_path("PUBMEDQA_DIR", SHARED / "pubmedqa", "ori_pqal.json"
 TOKENIZER_DIR = _shared_path("GPT2_TOKENIZER_DIR", SHARED / "gpt2-tokenizer", "tokenizer.json")
 
 
-
 def pytest_sessionstart(session) -> None:
     """Under CI, the offline data is part of the contract: stop at once when it is missing."""
     if os.environ.get("CI", "").lower() not in ("", "0", "false"):

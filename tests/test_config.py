@@ -68,8 +68,7 @@ def test_missing_params_file_is_one_clear_error(tmp_path):
         load_params(tmp_path / "params.yaml")
 
 
-
-def pytest_run(env: dict) -> subprocess.CompletedProcess:
+def run_pytest(env: dict) -> subprocess.CompletedProcess:
     """One quick test of this file in a child pytest with `env`."""
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_config.py",
@@ -81,9 +80,9 @@ def pytest_run(env: dict) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("missing", ["PUBMEDQA_DIR", "GPT2_TOKENIZER_DIR"])
 def test_ci_fails_instead_of_skipping_when_the_offline_data_is_missing(tmp_path, missing):
     env = {**os.environ, "CI": "true", missing: str(tmp_path / "nowhere")}
-    proc = pytest_run(env)
+    proc = run_pytest(env)
     assert proc.returncode == 1, proc.stdout
     assert f"offline data is missing: {missing}" in proc.stdout + proc.stderr
     # Outside CI the same run goes on: tests that need the data skip, with their reason.
-    proc = pytest_run({**env, "CI": ""})
+    proc = run_pytest({**env, "CI": ""})
     assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout

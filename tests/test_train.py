@@ -542,7 +542,8 @@ def test_the_saved_model_is_the_best_dev_checkpoint(selection_workdir, tiny, bes
 
     # models/finetuned holds exactly that checkpoint's weights, not the last step's.
     saved = load_file(selection_workdir / stage.FINETUNED / "model.safetensors")
-    chosen = load_file(selection_workdir / stage.CHECKPOINTS / f"checkpoint-{best}/model.safetensors")
+    checkpoint = selection_workdir / stage.CHECKPOINTS / f"checkpoint-{best}"
+    chosen = load_file(checkpoint / "model.safetensors")
     assert saved.keys() == chosen.keys()
     assert all(torch.equal(saved[k], chosen[k]) for k in saved)
 
