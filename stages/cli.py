@@ -84,8 +84,8 @@ def ask(args: argparse.Namespace) -> dict[str, Any]:
 
     from transformers.utils import logging
 
-    from stages.evaluate import decide, decision_ids, generate_answers, inference_dtype
-    from stages.modeling import load_model, load_tokenizer, pick_device
+    from stages.evaluate import decide, decision_ids, generate_answers
+    from stages.modeling import inference_dtype, load_model, load_tokenizer, pick_device
     from stages.prompt import TooLongError, encode_example
 
     answer: dict[str, Any] = {}

@@ -109,6 +109,10 @@ class TrainParams(Section):
     """Data-parallel processes (one per GPU, or CPU processes with gloo)."""
     save_steps: int | None = Field(default=None, ge=1)
     """Also checkpoint every N optimizer steps (null: only at each epoch end)."""
+    resumable_checkpoints: bool = False
+    """Checkpoints with optimizer, scheduler and RNG state, so that a killed run resumes where
+    it stopped. Off: weights only (a third of the bytes: GPT-2 Large is 3.1 GB instead of
+    9.3 GB a checkpoint), enough to pick the best epoch; a killed run then starts afresh."""
     logging_steps: int = Field(default=10, ge=1)
     lora: LoraParams = Field(default_factory=LoraParams)
 

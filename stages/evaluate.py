@@ -32,7 +32,13 @@ from stages.config import EvaluateParams, ModelParams, load_params
 from stages.errors import StageError, run_stage
 from stages.generate import generate_greedy
 from stages.io import atomic_file, write_json
-from stages.modeling import build_model, load_model, load_tokenizer, pick_device
+from stages.modeling import (
+    build_model,
+    inference_dtype,
+    load_model,
+    load_tokenizer,
+    pick_device,
+)
 from stages.prepare import read_prepared
 from stages.prompt import LABELS, decision_text, label_token_ids
 from stages.scoring import continuation_nll, score_decisions
@@ -87,13 +93,6 @@ def read_test(path: Path) -> list[TestExample]:
         if not ex.prompt_ids:
             raise StageError(f"{where}: prompt_ids is empty")
     return examples
-
-
-def inference_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on a GPU that has it, else fp16 on a GPU; fp32 on the CPU."""
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def load_evaluated(which: str, params: ModelParams, dtype: torch.dtype | None = None):

@@ -6,7 +6,8 @@ Explicit position ids give each real token the absolute position it has when gen
 gets the same tokens whatever batch it is in. A row stops at end-of-text, after
 `max_new_tokens`, or when prompt + new tokens reach the model's `n_positions`. The repetition
 penalty and n-gram blocking (as in Hugging Face `generate`: prompt and generated tokens both
-count) look at a row's real tokens only, never at its padding.
+count) look at a row's real tokens only, never at its padding. The next token is read from
+fp32 logits (see `stages/scoring.py`), whatever the model's dtype.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
+
+from stages.scoring import Fp32Head
 
 
 def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,8 +67,12 @@ def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -
     return torch.where(seen, penalized, logits)
 
 
+CHECK_EVERY = 8  # decoding steps between checks that every row has finished (a host sync)
+
+
 def _generate_batch(
     model,
+    head: Fp32Head,
     rows: Sequence[Sequence[int]],
     budgets: Sequence[int],
     eos_id: int,
@@ -73,53 +80,69 @@ def _generate_batch(
     repetition_penalty: float,
     no_repeat_ngram_size: int,
 ) -> list[list[int]]:
-    """Greedy continuations of one batch; row i gets at most `budgets[i]` new tokens."""
+    """Greedy continuations of one batch; row i gets at most `budgets[i]` new tokens.
+
+    The loop's state lives on the model's device: the new tokens in a [batch, max budget]
+    buffer, the rows still active, their counts and the seen-token mask; the host asks
+    whether any row is still active only every CHECK_EVERY steps, so a GPU is not made to
+    wait for the host at each token. Finished rows keep computing (masked, their tokens not
+    kept) until then. N-gram blocking reads each row's tokens on the host at every step.
+    """
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    head = model.get_output_embeddings()
     limit = model.config.n_positions
     ids, mask = pad_left(rows, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    budget = torch.as_tensor(list(budgets))
+    steps = max(budgets)
+    budget = torch.as_tensor(list(budgets), device=device)
     active = budget > 0
-    generated: list[list[int]] = [[] for _ in rows]
+    count = torch.zeros_like(budget)
+    tokens = torch.full((len(rows), max(steps, 1)), pad_id, dtype=torch.long, device=device)
+    every_row = torch.arange(len(rows), device=device)
 
     seen = None
     if repetition_penalty != 1.0:
-        seen = torch.zeros((len(rows), head.out_features), dtype=torch.long, device=device)
+        seen = torch.zeros((len(rows), head.weight.shape[0]), dtype=torch.long, device=device)
         seen = seen.scatter_add_(1, ids, mask) > 0
     blocker = NgramBlocker(no_repeat_ngram_size, rows) if no_repeat_ngram_size > 0 else None
 
     cache = DynamicCache()
     step_ids = ids
-    while active.any():
+    for step in range(steps):
         # The cache is the second positional parameter (`past_key_values`, later `cache`).
         hidden = model.base_model(
             step_ids, cache, attention_mask=mask, position_ids=positions, use_cache=True
         ).last_hidden_state[:, -1]
-        logits = head(hidden).float()
+        logits = head(hidden)
         if seen is not None:
             logits = penalize_repeats(logits, seen, repetition_penalty)
         if blocker is not None:
-            for row in active.nonzero().flatten().tolist():
-                logits[row, blocker.banned(row)] = float("-inf")
+            banned = [(row, t) for row in range(len(rows)) for t in blocker.banned(row)]
+            if banned:
+                logits[tuple(torch.tensor(banned, device=device).T)] = float("-inf")
         chosen = logits.argmax(dim=-1)
-        tokens = chosen.tolist()
-        for row in active.nonzero().flatten().tolist():
-            generated[row].append(tokens[row])
-            if blocker is not None:
-                blocker.append(row, tokens[row])
+        tokens[:, step] = torch.where(active, chosen, pad_id)
+        if blocker is not None:
+            for row, (token, on) in enumerate(zip(chosen.tolist(), active.tolist(), strict=True)):
+                if on:
+                    blocker.append(row, token)
         if seen is not None:
-            seen[active.to(device), chosen[active.to(device)]] = True
-        counts = torch.as_tensor([len(g) for g in generated])
-        active &= (chosen.cpu() != eos_id) & (counts < budget)
+            seen[every_row, chosen] |= active
+        count += active
+        active &= (chosen != eos_id) & (count < budget)
         # Finished rows keep computing (masked, at a valid position) until the batch is done.
-        step_ids = torch.where(active.to(device), chosen, pad_id)[:, None]
+        step_ids = torch.where(active, chosen, pad_id)[:, None]
         positions = mask.sum(dim=1, keepdim=True).clamp(max=limit - 1)
-        mask = torch.cat([mask, active.to(device, torch.long)[:, None]], dim=1)
-    return [g[:-1] if g and g[-1] == eos_id else g for g in generated]
+        mask = torch.cat([mask, active.long()[:, None]], dim=1)
+        if (step + 1) % CHECK_EVERY == 0 and not active.any():
+            break
+    out = []
+    for row, n in zip(tokens.tolist(), count.tolist(), strict=True):
+        generated = row[:n]
+        out.append(generated[:-1] if generated and generated[-1] == eos_id else generated)
+    return out
 
 
 @torch.inference_mode()
@@ -142,6 +165,7 @@ def generate_greedy(
     """
     model.eval()
     limit = model.config.n_positions
+    head = Fp32Head(model)
     for i, prompt in enumerate(prompts):
         if not prompt or len(prompt) > limit:
             raise ValueError(f"prompt {i} has {len(prompt)} tokens; need 1 to {limit}")
@@ -153,7 +177,7 @@ def generate_greedy(
             rows = [prompts[i] for i in index]
             budgets = [min(max_new_tokens, limit - len(r)) for r in rows]
             results = _generate_batch(
-                model, rows, budgets, eos_id, pad_id, repetition_penalty, no_repeat_ngram_size
+                model, head, rows, budgets, eos_id, pad_id, repetition_penalty, no_repeat_ngram_size
             )
             for i, tokens in zip(index, results, strict=True):
                 out[i] = tokens

@@ -85,6 +85,26 @@ def load_model(name_or_dir: str | Path, dtype=None, what: str = "model"):
         raise StageError(f"{what}: cannot load a model from {str(name_or_dir)!r}: {exc}") from None
 
 
+def gpu_has_bf16() -> bool:
+    """Whether the CUDA GPU computes bf16 natively (Ampere and newer).
+
+    torch counts emulated bf16 (V100, T4) as support unless told otherwise; emulated it is far
+    slower than fp16, so it does not count here. train, evaluate and the CLI all decide by this.
+    """
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def inference_dtype(device):
+    """bf16 on a GPU that has it natively, else fp16 on a GPU; fp32 on the CPU."""
+    import torch
+
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if gpu_has_bf16() else torch.float16
+
+
 def pick_device(prefer: str | None = None):
     """CUDA when available (or the device asked for), else CPU."""
     import torch

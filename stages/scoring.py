@@ -6,6 +6,10 @@ position it has when scored alone (GPT-2 has learned position embeddings). Only 
 that are read go through the LM head (the last real one for the decision, those that predict
 the continuation for its likelihood), so a batch never materialises a
 [batch, length, vocabulary] logits tensor.
+
+Those logits are computed in fp32 from the (possibly bf16) hidden states: GPT-2's logits are
+around 45 in size, where bf16's step is 0.25 nats, enough to tie or swap " yes" and " no".
+No KV cache is built: nothing here decodes further.
 """
 
 from __future__ import annotations
@@ -28,8 +32,33 @@ def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
 
 
 def last_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The decoder's final hidden states [batch, length, width], without the LM head."""
-    return model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    """The decoder's final hidden states [batch, length, width], without the LM head or a cache."""
+    return model.base_model(
+        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+    ).last_hidden_state
+
+
+class Fp32Head:
+    """The model's LM head in fp32, for the vocabulary rows asked for (all by default).
+
+    The weight is cast once, when this is built: for GPT-2 Large in bf16 the whole head is
+    257 MB in fp32, so build it once per pass, not per batch. Autocast (the Trainer's) is
+    switched off around the product, which it would otherwise run in bf16 again.
+    """
+
+    def __init__(self, model, rows: Sequence[int] | None = None):
+        head = model.get_output_embeddings()
+        weight, bias = head.weight, head.bias
+        if rows is not None:
+            index = torch.as_tensor(list(rows), device=weight.device)
+            weight = weight[index]
+            bias = None if bias is None else bias[index]
+        self.weight = weight.float()
+        self.bias = None if bias is None else bias.float()
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(hidden.device.type, enabled=False):
+            return torch.nn.functional.linear(hidden.float(), self.weight, self.bias)
 
 
 @torch.inference_mode()
@@ -50,10 +79,9 @@ def score_decisions(
     """
     model.eval()
     device = next(model.parameters()).device
-    head = model.get_output_embeddings()
-    labels = torch.as_tensor(list(label_ids), device=device)
+    head = Fp32Head(model, label_ids)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out = torch.empty((len(prompts), len(labels)), dtype=torch.float32)
+    out = torch.empty((len(prompts), len(label_ids)), dtype=torch.float32)
     for start in tqdm(
         range(0, len(order), batch_size), desc=progress, unit="batch", disable=progress is None
     ):
@@ -63,7 +91,7 @@ def score_decisions(
         hidden = last_hidden(model, ids, mask)
         last = mask.sum(dim=1) - 1
         final = hidden[torch.arange(len(index), device=device), last]
-        logits = head(final)[:, labels].float()
+        logits = head(final)
         out[index] = torch.softmax(logits, dim=-1).cpu()
     return out
 
@@ -90,7 +118,7 @@ def continuation_nll(
             raise ValueError(f"prompt {i} is empty: the first continuation token needs a context")
     model.eval()
     device = next(model.parameters()).device
-    head = model.get_output_embeddings()
+    head = Fp32Head(model)
     lengths = [len(p) + len(c) for p, c in zip(prompts, continuations, strict=True)]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     out = torch.zeros(len(prompts), dtype=torch.float64)
@@ -109,7 +137,7 @@ def continuation_nll(
             read[r, len(prompts[i]) - 1 : lengths[i] - 1] = True
             row_of += [r] * len(continuations[i])
         targets = torch.cat([torch.as_tensor(continuations[i]) for i in index]).to(device)
-        logits = head(hidden[read.to(device)]).float()
+        logits = head(hidden[read.to(device)])
         nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
         sums = torch.zeros(len(index), dtype=torch.float64)
         sums.index_add_(0, torch.as_tensor(row_of), nll.double().cpu())

@@ -36,7 +36,7 @@ import torch
 from stages.config import Params, TrainParams, load_params
 from stages.errors import StageError, run_stage
 from stages.io import atomic_dir, write_json
-from stages.modeling import build_model, load_tokenizer
+from stages.modeling import build_model, gpu_has_bf16, load_tokenizer
 from stages.prepare import read_prepared
 from stages.prompt import Encoded, label_token_ids
 from stages.scoring import pad_right, score_decisions
@@ -161,18 +161,24 @@ def run_fingerprint(params: Params, files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def reconcile_checkpoints(folder: Path, fingerprint: str) -> None:
+def reconcile_checkpoints(folder: Path, fingerprint: str, resumable: bool = True) -> None:
     """Keep the checkpoints in `folder` only when they belong to this run; drop partial ones.
 
     A checkpoint without its trainer state was cut off while being written and cannot be
     resumed from. Checkpoints of other params or data are removed: resuming from them would
-    silently train a different experiment.
+    silently train a different experiment. Weights-only checkpoints (`resumable` False) hold
+    no optimizer state to resume from: they are removed too.
     """
     run_file = folder / RUN_FILE
     recorded = json.loads(run_file.read_text()).get("fingerprint") if run_file.is_file() else None
-    if folder.exists() and recorded != fingerprint:
-        if any(folder.iterdir()):
-            print(f"{folder}: checkpoints of another run (params or data changed); starting afresh")
+    if folder.exists() and (recorded != fingerprint or not resumable):
+        if any(folder.glob("checkpoint-*")):
+            why = (
+                "weights-only checkpoints (train.resumable_checkpoints: false)"
+                if recorded == fingerprint
+                else "checkpoints of another run (params or data changed)"
+            )
+            print(f"{folder}: {why}; starting afresh")
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for child in folder.glob("checkpoint-*"):
@@ -224,13 +230,16 @@ def make_trainer_class():
             model = (
                 self.model.get_base_model() if hasattr(self.model, "peft_config") else self.model
             )
-            output.metrics[f"{metric_key_prefix}_accuracy"] = decision_accuracy(
-                model,
-                self.dev_examples,
-                self.label_ids,
-                self.args.eval_batch_size,
-                self.processing_class.pad_token_id,
-            )
+            # Under the autocast that training and dev loss use, so that the checkpoint is
+            # chosen on the numbers the model computes everywhere else.
+            with self.accelerator.autocast():
+                output.metrics[f"{metric_key_prefix}_accuracy"] = decision_accuracy(
+                    model,
+                    self.dev_examples,
+                    self.label_ids,
+                    self.args.eval_batch_size,
+                    self.processing_class.pad_token_id,
+                )
             return output
 
     return DecisionTrainer
@@ -349,6 +358,8 @@ def training_arguments(train: TrainParams, precision: str, warmup_steps: int, cu
         # The last checkpoint to resume from and the best one to load at the end (the Trainer
         # never rotates the best one out; with a limit of 1 it deletes the last one at the end).
         save_total_limit=2,
+        # Weights only unless resumable checkpoints are asked for (train.resumable_checkpoints).
+        save_only_model=not train.resumable_checkpoints,
         label_names=["labels"],
         prediction_loss_only=True,  # dev loss only: never gather [examples, length, vocab] logits
         report_to="none",
@@ -362,11 +373,16 @@ def training_arguments(train: TrainParams, precision: str, warmup_steps: int, cu
 def run_arguments(train: TrainParams, n_examples: int, world_size: int):
     """(precision, TrainingArguments) for this machine: precision resolved, warmup in steps."""
     cuda = torch.cuda.is_available()
-    precision = resolve_precision(
-        train.precision, cuda, cuda and torch.cuda.is_bf16_supported(including_emulation=False)
-    )
+    precision = resolve_precision(train.precision, cuda, gpu_has_bf16())
     warmup = math.ceil(optimizer_steps(n_examples, train, world_size) * train.warmup_ratio)
     return precision, training_arguments(train, precision, warmup, cuda)
+
+
+def prepare_for_training(model, pad_id: int) -> None:
+    """Set the pad token, and no KV cache: the Trainer's forward passes (training and dev
+    loss) never decode, and a cache of GPT-2 Large at 16 x 1024 holds about 6 GB in fp32."""
+    model.config.pad_token_id = model.generation_config.pad_token_id = pad_id
+    model.config.use_cache = False
 
 
 def apply_lora(model, train: TrainParams):
@@ -389,13 +405,41 @@ def apply_lora(model, train: TrainParams):
 # ---- Results ----
 
 
-def peak_memory_bytes(cuda: bool) -> int:
-    """Peak GPU memory allocated by this process, or its peak resident memory on CPU."""
-    if cuda:
-        return torch.cuda.max_memory_allocated()
-    import resource
+def device_figures(cuda: bool) -> dict:
+    """This process's device and its memory peaks, each under a key that says what it is.
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    On a GPU: the allocator's peak allocation and reservation (what torch holds, cached
+    blocks included), and the memory in use on the whole device at the end (that also counts
+    the CUDA context, communication buffers and any other process). On a CPU: peak RSS.
+    """
+    if not cuda:
+        import resource
+
+        # Linux reports ru_maxrss in KiB.
+        return {
+            "device": "cpu",
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        }
+    free, total = torch.cuda.mem_get_info()
+    return {
+        "device": torch.cuda.get_device_name(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "peak_gpu_allocated_bytes": torch.cuda.max_memory_allocated(),
+        "peak_gpu_reserved_bytes": torch.cuda.max_memory_reserved(),
+        "gpu_used_bytes": total - free,
+        "gpu_total_bytes": total,
+    }
+
+
+def gather_from_ranks(figures: dict) -> list[dict]:
+    """Every process's `figures`, in rank order (a collective: all processes must call it)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [figures]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, figures)
+    return out
 
 
 def summarize(state, counts: dict, perf: dict) -> dict:
@@ -470,9 +514,16 @@ def train(params: Params) -> None:
     cuda = torch.cuda.is_available()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     precision, args = run_arguments(cfg, len(train_examples), world_size)
+    if args.n_gpu > 1:
+        # One process driving several GPUs: the Trainer would wrap the model in DataParallel
+        # (a batch of batch_size x GPUs, warmup computed for one, no bf16 autocast).
+        raise StageError(
+            f"this process sees {args.n_gpu} GPUs; set train.num_processes to use several "
+            "(one process per GPU), or CUDA_VISIBLE_DEVICES to pick one"
+        )
 
     model = build_model(params.model, dtype=torch.float32)  # fp32 master weights; AMP on top
-    model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
+    prepare_for_training(model, tokenizer.pad_token_id)
     limit = model.config.max_position_embeddings
     check_fits(train_examples, limit, TRAIN_FILE)
     check_fits(dev_examples, limit, DEV_FILE)
@@ -483,7 +534,11 @@ def train(params: Params) -> None:
 
     with args.main_process_first(local=False, desc="checking checkpoints"):
         if args.process_index == 0:
-            reconcile_checkpoints(CHECKPOINTS, run_fingerprint(params, [TRAIN_FILE, DEV_FILE]))
+            reconcile_checkpoints(
+                CHECKPOINTS,
+                run_fingerprint(params, [TRAIN_FILE, DEV_FILE]),
+                resumable=cfg.resumable_checkpoints,
+            )
     resume = get_last_checkpoint(str(CHECKPOINTS))
     if resume and args.process_index == 0:
         print(f"resuming from {resume}")
@@ -508,6 +563,7 @@ def train(params: Params) -> None:
             "num_input_tokens_seen", 0
         )
     result = trainer.train(resume_from_checkpoint=resume)
+    ranks = gather_from_ranks(device_figures(cuda))
 
     if trainer.is_world_process_zero():
         runtime = result.metrics["train_runtime"]
@@ -518,10 +574,10 @@ def train(params: Params) -> None:
             "train_tokens_per_second": round(tokens / runtime, 1) if runtime else None,
             "resumed_from_step": step_count.first_step,
             "steps_this_run": step_count.steps,
-            "peak_memory_bytes": peak_memory_bytes(cuda),
             "precision": precision,
             "processes": world_size,
-            "device": torch.cuda.get_device_name() if cuda else "cpu",
+            "device": ranks[0]["device"],
+            "ranks": ranks,
         }
         counts = {
             "train_examples": len(train_examples),
@@ -561,6 +617,18 @@ def launch(num_processes: int) -> None:
         raise StageError(f"training processes failed (exit status {code}); see their output above")
 
 
+def one_gpu_only(environ) -> None:
+    """Before CUDA starts, let a single training process see a single GPU: the first of those
+    visible (CUDA_VISIBLE_DEVICES, else device 0). Several GPUs are used through
+    train.num_processes, one process each; a lone process seeing several would be run with
+    DataParallel by the Trainer."""
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        environ["CUDA_VISIBLE_DEVICES"] = "0"
+    elif "," in visible:
+        environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[0].strip()
+
+
 def main() -> None:
     params = load_params()
     processes = params.train.num_processes
@@ -573,6 +641,8 @@ def main() -> None:
     if processes > 1 and not launched:
         launch(processes)
     else:
+        if not launched:
+            one_gpu_only(os.environ)
         train(params)
 
 

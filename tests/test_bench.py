@@ -75,6 +75,15 @@ def test_lora_flops_leave_out_the_frozen_weight_gradients():
     assert gpu.training_flops([example], model) == 13_269_248
 
 
+def test_checkpoint_bytes_of_gpt2_large():
+    """fp32 weights: 4 bytes a parameter (3.10 GB); with AdamW's two moments, 12 (9.29 GB)."""
+    n = 774_030_080
+    assert gpu.checkpoint_bytes(n, n, resumable=False) == 3_096_120_320
+    assert gpu.checkpoint_bytes(n, n, resumable=True) == 9_288_360_960
+    # 3 epochs of weights-only checkpoints plus the final model at 1 GB/s: 12.4 s.
+    assert gpu.checkpoint_writes_s(n, n, 3, False, 1e9) == pytest.approx(12.38448128)
+
+
 def test_clipped_keeps_the_first_tokens_and_a_completion():
     example = Encoded([1, 2, 3, 4], [5, 6], shortened=False)
     assert gpu.clipped(example, 6) is example
@@ -112,7 +121,11 @@ def test_gpu_script_runs_tiny_on_cpu_and_writes_every_figure(tmp_path, capsys):
         if not torch.cuda.is_available():
             assert run["mfu"] is None and run["peak_memory_gib"] is None
     assert set(result["evaluation_examples_per_s"]) == {"scoring", "perplexity", "generation"}
-    assert result["pipeline_estimate"]["total_s"] > 0
+    estimate = result["pipeline_estimate"]
+    assert estimate["disk_write_bytes_per_s"] > 0 and estimate["checkpoint_write_s"] > 0
+    assert estimate["total_s"] == pytest.approx(
+        estimate["train_s"] + estimate["evaluate_s"] + estimate["checkpoint_write_s"]
+    )
     for field in (
         "useful tokens/s",
         "MFU",

@@ -304,6 +304,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(smoke, tmp_path):
     repo = copy_of(smoke[0], tmp_path / "repo")
     shutil.rmtree(repo / "models/checkpoints")
     sh([sys.executable, "-c", SET_PARAM, "train.save_steps", "2"], cwd=repo)
+    sh([sys.executable, "-c", SET_PARAM, "train.resumable_checkpoints", "true"], cwd=repo)
     log = (tmp_path / "killed.log").open("w")
     proc = subprocess.Popen(
         ["dvc", "repro", "train"],

@@ -80,3 +80,65 @@ def test_continuation_nll_rejects_bad_input(model) -> None:
         continuation_nll(model, [[]], [[1, 2]])
     with pytest.raises(ValueError, match="2 prompts but 1 continuations"):
         continuation_nll(model, [[1], [2]], [[3]])
+
+
+# ---- bf16: the numbers a GPU run reads ----
+
+
+def gpt2_sized_logits(model):
+    """A copy of `model` whose logits are about 45, as GPT-2's are, varying by about a nat:
+    every token embedding shares a component that the final layer norm sets to 45."""
+    import copy
+
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.transformer.ln_f.weight[0] = 0.0
+        model.transformer.ln_f.bias[0] = 45.0
+        model.transformer.wte.weight[:, 0] = 1.0
+        model.transformer.ln_f.weight[1:] *= 4.0
+    return model
+
+
+def test_bf16_weights_give_the_fp32_decisions_within_a_stated_tolerance(model) -> None:
+    """With bf16 weights, the decisions equal fp32's wherever fp32's two likeliest labels are
+    more than 0.01 nats apart, and every probability is within 0.005 of fp32's. (Read from
+    bf16 logits of this size, 0.25 nats apart, about 40% of them tie or swap.)"""
+    fp32 = gpt2_sized_logits(model)
+    bf16 = gpt2_sized_logits(model).to(torch.bfloat16)
+    generator = torch.Generator().manual_seed(1)
+    prompts = [
+        torch.randint(0, 50257, (int(n),), generator=generator).tolist()
+        for n in torch.randint(5, 40, (300,), generator=generator)
+    ]
+    logits = fp32(torch.tensor([prompts[0]])).logits[0, -1, LABEL_IDS]
+    assert 40 < logits.abs().min() < logits.abs().max() < 50
+    exact = score_decisions(fp32, prompts, LABEL_IDS, batch_size=16, pad_id=0)
+    approx = score_decisions(bf16, prompts, LABEL_IDS, batch_size=16, pad_id=0)
+    top2 = exact.log().topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 0.01
+    assert clear.float().mean() > 0.8  # most decisions are clear: the check has teeth
+    assert torch.equal(exact.argmax(dim=1)[clear], approx.argmax(dim=1)[clear])
+    torch.testing.assert_close(approx, exact, rtol=0, atol=5e-3)
+    # The reference answer's NLL in bf16 is the fp32 one within 0.1% (summed over 10 tokens).
+    continuations = [p[:10] for p in prompts[:32]]
+    nll = continuation_nll(fp32, prompts[:32], continuations, batch_size=8)
+    nll_bf16 = continuation_nll(bf16, prompts[:32], continuations, batch_size=8)
+    torch.testing.assert_close(nll_bf16, nll, rtol=1e-3, atol=0)
+
+
+def test_scoring_builds_no_kv_cache(model, monkeypatch) -> None:
+    """A forward pass that returns a cache holds keys and values of every layer and position
+    (about 3 GB in bf16 for GPT-2 Large at 16 x 1024): scoring never reads one."""
+    caches = []
+    forward = model.base_model.forward
+
+    def spy(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        caches.append(out.past_key_values)
+        return out
+
+    monkeypatch.setattr(model.base_model, "forward", spy)
+    prompts = random_rows(LENGTHS, seed=3)
+    score_decisions(model, prompts, LABEL_IDS, batch_size=4)
+    continuation_nll(model, prompts, [[1, 2]] * len(prompts), batch_size=4)
+    assert len(caches) == 4 and all(cache is None for cache in caches)

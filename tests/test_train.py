@@ -295,8 +295,9 @@ def test_training_run_writes_model_metrics_and_curves(workdir, tiny):
     )
     assert metrics["trainable_parameters"] == metrics["total_parameters"] > 0
     perf = metrics["perf"]
-    assert perf["runtime_seconds"] > 0 and perf["peak_memory_bytes"] > 0
-    assert perf["precision"] == "fp32" and perf["processes"] == 1
+    assert perf["runtime_seconds"] > 0 and perf["precision"] == "fp32" and perf["processes"] == 1
+    assert perf["device"] == "cpu" and len(perf["ranks"]) == 1
+    assert perf["ranks"][0]["peak_rss_bytes"] > 0
     # Tokens/s counts the real (non-padding) tokens of 2 epochs; runtime is rounded to 10 ms.
     real_tokens = sum(
         len(ex.prompt_ids) + len(ex.completion_ids)
@@ -327,7 +328,7 @@ def test_training_run_writes_model_metrics_and_curves(workdir, tiny):
 
 
 def test_same_params_same_metrics_and_resume_after_a_finished_run(workdir, tiny):
-    set_params(workdir, tiny(best_metric="dev_accuracy"))
+    set_params(workdir, tiny(best_metric="dev_accuracy", resumable_checkpoints=True))
     stage.main()
     first = read_metrics(workdir)
     first_curve = (workdir / "dvclive/plots/metrics/train/loss.tsv").read_text()
@@ -348,7 +349,7 @@ def test_same_params_same_metrics_and_resume_after_a_finished_run(workdir, tiny)
 
 
 def test_resume_from_an_interrupted_run_matches_an_uninterrupted_one(workdir, tiny):
-    set_params(workdir, tiny(epochs=2))
+    set_params(workdir, tiny(epochs=2, resumable_checkpoints=True))
     stage.main()
     whole = read_metrics(workdir)
     curves = {name: curve_text(workdir, name) for name in ("train/loss", "train/learning_rate")}
@@ -456,6 +457,9 @@ def test_two_cpu_processes(workdir, tiny):
     # 12 examples over 2 processes of batch 4: 2 steps per epoch.
     assert read_metrics(workdir)["steps"] == 2
     assert (workdir / stage.FINETUNED / "model.safetensors").is_file()
+    # Memory is reported for every process, not only the first.
+    ranks = json.loads((workdir / stage.METRICS_FILE).read_text())["perf"]["ranks"]
+    assert len(ranks) == 2 and all(r["device"] == "cpu" and r["peak_rss_bytes"] > 0 for r in ranks)
 
 
 # ---- Model selection on the dev split, and the loss on every token ----
@@ -585,3 +589,97 @@ def test_loss_on_all_learns_the_prompt_tokens_too(workdir, tiny, monkeypatch):
         else:
             assert sum(labelled for labelled, _, _ in train_batches) == completion_tokens
     assert losses["all"] != pytest.approx(losses["completion"], rel=1e-3)
+
+
+# ---- GPU paths, simulated on the CPU ----
+
+
+@pytest.mark.parametrize(
+    ("visible", "expected"), [(None, "0"), ("3,5", "3"), ("GPU-a1, GPU-b2", "GPU-a1"), ("2", "2")]
+)
+def test_one_training_process_sees_one_gpu(workdir, tiny, monkeypatch, visible, expected):
+    """With train.num_processes 1 on a machine of several GPUs, the Trainer would wrap the
+    model in DataParallel (a larger batch, warmup for one device, no bf16 autocast): the
+    stage restricts CUDA to one device before anything starts it."""
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(stage, "train", lambda params: seen.update(os.environ))
+    set_params(workdir, tiny())
+    stage.main()
+    assert seen["CUDA_VISIBLE_DEVICES"] == expected
+
+
+def test_a_process_that_sees_several_gpus_is_refused(workdir, tiny, monkeypatch):
+    """Should CUDA have started before the stage could restrict it, training refuses to run
+    one process over several GPUs rather than silently changing the experiment."""
+    from transformers import TrainingArguments
+
+    monkeypatch.setattr(TrainingArguments, "n_gpu", property(lambda self: 2))
+    set_params(workdir, tiny())
+    with pytest.raises(StageError, match="sees 2 GPUs; set train.num_processes"):
+        stage.train(parse_params(yaml.safe_load((workdir / "params.yaml").read_text())))
+    assert not (workdir / stage.FINETUNED).exists()
+
+
+def test_train_and_evaluate_refuse_emulated_bf16(monkeypatch):
+    """A V100 or T4 runs bf16 only by emulation, slower than fp16: train, evaluate and the
+    CLI all pick fp16 there, through the same function."""
+    from stages.modeling import gpu_has_bf16, inference_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    # torch's own answer on such a card: yes with emulation, no without.
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation
+    )
+    assert not gpu_has_bf16()
+    assert inference_dtype(torch.device("cuda")) == torch.float16
+    assert stage.resolve_precision("auto", True, gpu_has_bf16()) == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert inference_dtype(torch.device("cuda")) == torch.bfloat16
+
+
+def test_training_forward_passes_build_no_kv_cache(tiny_model_params, tokenizer):
+    from stages.modeling import build_model
+
+    model = build_model(tiny_model_params)
+    stage.prepare_for_training(model, tokenizer.pad_token_id)
+    out = model(input_ids=torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]]))
+    assert out.past_key_values is None and out.loss is not None
+
+
+def test_dev_accuracy_runs_under_the_training_autocast(workdir, tiny, monkeypatch):
+    """With bf16 training (autocast, here on the CPU), dev accuracy is computed under the
+    same autocast as the dev loss, so the checkpoint is chosen on bf16 numbers."""
+    states = []
+    real = stage.score_decisions
+
+    def spy(*args, **kwargs):
+        states.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stage, "score_decisions", spy)
+    set_params(workdir, tiny(epochs=1, precision="bf16"))
+    stage.main()
+    assert states == [(True, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("resumable", [False, True])
+def test_checkpoints_hold_optimizer_state_only_when_resumable(workdir, tiny, resumable, capsys):
+    set_params(workdir, tiny(epochs=1, resumable_checkpoints=resumable))
+    stage.main()
+    (checkpoint,) = (workdir / stage.CHECKPOINTS).glob("checkpoint-*")
+    names = {p.name for p in checkpoint.iterdir()}
+    assert "model.safetensors" in names and stage.STATE_FILE in names
+    assert ("optimizer.pt" in names) == resumable
+    assert ("scheduler.pt" in names) == resumable
+    capsys.readouterr()
+    # The same run again: resumable checkpoints are resumed from, weights-only ones are not.
+    stage.main()
+    out = capsys.readouterr().out
+    assert ("resuming from" in out) == resumable
+    assert ("weights-only checkpoints" in out) == (not resumable)
