@@ -125,6 +125,10 @@ class EvaluateParams(Section):
     generation_batch_size: int = Field(default=16, ge=1)
     repetition_penalty: float = Field(default=1.0, gt=0.0)
     no_repeat_ngram_size: int = Field(default=0, ge=0)
+    bootstrap_samples: int = Field(default=1000, ge=100)
+    """Resamples of the test questions for every 95% interval (evaluate and compare)."""
+    bootstrap_seed: int = 0
+    """Seed of those resamples."""
 
 
 class Params(Section):

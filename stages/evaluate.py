@@ -49,6 +49,7 @@ FINETUNED = Path("models/finetuned")
 EVAL_DIR = Path("eval")
 METRICS_DIR = Path("metrics")
 COLUMNS = ("pmid", "question", "decision", "long_answer", "prompt_ids", "completion_ids")
+INTERVAL_SCORES = ("rouge1", "rougeL", "meteor", "meteor_no_synonyms")  # besides the decisions
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,9 @@ class Evaluation:
     samples: list[dict[str, Any]]
     confusion: list[dict[str, str]]
     metrics: dict[str, Any]
+    """The headline figures with their intervals: `metrics/eval_<model>.json`."""
+    details: dict[str, Any]
+    """Per-class scores, the confusion matrix, timings: `eval/<model>/details.json`."""
 
 
 # ---- Inputs ----
@@ -170,11 +174,12 @@ def generate_answers(
     ]
 
 
-def reference_perplexity(
+def reference_nll(
     model, tokenizer, examples: Sequence[TestExample], batch_size: int, progress: str | None
-) -> float:
-    """exp(mean NLL per token) of the reference long answer and its end-of-text token, given
-    the prompt and the gold decision's text: the tokens that follow the decision in training."""
+) -> tuple[list[float], list[int]]:
+    """Per example, the summed NLL (nats) of the reference long answer and its end-of-text
+    token given the prompt and the gold decision's text (the tokens that follow the decision
+    in training), and how many tokens that is."""
     follow = decision_ids(tokenizer)
     prompts, answers = [], []
     for ex in examples:
@@ -194,7 +199,12 @@ def reference_perplexity(
         pad_id=tokenizer.pad_token_id,
         progress=progress,
     )
-    return math.exp(nll.sum().item() / sum(len(a) for a in answers))
+    return nll.tolist(), [len(a) for a in answers]
+
+
+def perplexity(nll: Sequence[float], tokens: Sequence[int]) -> float:
+    """exp(mean NLL per token) over all the tokens of all the examples."""
+    return math.exp(sum(nll) / sum(tokens))
 
 
 def confusion_rows(gold: Sequence[str], pred: Sequence[str]) -> list[dict[str, str]]:
@@ -214,7 +224,7 @@ def evaluate_model(
     `name` labels the progress bars (None shows none).
     """
     # Imported here: nltk and sklearn take a second or two, and the CLI computes no metric.
-    from stages.metrics import decision_metrics, generation_metrics
+    from stages.metrics import ROUGE_TYPES, corpus_bleu, decision_metrics, generation_scores
 
     progress = (lambda what: f"{name}: {what}") if name else (lambda what: None)
     gold = [ex.decision for ex in examples]
@@ -225,7 +235,7 @@ def evaluate_model(
     scoring_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    perplexity = reference_perplexity(
+    nll, tokens = reference_nll(
         model, tokenizer, examples, settings.batch_size, progress("perplexity")
     )
     perplexity_s = time.perf_counter() - start
@@ -238,19 +248,44 @@ def evaluate_model(
     )
     generation_s = time.perf_counter() - start
 
+    samples = [
+        {
+            "pmid": ex.pmid,
+            "question": ex.question,
+            "gold_decision": ex.decision,
+            "predicted_decision": pred[i],
+            "correct": pred[i] == ex.decision,
+            "probabilities": probabilities[i],
+            "reference_answer": ex.long_answer,
+            "reference_nll": nll[i],
+            "reference_tokens": tokens[i],
+            "generated_answer": generated[i] if i < n_generated else None,
+        }
+        for i, ex in enumerate(examples)
+    ]
     decisions = decision_metrics(gold, pred)
     metrics: dict[str, Any] = {
         "n_test": len(examples),
         "accuracy": decisions["accuracy"],
         "macro_f1": decisions["macro_f1"],
-        "per_class": decisions["per_class"],
-        "perplexity": perplexity,
+        "perplexity": perplexity(nll, tokens),
         "n_generated": n_generated,
+    }
+    details: dict[str, Any] = {
+        "per_class": decisions["per_class"],
+        "confusion_matrix": decisions["confusion_matrix"],
     }
     if n_generated:
         references = [ex.long_answer for ex in examples[:n_generated]]
-        metrics.update(generation_metrics(references, generated))
-    metrics["perf"] = {
+        scores, meteor_key, details["meteor_wordnet"] = generation_scores(references, generated)
+        for sample, score in zip(samples, scores, strict=False):
+            sample.update(score)
+        metrics.update(
+            {key: sum(s[key] for s in scores) / n_generated for key in (*ROUGE_TYPES, meteor_key)}
+        )
+        metrics["bleu"] = corpus_bleu(references, generated)
+    metrics.update(intervals(samples, settings))
+    details["perf"] = {
         "scoring_examples_per_s": round(len(examples) / scoring_s, 3),
         "perplexity_examples_per_s": round(len(examples) / perplexity_s, 3),
         "scoring_s": round(scoring_s, 3),
@@ -258,27 +293,36 @@ def evaluate_model(
         "generation_s": round(generation_s, 3),
     }
     if n_generated:
-        metrics["perf"]["generation_examples_per_s"] = round(n_generated / generation_s, 3)
-
-    samples = [
-        {
-            "pmid": ex.pmid,
-            "question": ex.question,
-            "gold_decision": ex.decision,
-            "predicted_decision": pred[i],
-            "probabilities": probabilities[i],
-            "reference_answer": ex.long_answer,
-            "generated_answer": generated[i] if i < n_generated else None,
-        }
-        for i, ex in enumerate(examples)
-    ]
+        details["perf"]["generation_examples_per_s"] = round(n_generated / generation_s, 3)
     return Evaluation(
         predictions={ex.pmid: p for ex, p in zip(examples, pred, strict=True)},
         probabilities={ex.pmid: p for ex, p in zip(examples, probabilities, strict=True)},
         samples=samples,
         confusion=confusion_rows(gold, pred),
         metrics=metrics,
+        details=details,
     )
+
+
+def intervals(samples: Sequence[dict[str, Any]], settings: EvaluateParams) -> dict[str, Any]:
+    """95% bootstrap intervals of the headline figures, from the per-question samples alone."""
+    from stages import statistics
+
+    n, seed = settings.bootstrap_samples, settings.bootstrap_seed
+    gold = [s["gold_decision"] for s in samples]
+    pred = [s["predicted_decision"] for s in samples]
+    ci = {
+        "accuracy": statistics.mean_interval([s["correct"] for s in samples], n, seed),
+        "macro_f1": statistics.macro_f1_interval(gold, pred, n, seed),
+    }
+    generated = [s for s in samples if s["generated_answer"] is not None]
+    for key in INTERVAL_SCORES:
+        if generated and key in generated[0]:
+            ci[key] = statistics.mean_interval([s[key] for s in generated], n, seed)
+    return {
+        "ci95": ci,
+        "ci_method": statistics.describe_method(n, seed, len(samples)),
+    }
 
 
 # ---- Outputs ----
@@ -290,6 +334,7 @@ def write_outputs(which: str, evaluation: Evaluation) -> None:
     write_json(folder / "predictions.json", evaluation.predictions)
     write_json(folder / "probabilities.json", evaluation.probabilities)
     write_json(folder / "confusion.json", evaluation.confusion)
+    write_json(folder / "details.json", evaluation.details)
     with atomic_file(folder / "samples.jsonl") as f:
         for sample in evaluation.samples:
             f.write(json.dumps(sample, ensure_ascii=False) + "\n")
@@ -314,7 +359,7 @@ def main() -> None:
     check_fits(examples, model.config.n_positions)
     print(f"evaluate {which}: {len(examples)} test questions on {device} ({dtype})", flush=True)
     evaluation = evaluate_model(model, tokenizer, examples, params.evaluate, name=which)
-    evaluation.metrics["perf"].update(
+    evaluation.details["perf"].update(
         device=str(device),
         dtype=str(dtype).removeprefix("torch."),
         runtime_s=round(time.perf_counter() - started, 3),

