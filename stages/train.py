@@ -17,7 +17,8 @@ Face Trainer:
   (one process per GPU, or CPU processes with gloo).
 
 Outputs: `models/finetuned/` (safetensors weights, tokenizer, params.json, a model card; LoRA
-adapters are merged in), the curves in `dvclive/`, and `metrics/train.json`.
+adapters are merged in), the curves in `dvclive/`, `metrics/train.json`, and the run's
+timings, devices and memory in `perf/train.json`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ FINETUNED = Path("models/finetuned")
 CHECKPOINTS = Path("models/checkpoints")
 DVCLIVE = Path("dvclive")
 METRICS_FILE = Path("metrics/train.json")
+PERF_FILE = Path("perf/train.json")  # timings, devices, memory: an output, not a metric
 
 COLUMNS = ("pmid", "prompt_ids", "completion_ids", "shortened")
 IGNORE_INDEX = -100  # label of a position that does not count in the loss
@@ -442,11 +444,11 @@ def gather_from_ranks(figures: dict) -> list[dict]:
     return out
 
 
-def summarize(state, counts: dict, perf: dict) -> dict:
+def summarize(state, counts: dict) -> dict:
     """metrics/train.json: the saved checkpoint's dev metrics and how the run went.
 
-    Timing and memory go under `perf`: they differ from run to run, everything else is the
-    same for the same params and data on CPU.
+    The same for the same params and data on CPU; timings and memory, which differ from run
+    to run, go to perf/train.json instead.
     """
     evals = {e["step"]: e for e in state.log_history if "eval_loss" in e}
     losses = [e["loss"] for e in state.log_history if "loss" in e]
@@ -460,7 +462,6 @@ def summarize(state, counts: dict, perf: dict) -> dict:
         "steps": state.global_step,
         "epochs": state.epoch,
         **counts,
-        "perf": perf,
     }
 
 
@@ -585,10 +586,11 @@ def train(params: Params) -> None:
             "trainable_parameters": trainable,
             "total_parameters": total,
         }
-        metrics = summarize(trainer.state, counts, perf)
+        metrics = summarize(trainer.state, counts)
         final = trainer.model.merge_and_unload() if cfg.lora.enabled else trainer.model
         save_finetuned(final, tokenizer, params, metrics, FINETUNED)
         write_json(METRICS_FILE, metrics)
+        write_json(PERF_FILE, perf)
         print(
             f"saved {FINETUNED} (step {metrics['best_step']}): "
             f"dev_loss {metrics['dev_loss']:.4f}, dev_accuracy {metrics['dev_accuracy']:.4f}, "

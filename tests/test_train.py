@@ -79,10 +79,12 @@ def set_params(folder: Path, params: dict) -> None:
 
 
 def read_metrics(folder: Path) -> dict:
-    """metrics/train.json less its `perf` part (timing and memory vary from run to run)."""
-    metrics = json.loads((folder / stage.METRICS_FILE).read_text())
-    del metrics["perf"]
-    return metrics
+    """metrics/train.json (timing and memory, which vary, are in perf/train.json)."""
+    return json.loads((folder / stage.METRICS_FILE).read_text())
+
+
+def read_perf(folder: Path) -> dict:
+    return json.loads((folder / stage.PERF_FILE).read_text())
 
 
 def curve_text(folder: Path, name: str) -> str:
@@ -294,7 +296,8 @@ def test_training_run_writes_model_metrics_and_curves(workdir, tiny):
         metrics["steps"] == 6 and metrics["train_examples"] == 12 and metrics["dev_examples"] == 6
     )
     assert metrics["trainable_parameters"] == metrics["total_parameters"] > 0
-    perf = metrics["perf"]
+    assert "perf" not in metrics
+    perf = read_perf(workdir)
     assert perf["runtime_seconds"] > 0 and perf["precision"] == "fp32" and perf["processes"] == 1
     assert perf["device"] == "cpu" and len(perf["ranks"]) == 1
     assert perf["ranks"][0]["peak_rss_bytes"] > 0
@@ -364,7 +367,7 @@ def test_resume_from_an_interrupted_run_matches_an_uninterrupted_one(workdir, ti
     shutil.rmtree(workdir / "models" / "finetuned")
     shutil.rmtree(workdir / "dvclive")
     stage.main()
-    perf = json.loads((workdir / stage.METRICS_FILE).read_text())["perf"]
+    perf = read_perf(workdir)
     # Only the remaining steps were trained: a restart would run all 6.
     assert (perf["resumed_from_step"], perf["steps_this_run"]) == (3, 3)
     resumed = read_metrics(workdir)
@@ -458,7 +461,7 @@ def test_two_cpu_processes(workdir, tiny):
     assert read_metrics(workdir)["steps"] == 2
     assert (workdir / stage.FINETUNED / "model.safetensors").is_file()
     # Memory is reported for every process, not only the first.
-    ranks = json.loads((workdir / stage.METRICS_FILE).read_text())["perf"]["ranks"]
+    ranks = read_perf(workdir)["ranks"]
     assert len(ranks) == 2 and all(r["device"] == "cpu" and r["peak_rss_bytes"] > 0 for r in ranks)
 
 
