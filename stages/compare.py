@@ -3,8 +3,9 @@ same test questions, with the uncertainty of the difference.
 
 Reads `eval/base/samples.jsonl` and `eval/finetuned/samples.jsonl` (one line per question,
 written by the evaluate stage) and, for accuracy, macro-F1, ROUGE-1, ROUGE-L and METEOR,
-reports the base value, the fine-tuned value, their difference and a paired 95% bootstrap
-interval of the difference (both models resampled on the same questions; `stages/statistics.py`).
+reports the base value, the fine-tuned value (`tuned`), their difference (`diff`) and a paired
+95% bootstrap interval of the difference (`ci_low`, `ci_high`: both models resampled on the
+same questions; `stages/statistics.py`).
 Decision correctness is also compared with the exact McNemar test. Writes
 `metrics/compare.json` and `eval/compare.txt`, the sentence it prints, e.g.
 
@@ -73,8 +74,16 @@ def pair_samples(
     return base, aligned
 
 
-def figure(base: float, tuned: float, interval: dict[str, float]) -> dict[str, Any]:
-    return {"base": base, "finetuned": tuned, "difference": tuned - base, "ci95": interval}
+def figure(base: float, tuned: float, interval: dict[str, float]) -> dict[str, float]:
+    """One compared figure. Short keys keep `dvc exp show` narrow: `tuned` is the fine-tuned
+    model's value, `diff` is tuned - base, `ci_low`..`ci_high` the paired 95% interval of diff."""
+    return {
+        "base": round(base, 6),
+        "tuned": round(tuned, 6),
+        "diff": round(tuned - base, 6),
+        "ci_low": round(interval["low"], 6),
+        "ci_high": round(interval["high"], 6),
+    }
 
 
 def mean(values: list[float]) -> float:
@@ -125,9 +134,9 @@ def sentence(result: dict[str, Any]) -> str:
     accuracy, test = result["accuracy"], result["mcnemar"]
     points = lambda x: f"{100 * x:+.1f}"  # noqa: E731
     return (
-        f"fine-tuning changed accuracy by {points(accuracy['difference'])} points "
-        f"(95% CI {points(accuracy['ci95']['low'])} to {points(accuracy['ci95']['high'])}; "
-        f"McNemar exact p = {test['p_value']:.2g}; {test['fixed']} questions fixed, "
+        f"fine-tuning changed accuracy by {points(accuracy['diff'])} points "
+        f"(95% CI {points(accuracy['ci_low'])} to {points(accuracy['ci_high'])}; "
+        f"McNemar exact p = {test['p']:.2g}; {test['fixed']} questions fixed, "
         f"{test['broken']} broken; {result['n_test']} test questions)"
     )
 

@@ -54,7 +54,7 @@ def _interval(
     data: tuple[np.ndarray, ...], statistic: Callable, n_resamples: int, seed: int
 ) -> dict[str, float]:
     if len(data[0]) < 2 or all(np.all(d == d.flat[0]) for d in data):
-        value = float(statistic(*data, axis=-1))
+        value = round(float(statistic(*data, axis=-1)), 6)
         return {"low": value, "high": value}  # nothing varies: the interval is the point
     result = stats.bootstrap(
         data,
@@ -115,10 +115,10 @@ def paired_macro_f1_interval(
 def mcnemar_exact(base_correct: Sequence[bool], tuned_correct: Sequence[bool]) -> dict:
     """Exact McNemar test: `fixed` questions only the tuned model gets right, `broken` ones
     only the base model gets right; the two-sided p-value of a binomial test of `fixed` out of
-    `fixed + broken` at one half (1.0 when no question changed)."""
+    `fixed + broken` at one half, `p` (1.0 when no question changed)."""
     if len(base_correct) != len(tuned_correct):
         raise ValueError(f"{len(base_correct)} base but {len(tuned_correct)} tuned answers")
     fixed = sum(1 for b, t in zip(base_correct, tuned_correct, strict=True) if t and not b)
     broken = sum(1 for b, t in zip(base_correct, tuned_correct, strict=True) if b and not t)
     p = stats.binomtest(fixed, fixed + broken, 0.5).pvalue if fixed + broken else 1.0
-    return {"fixed": fixed, "broken": broken, "p_value": float(p)}
+    return {"fixed": fixed, "broken": broken, "p": float(p)}

@@ -51,9 +51,7 @@ def test_mcnemar_exact_by_hand(fixed, broken):
     tuned = [True] * fixed + [False] * broken + [True] * 7 + [False] * 5
     result = statistics.mcnemar_exact(base, tuned)
     assert (result["fixed"], result["broken"]) == (fixed, broken)
-    assert result["p_value"] == pytest.approx(
-        exact_two_sided_p(fixed, broken) if fixed + broken else 1.0
-    )
+    assert result["p"] == pytest.approx(exact_two_sided_p(fixed, broken) if fixed + broken else 1.0)
 
 
 def test_paired_interval_of_a_known_difference():
@@ -95,19 +93,19 @@ def test_compare_by_hand():
     result = stage.compare(base, tuned, 1000, 0)
     assert result["n_test"] == 30 and result["n_generated"] == 30
     accuracy = result["accuracy"]
-    assert (accuracy["base"], accuracy["finetuned"]) == pytest.approx((10 / 30, 19 / 30))
-    assert accuracy["difference"] == pytest.approx(9 / 30)
-    assert accuracy["ci95"]["low"] < 9 / 30 < accuracy["ci95"]["high"]
+    assert (accuracy["base"], accuracy["tuned"]) == pytest.approx((10 / 30, 19 / 30), abs=1e-6)
+    assert accuracy["diff"] == pytest.approx(9 / 30, abs=1e-6)
+    assert accuracy["ci_low"] < 9 / 30 < accuracy["ci_high"]
     assert result["mcnemar"] == {
         "fixed": 10,
         "broken": 1,
-        "p_value": pytest.approx(24 / 2048),
+        "p": pytest.approx(24 / 2048, abs=1e-6),
     }  # 2 x (1 + 11) / 2^11
     f1 = lambda p: f1_score(gold, p, labels=list(LABELS), average="macro", zero_division=0)  # noqa: E731
     macro = result["macro_f1"]
-    assert macro["base"] == pytest.approx(f1(["yes"] * 30))
-    assert macro["difference"] == pytest.approx(f1(tuned_pred) - f1(["yes"] * 30))
-    assert result["rougeL"]["difference"] == pytest.approx(0.01 * 29 / 2)
+    assert macro["base"] == pytest.approx(f1(["yes"] * 30), abs=1e-6)
+    assert macro["diff"] == pytest.approx(f1(tuned_pred) - f1(["yes"] * 30), abs=1e-6)
+    assert result["rougeL"]["diff"] == pytest.approx(0.01 * 29 / 2, abs=1e-6)
     sentence = stage.sentence(result)
     assert sentence.startswith("fine-tuning changed accuracy by +30.0 points (95% CI +")
     assert "McNemar exact p = 0.012; 10 questions fixed, 1 broken; 30 test questions)" in sentence
@@ -117,9 +115,9 @@ def test_identical_models_differ_by_nothing():
     both = samples([(LABELS[i % 3], LABELS[(i * 7) % 3]) for i in range(50)], [0.3] * 50)
     result = stage.compare(both, [dict(s) for s in both], 1000, 0)
     for key in ("accuracy", "macro_f1", "rouge1"):
-        assert result[key]["difference"] == 0
-        assert result[key]["ci95"] == {"low": 0.0, "high": 0.0}
-    assert result["mcnemar"] == {"fixed": 0, "broken": 0, "p_value": 1.0}
+        assert result[key]["diff"] == 0
+        assert (result[key]["ci_low"], result[key]["ci_high"]) == (0.0, 0.0)
+    assert result["mcnemar"] == {"fixed": 0, "broken": 0, "p": 1.0}
 
 
 def write_samples(folder: Path, model: str, rows: list[dict]) -> None:
@@ -143,7 +141,7 @@ def test_the_stage_writes_the_metrics_and_the_sentence(tmp_path):
     proc = run_compare(tmp_path)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / stage.COMPARE_FILE).read_text())
-    assert result["accuracy"]["difference"] == 0 and "rouge1" not in result
+    assert result["accuracy"]["diff"] == 0 and "rouge1" not in result
     assert "200 resamples" in result["ci_method"]
     text = (tmp_path / stage.SENTENCE_FILE).read_text()
     assert text == proc.stdout and text.startswith("fine-tuning changed accuracy by +0.0 points")

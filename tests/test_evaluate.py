@@ -353,7 +353,9 @@ def test_every_aggregate_recomputes_from_the_samples_file_alone(eval_workdir, mo
             data, statistic, paired=True, vectorized=vectorized, n_resamples=1000,
             method="percentile", rng=np.random.default_rng(0),
         )  # fmt: skip
-        return pytest.approx([result.confidence_interval.low, result.confidence_interval.high])
+        return pytest.approx(
+            [result.confidence_interval.low, result.confidence_interval.high], abs=1e-6
+        )
 
     ci = metrics["ci95"]
     assert [ci["accuracy"]["low"], ci["accuracy"]["high"]] == interval(
