@@ -1,12 +1,14 @@
-"""`pubmedqa-gpt2`: ask a saved model a PubMedQA question.
+"""`pubmedqa-gpt2`: ask a saved model a PubMedQA question; summarize a sweep of experiments.
 
     pubmedqa-gpt2 ask --question "Do statins reduce ...?" --context "BACKGROUND: ..."
     pubmedqa-gpt2 ask --pmid 12377809          # a question of data/prepared/test.parquet
     pubmedqa-gpt2 ask --model DIR ... --json   # one JSON object, for machines
+    pubmedqa-gpt2 summary --over train.seed    # mean, sd, min, max of each group of runs
 
-Prints the decision with the probabilities of yes / no / maybe, then the greedy long answer.
-It goes through the code the evaluate stage uses (template, scoring, generation), so a
-question gets the answer it gets there. Bad input is a one-line `error: ...` and exit 1.
+`ask` prints the decision with the probabilities of yes / no / maybe, then the greedy long
+answer. It goes through the code the evaluate stage uses (template, scoring, generation), so
+a question gets the answer it gets there. `summary` is described in `stages/summary.py`.
+Bad input is a one-line `error: ...` and exit 1.
 """
 
 from __future__ import annotations
@@ -39,6 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
     ask.add_argument("--no-repeat-ngram-size", type=int, default=defaults.no_repeat_ngram_size)
     ask.add_argument("--json", action="store_true", help="print one JSON object")
+    summary = commands.add_parser("summary", help="statistics of groups of DVC experiments")
+    summary.add_argument(
+        "--over",
+        nargs="+",
+        required=True,
+        metavar="PARAM",
+        help="the swept params, e.g. train.seed",
+    )
+    summary.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
+    summary.add_argument(
+        "--input", type=Path, help="a saved `dvc exp show --json` instead of running it"
+    )
     return parser
 
 
@@ -131,6 +145,19 @@ def ask(args: argparse.Namespace) -> dict[str, Any]:
     return answer
 
 
+def summarize_experiments(args: argparse.Namespace) -> str:
+    """`summary`: the experiments of this repository (or of --input) grouped and described."""
+    from stages import summary
+
+    exp_show = None
+    if args.input is not None:
+        try:
+            exp_show = json.loads(args.input.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise StageError(f"--input {args.input}: not a readable JSON file ({exc})") from None
+    return summary.run(args.over, args.json, exp_show)
+
+
 def render(answer: dict[str, Any]) -> str:
     """The answer for a person to read."""
     probabilities = ", ".join(f"{label} {p:.3f}" for label, p in answer["probabilities"].items())
@@ -154,6 +181,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
     def run() -> None:
+        if args.command == "summary":
+            print(summarize_experiments(args))
+            return
         answer = ask(args)
         print(json.dumps(answer, ensure_ascii=False) if args.json else render(answer))
 

@@ -102,7 +102,12 @@ def test_a_changed_official_file_is_an_error(tmp_path):
 # ---- The smoke pipeline: dvc repro, experiments, commits, queues, remotes ----
 
 
-ALL_STAGES = ["download", "fetch", "prepare", "train", "evaluate@base", "evaluate@finetuned"]
+ALL_STAGES = [
+    "download", "fetch", "prepare", "train", "evaluate@base", "evaluate@finetuned", "compare",
+    "report",
+]  # fmt: skip
+# What a train.* param reruns: never evaluate@base, whose model does not change.
+AFTER_TRAIN = ["compare", "evaluate@finetuned", "report", "train"]
 
 
 def read_json(path: Path):
@@ -193,7 +198,9 @@ def test_exp_run_set_param_reruns_only_train_and_its_evaluation(smoke, tmp_path)
     output = sh(
         ["dvc", "exp", "run", "--name", "lr-5e-4", "-S", "train.learning_rate=5e-4"], cwd=repo
     )
-    assert sorted(ran_stages(output)) == ["evaluate@finetuned", "train"]
+    # A train param reruns train, the fine-tuned model's evaluation and the comparison; the
+    # base model's evaluation is cached.
+    assert sorted(ran_stages(output)) == AFTER_TRAIN
     table = read_json_text(sh(["dvc", "exp", "show", "--json"], cwd=repo))
     names = [exp.get("name") for rev in table for exp in rev.get("experiments") or []]
     assert "lr-5e-4" in names
@@ -211,12 +218,13 @@ def read_json_text(text: str):
 def test_metrics_params_and_plots_diff_between_two_commits(smoke, tmp_path):
     repo = copy_of(smoke[0], tmp_path / "repo")
     sh([sys.executable, "-c", SET_PARAM, "train.learning_rate", "3e-4"], cwd=repo)
-    assert sorted(ran_stages(sh(["dvc", "repro"], cwd=repo))) == ["evaluate@finetuned", "train"]
+    assert sorted(ran_stages(sh(["dvc", "repro"], cwd=repo))) == AFTER_TRAIN
     commit_all(repo, "lower learning rate")
     metrics = read_json_text(sh(["dvc", "metrics", "diff", "HEAD~1", "HEAD", "--json"], cwd=repo))
     # Only changed metrics are listed: the fine-tuned model's, not the base model's.
     assert "perplexity" in metrics["metrics/eval_finetuned.json"]
     assert "dev_loss" in metrics["metrics/train.json"]
+    assert "accuracy.diff" in metrics["metrics/compare.json"]
     assert "metrics/eval_base.json" not in metrics  # the base model did not change
     params = read_json_text(sh(["dvc", "params", "diff", "HEAD~1", "HEAD", "--json"], cwd=repo))
     change = params["params.yaml"]["train.learning_rate"]
@@ -282,6 +290,7 @@ def test_two_smoke_runs_from_scratch_give_identical_metrics(smoke, tmp_path):
         "train.json",
         "eval_base.json",
         "eval_finetuned.json",
+        "compare.json",
     }
 
 
@@ -360,3 +369,108 @@ def test_cli_answers_a_test_question_with_the_finetuned_model(smoke):
         cwd=repo,
     )
     assert "\nDecision: " in text and "(yes " in text
+
+
+# ---- A seed sweep through DVC's queue: the summary and the readable table ----
+
+
+@pytest.fixture(scope="module")
+def seed_sweep(smoke, tmp_path_factory) -> Path:
+    """Three queued experiments of the smoke run with train.seed 0, 1 and 2, run by a worker."""
+    repo = copy_of(smoke[0], tmp_path_factory.mktemp("sweep") / "repo")
+    sh(["dvc", "exp", "run", "--queue", "-S", "train.seed=0,1,2"], cwd=repo)
+    sh(["dvc", "queue", "start", "--jobs", "1"], cwd=repo)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = sh(["dvc", "queue", "status"], cwd=repo)
+        if status.count("Success") == 3 or "Failed" in status:
+            break
+        time.sleep(5)
+    assert status.count("Success") == 3, status
+    return repo
+
+
+def experiment_revs(repo: Path) -> dict[str, str]:
+    """{experiment name: its git commit} from `dvc exp show --json`."""
+    table = read_json_text(sh(["dvc", "exp", "show", "--json"], cwd=repo))
+    return {
+        rev["name"]: rev["rev"]
+        for commit in table
+        for group in commit.get("experiments") or []
+        for rev in group["revs"]
+    }
+
+
+def committed_json(repo: Path, rev: str, path: str) -> dict:
+    """A file as the experiment's own commit holds it (not through DVC)."""
+    return json.loads(sh(["git", "show", f"{rev}:{path}"], cwd=repo))
+
+
+def test_seed_sweep_summary_equals_the_experiments_metrics_files(seed_sweep):
+    repo = seed_sweep
+    revs = experiment_revs(repo)
+    assert len(revs) == 3
+    seeds = {name: committed_json_params(repo, rev)["train"]["seed"] for name, rev in revs.items()}
+    assert sorted(seeds.values()) == [0, 1, 2]
+    (group,) = json.loads(
+        sh(["pubmedqa-gpt2", "summary", "--over", "train.seed", "--json"], cwd=repo)
+    )
+    assert group["n"] == 3 and sorted(group["experiments"]) == sorted(revs)
+    files = {
+        name: {
+            "eval": committed_json(repo, rev, "metrics/eval_finetuned.json"),
+            "train": committed_json(repo, rev, "metrics/train.json"),
+            "compare": committed_json(repo, rev, "metrics/compare.json"),
+        }
+        for name, rev in revs.items()
+    }
+    expected = {
+        "accuracy": [f["eval"]["accuracy"] for f in files.values()],
+        "macro_f1": [f["eval"]["macro_f1"] for f in files.values()],
+        "dev_accuracy": [f["train"]["dev_accuracy"] for f in files.values()],
+        "accuracy_diff": [f["compare"]["accuracy"]["diff"] for f in files.values()],
+        "mcnemar_p": [f["compare"]["mcnemar"]["p"] for f in files.values()],
+    }
+    for column, values in expected.items():
+        stats = group["metrics"][column]
+        mean = sum(values) / 3
+        sd = (sum((v - mean) ** 2 for v in values) / 2) ** 0.5
+        assert stats["n"] == 3
+        assert stats["mean"] == pytest.approx(mean)
+        assert stats["sd"] == pytest.approx(sd)
+        assert (stats["min"], stats["max"]) == pytest.approx((min(values), max(values)))
+    assert len(set(expected["accuracy"])) > 1  # the seeds did change the runs
+    table = sh(["pubmedqa-gpt2", "summary", "--over", "train.seed"], cwd=repo)
+    assert "| n | accuracy |" in table and "| 3 |" in table
+
+
+def committed_json_params(repo: Path, rev: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(sh(["git", "show", f"{rev}:params.yaml"], cwd=repo))
+
+
+def readme_command(prefix: str) -> list[str]:
+    """The README's command line that starts with `prefix`, split as a shell would."""
+    import shlex
+
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith(prefix):
+            return shlex.split(line.split("  #")[0])
+    raise AssertionError(f"README.md has no line starting with {prefix!r}")
+
+
+def test_the_readme_experiments_table_fits_120_columns(seed_sweep):
+    repo = seed_sweep
+    command = readme_command("dvc exp show --drop")
+    shown = sh(command, cwd=repo, env={"COLUMNS": "120"})
+    lines = [line for line in shown.splitlines() if line.strip()]
+    assert max(len(line) for line in lines) <= 120, shown
+    assert "…" not in shown, shown  # no column cut short
+    for column in ("Experiment", "dev_accuracy", "accuracy.tuned", "accuracy.diff", "mcnemar.p"):
+        assert column in shown, column
+    for name, rev in experiment_revs(repo).items():
+        (row,) = [line for line in lines if f"[{name}]" in line]
+        compare = committed_json(repo, rev, "metrics/compare.json")
+        for value in (compare["accuracy"]["tuned"], compare["accuracy"]["diff"]):
+            assert f"{value:.5g}" in row, (value, row)

@@ -1,0 +1,171 @@
+"""Summaries of groups of experiments: `pubmedqa-gpt2 summary --over train.seed`.
+
+A sweep of seeds (or dev folds) is a set of DVC experiments that differ only in the swept
+params. This reads the experiments (`dvc exp show --json`), groups them by every param except
+the swept ones, and gives per group the number of runs and the mean, standard deviation
+(n - 1), min and max of each headline metric: a Markdown table for people, JSON for machines.
+
+    dvc exp run --queue -S train.seed=0,1,2 && dvc queue start
+    pubmedqa-gpt2 summary --over train.seed
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from stages.errors import StageError
+
+# (column, metrics file, dotted key): what a sweep compares.
+HEADLINE = (
+    ("accuracy", "metrics/eval_finetuned.json", "accuracy"),
+    ("macro_f1", "metrics/eval_finetuned.json", "macro_f1"),
+    ("rougeL", "metrics/eval_finetuned.json", "rougeL"),
+    ("meteor", "metrics/eval_finetuned.json", "meteor"),
+    ("dev_accuracy", "metrics/train.json", "dev_accuracy"),
+    ("accuracy_diff", "metrics/compare.json", "accuracy.diff"),
+    ("macro_f1_diff", "metrics/compare.json", "macro_f1.diff"),
+    ("mcnemar_p", "metrics/compare.json", "mcnemar.p"),
+)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    params: dict[str, Any]
+    """params.yaml flattened to dotted keys, e.g. {"train.seed": 1}."""
+    metrics: dict[str, float]
+    """The headline metrics it has, by column name."""
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def read_experiment(entry: dict[str, Any]) -> Experiment | None:
+    """One experiment of `dvc exp show --json`; None when it has no results (failed, queued)."""
+    data = entry.get("data") or {}
+    if entry.get("error") or not data.get("metrics"):
+        return None
+    params = flatten((data.get("params") or {}).get("params.yaml", {}).get("data") or {})
+    metrics = {}
+    for column, path, key in HEADLINE:
+        values = flatten((data["metrics"].get(path) or {}).get("data") or {})
+        if isinstance(values.get(key), int | float):
+            metrics[column] = float(values[key])
+    return Experiment(name=entry.get("name") or entry["rev"][:7], params=params, metrics=metrics)
+
+
+def experiments_of(exp_show: Sequence[dict[str, Any]]) -> list[Experiment]:
+    """The experiments (not the baseline commits nor the workspace) in `dvc exp show --json`."""
+    found = []
+    for commit in exp_show:
+        for group in commit.get("experiments") or []:
+            for entry in group.get("revs") or []:
+                experiment = read_experiment(entry)
+                if experiment is not None:
+                    found.append(experiment)
+    return found
+
+
+def describe(values: Sequence[float]) -> dict[str, float | None]:
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return {"mean": mean, "sd": sd, "min": min(values), "max": max(values), "n": n}
+
+
+def summarize(experiments: Sequence[Experiment], over: Iterable[str]) -> list[dict[str, Any]]:
+    """Groups of experiments equal in every param but those in `over`, with their statistics.
+
+    Each group names the params that set it apart from the other groups (those that vary
+    among all the experiments), its experiments, and per headline metric its statistics.
+    """
+    over = set(over)
+    unknown = sorted(key for key in over if not any(key in e.params for e in experiments))
+    if unknown:
+        raise StageError(f"--over {', '.join(unknown)}: not a param of these experiments")
+    keys = sorted({k for e in experiments for k in e.params} - over)
+    varying = [k for k in keys if len({json.dumps(e.params.get(k)) for e in experiments}) > 1]
+    groups: dict[str, list[Experiment]] = {}
+    for experiment in experiments:
+        label = json.dumps([experiment.params.get(k) for k in keys])
+        groups.setdefault(label, []).append(experiment)
+    out = []
+    for members in groups.values():
+        stats = {}
+        for column, _, _ in HEADLINE:
+            values = [e.metrics[column] for e in members if column in e.metrics]
+            if values:
+                stats[column] = describe(values)
+        out.append(
+            {
+                "params": {k: members[0].params.get(k) for k in varying},
+                "swept": {k: sorted({json.dumps(e.params.get(k)) for e in members}) for k in over},
+                "experiments": [e.name for e in members],
+                "n": len(members),
+                "metrics": stats,
+            }
+        )
+    return out
+
+
+def markdown(groups: Sequence[dict[str, Any]], over: Sequence[str]) -> str:
+    """The groups as a Markdown table: one row per group, `mean ± sd (min–max)` per metric."""
+    param_keys = sorted({k for g in groups for k in g["params"]})
+    columns = [c for c, _, _ in HEADLINE if any(c in g["metrics"] for g in groups)]
+    header = [*param_keys, "n", *columns]
+    lines = [
+        f"Groups of experiments over {', '.join(over)}: mean ± sd (min–max) of n runs",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for group in groups:
+        cells = [str(group["params"][k]) for k in param_keys] + [str(group["n"])]
+        for column in columns:
+            s = group["metrics"].get(column)
+            if s is None:
+                cells.append("")
+            elif s["sd"] is None:
+                cells.append(f"{s['mean']:.4f}")
+            else:
+                cells.append(f"{s['mean']:.4f} ± {s['sd']:.4f} ({s['min']:.4f}–{s['max']:.4f})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def exp_show_json() -> list[dict[str, Any]]:
+    """`dvc exp show --json` of the repository in the current directory."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "show", "--json"],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or ["(no output)"]
+        raise StageError(f"dvc exp show --json failed: {lines[-1]}")
+    text = proc.stdout
+    start = min(i for i in (text.find("["), text.find("{")) if i >= 0)
+    return json.loads(text[start:])
+
+
+def run(over: Sequence[str], as_json: bool, exp_show: list[dict[str, Any]] | None = None) -> str:
+    """The summary of the experiments of `exp_show` (read from DVC when None), as text."""
+    experiments = experiments_of(exp_show if exp_show is not None else exp_show_json())
+    if not experiments:
+        raise StageError("no finished experiments; run some with `dvc exp run` first")
+    groups = summarize(experiments, over)
+    return json.dumps(groups, indent=2) if as_json else markdown(groups, over)

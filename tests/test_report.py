@@ -1,0 +1,68 @@
+"""The results table: generated from the metrics files, and the README's copy kept in step."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stages import report
+from stages.config import load_params, parse_params
+
+from .conftest import ROOT
+
+
+def test_the_readme_table_is_what_the_committed_metrics_give(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    table = report.render(load_params(ROOT / "params.yaml"))
+    readme = (ROOT / "README.md").read_text()
+    assert report.readme_block(readme) == table, "run `python -m stages.report --readme`"
+    assert (ROOT / report.RESULTS_FILE).read_text() == table
+
+
+def write(path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def test_rows_show_the_figures_with_their_intervals_and_sources(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reports").mkdir()
+    (tmp_path / report.REFERENCE_FILE).write_text(
+        "- {model: always yes, accuracy: 55.2, macro_f1: 23.71, source: counted}\n"
+        "- {model: a big model, accuracy: 74.4, macro_f1: null, source: a paper}\n"
+    )
+    ci = {"accuracy": {"low": 0.41, "high": 0.502}, "macro_f1": {"low": 0.3, "high": 0.36}}
+    base = {"accuracy": 0.458, "macro_f1": 0.331, "rougeL": 0.0, "meteor": 0.0225, "ci95": ci}
+    write(tmp_path / "metrics/eval_base.json", base)
+    model = {"name": "gpt2", "init": "random", "overrides": {"n_layer": 2}}
+    params = parse_params({"model": model, "train": {"epochs": 2}})
+    table = report.render(params)
+    lines = table.splitlines()
+    assert lines[2] == (
+        "| gpt2, base | `gpt2` (random init, n_layer=2); 450 questions x 2 epochs, lr 2e-05; "
+        "dev fold 0 | 45.8 (41.0–50.2) | 33.1 (30.0–36.0) | 0.0 | 2.2 | `metrics/eval_base.json` |"
+    )
+    assert lines[3].startswith("| gpt2, fine-tuned |") and "not run yet" in lines[3]
+    assert lines[4] == "| always yes | published | 55.2 | 23.71 | | | counted |"
+    assert lines[5] == "| a big model | published | 74.4 |  | | | a paper |"
+    assert "Paired comparison" not in table
+    compare = {
+        "n_test": 500,
+        "accuracy": {"base": 0.458, "tuned": 0.434, "diff": -0.024, "ci_low": -0.076,
+                     "ci_high": 0.03},
+        "mcnemar": {"fixed": 83, "broken": 95, "p": 0.4097},
+    }  # fmt: skip
+    write(tmp_path / "metrics/compare.json", compare)
+    assert (
+        "Paired comparison (`metrics/compare.json`): fine-tuning changed accuracy by -2.4 points "
+        "(95% CI -7.6 to +3.0; McNemar exact p = 0.41; 83 questions fixed, 95 broken; "
+        "500 test questions)." in report.render(params)
+    )
+
+
+def test_readme_markers_are_required():
+    with pytest.raises(report.StageError, match="needs the markers"):
+        report.replace_block("no markers here", "table")
+    text = f"a\n{report.BEGIN}\nold\n{report.END}\nb"
+    assert report.replace_block(text, "new\n") == f"a\n{report.BEGIN}\nnew\n{report.END}\nb"
