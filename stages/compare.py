@@ -4,7 +4,7 @@ same test questions, with the uncertainty of the difference.
 Reads `eval/base/samples.jsonl` and `eval/finetuned/samples.jsonl` (one line per question,
 written by the evaluate stage) and, for accuracy, macro-F1, ROUGE-1, ROUGE-L and METEOR,
 reports the base value, the fine-tuned value (`tuned`), their difference (`diff`) and a paired
-95% bootstrap interval of the difference (`ci_low`, `ci_high`: both models resampled on the
+95% bootstrap interval of the difference (`low`, `high`: both models resampled on the
 same questions; `stages/statistics.py`).
 Decision correctness is also compared with the exact McNemar test. Writes
 `metrics/compare.json` and `eval/compare.txt`, the sentence it prints, e.g.
@@ -76,13 +76,13 @@ def pair_samples(
 
 def figure(base: float, tuned: float, interval: dict[str, float]) -> dict[str, float]:
     """One compared figure. Short keys keep `dvc exp show` narrow: `tuned` is the fine-tuned
-    model's value, `diff` is tuned - base, `ci_low`..`ci_high` the paired 95% interval of diff."""
+    model's value, `diff` is tuned - base, `low`..`high` the paired 95% interval of diff."""
     return {
         "base": round(base, 6),
         "tuned": round(tuned, 6),
         "diff": round(tuned - base, 6),
-        "ci_low": round(interval["low"], 6),
-        "ci_high": round(interval["high"], 6),
+        "low": round(interval["low"], 6),
+        "high": round(interval["high"], 6),
     }
 
 
@@ -135,7 +135,7 @@ def sentence(result: dict[str, Any]) -> str:
     points = lambda x: f"{100 * x:+.1f}"  # noqa: E731
     return (
         f"fine-tuning changed accuracy by {points(accuracy['diff'])} points "
-        f"(95% CI {points(accuracy['ci_low'])} to {points(accuracy['ci_high'])}; "
+        f"(95% CI {points(accuracy['low'])} to {points(accuracy['high'])}; "
         f"McNemar exact p = {test['p']:.2g}; {test['fixed']} questions fixed, "
         f"{test['broken']} broken; {result['n_test']} test questions)"
     )

@@ -95,7 +95,7 @@ def test_compare_by_hand():
     accuracy = result["accuracy"]
     assert (accuracy["base"], accuracy["tuned"]) == pytest.approx((10 / 30, 19 / 30), abs=1e-6)
     assert accuracy["diff"] == pytest.approx(9 / 30, abs=1e-6)
-    assert accuracy["ci_low"] < 9 / 30 < accuracy["ci_high"]
+    assert accuracy["low"] < 9 / 30 < accuracy["high"]
     assert result["mcnemar"] == {
         "fixed": 10,
         "broken": 1,
@@ -116,7 +116,7 @@ def test_identical_models_differ_by_nothing():
     result = stage.compare(both, [dict(s) for s in both], 1000, 0)
     for key in ("accuracy", "macro_f1", "rouge1"):
         assert result[key]["diff"] == 0
-        assert (result[key]["ci_low"], result[key]["ci_high"]) == (0.0, 0.0)
+        assert (result[key]["low"], result[key]["high"]) == (0.0, 0.0)
     assert result["mcnemar"] == {"fixed": 0, "broken": 0, "p": 1.0}
 
 
@@ -142,6 +142,8 @@ def test_the_stage_writes_the_metrics_and_the_sentence(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / stage.COMPARE_FILE).read_text())
     assert result["accuracy"]["diff"] == 0 and "rouge1" not in result
+    # Questions are paired by PMID, not by line: the same answers, nothing fixed or broken.
+    assert (result["mcnemar"]["fixed"], result["mcnemar"]["broken"]) == (0, 0)
     assert "200 resamples" in result["ci_method"]
     text = (tmp_path / stage.SENTENCE_FILE).read_text()
     assert text == proc.stdout and text.startswith("fine-tuning changed accuracy by +0.0 points")

@@ -49,8 +49,8 @@ def test_rows_show_the_figures_with_their_intervals_and_sources(tmp_path, monkey
     assert "Paired comparison" not in table
     compare = {
         "n_test": 500,
-        "accuracy": {"base": 0.458, "tuned": 0.434, "diff": -0.024, "ci_low": -0.076,
-                     "ci_high": 0.03},
+        "accuracy": {"base": 0.458, "tuned": 0.434, "diff": -0.024, "low": -0.076,
+                     "high": 0.03},
         "mcnemar": {"fixed": 83, "broken": 95, "p": 0.4097},
     }  # fmt: skip
     write(tmp_path / "metrics/compare.json", compare)
