@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from stages.config import EvaluateParams, ModelParams, load_params
+from stages.devices import claim_gpus
 from stages.errors import StageError, run_stage
 from stages.generate import generate_greedy
 from stages.io import atomic_file, write_json
@@ -352,6 +353,7 @@ def main() -> None:
     which = parse_which(sys.argv[1:])
     params = load_params()
     examples = read_test(TEST_FILE)
+    claim_gpus(1)  # a free GPU of its own (several experiments may run at once), if any
     device = pick_device()
     dtype = inference_dtype(device)
     model, tokenizer = load_evaluated(which, params.model, dtype=dtype)

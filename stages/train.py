@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from stages.config import Params, TrainParams, load_params
+from stages.devices import claim_gpus
 from stages.errors import StageError, run_stage
 from stages.io import atomic_dir, write_json
 from stages.modeling import build_model, gpu_has_bf16, load_tokenizer
@@ -619,18 +620,6 @@ def launch(num_processes: int) -> None:
         raise StageError(f"training processes failed (exit status {code}); see their output above")
 
 
-def one_gpu_only(environ) -> None:
-    """Before CUDA starts, let a single training process see a single GPU: the first of those
-    visible (CUDA_VISIBLE_DEVICES, else device 0). Several GPUs are used through
-    train.num_processes, one process each; a lone process seeing several would be run with
-    DataParallel by the Trainer."""
-    visible = environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        environ["CUDA_VISIBLE_DEVICES"] = "0"
-    elif "," in visible:
-        environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[0].strip()
-
-
 def main() -> None:
     params = load_params()
     processes = params.train.num_processes
@@ -640,11 +629,13 @@ def main() -> None:
             f"train.num_processes: is {processes} but the launcher started "
             f"{os.environ['WORLD_SIZE']} processes; set it to match"
         )
+    if not launched:
+        # Before CUDA starts: lock free GPUs, one per process, and see only those. A single
+        # process seeing several would be run with DataParallel by the Trainer.
+        claim_gpus(processes)
     if processes > 1 and not launched:
         launch(processes)
     else:
-        if not launched:
-            one_gpu_only(os.environ)
         train(params)
 
 

@@ -603,9 +603,12 @@ def test_loss_on_all_learns_the_prompt_tokens_too(workdir, tiny, monkeypatch):
 def test_one_training_process_sees_one_gpu(workdir, tiny, monkeypatch, visible, expected):
     """With train.num_processes 1 on a machine of several GPUs, the Trainer would wrap the
     model in DataParallel (a larger batch, warmup for one device, no bf16 autocast): the
-    stage restricts CUDA to one device before anything starts it."""
+    stage restricts CUDA to one free device before anything starts it."""
+    from stages import devices
+
     seen = {}
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1"])
+    monkeypatch.setenv(devices.LOCK_DIR_ENV, str(workdir / "locks"))
     if visible is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     else:
@@ -613,8 +616,28 @@ def test_one_training_process_sees_one_gpu(workdir, tiny, monkeypatch, visible, 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(stage, "train", lambda params: seen.update(os.environ))
     set_params(workdir, tiny())
-    stage.main()
+    try:
+        stage.main()
+    finally:
+        devices.release_gpus()
     assert seen["CUDA_VISIBLE_DEVICES"] == expected
+
+
+def test_a_data_parallel_run_claims_a_gpu_per_process(workdir, tiny, monkeypatch):
+    from stages import devices
+
+    seen = {}
+    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1", "2"])
+    monkeypatch.setenv(devices.LOCK_DIR_ENV, str(workdir / "locks"))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(stage, "launch", lambda n: seen.update(os.environ, n=n))
+    set_params(workdir, tiny(num_processes=2))
+    try:
+        stage.main()
+    finally:
+        devices.release_gpus()
+    assert (seen["n"], seen["CUDA_VISIBLE_DEVICES"]) == (2, "0,1")
 
 
 def test_a_process_that_sees_several_gpus_is_refused(workdir, tiny, monkeypatch):

@@ -1,0 +1,109 @@
+"""GPUs for concurrent experiments: each stage process claims free devices before CUDA starts.
+
+Several experiments on one multi-GPU machine (`dvc queue start -j N`, or several clones) must
+not all land on GPU 0. Before the train and evaluate stages touch CUDA, `claim_gpus(n)` takes
+an exclusive lock on a lock file per device (`flock`, in `PUBMEDQA_GPU_LOCK_DIR`, default
+`/tmp/pubmedqa-gpu-locks`), picks the first free devices, and sets `CUDA_VISIBLE_DEVICES` to
+them. The lock is the process's open file: it is released when the process ends, killed or not.
+When every device is taken, the stage waits for one to come free (it says so) rather than
+failing. Devices are those in `CUDA_VISIBLE_DEVICES` when it is set, else every NVIDIA GPU the
+driver lists (`/proc/driver/nvidia/gpus`, read without starting CUDA).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import re
+import sys
+import time
+from collections.abc import MutableMapping
+from pathlib import Path
+
+from stages.errors import StageError
+
+LOCK_DIR_ENV = "PUBMEDQA_GPU_LOCK_DIR"
+DEFAULT_LOCK_DIR = "/tmp/pubmedqa-gpu-locks"
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
+POLL_SECONDS = 2.0
+
+_held: list[int] = []  # open lock files of this process: closing one frees its device
+
+
+def physical_gpus() -> list[str]:
+    """Indices of the NVIDIA GPUs the driver lists, without initialising CUDA."""
+    if not NVIDIA_GPUS.is_dir():
+        return []
+    return [str(i) for i in range(len(list(NVIDIA_GPUS.iterdir())))]
+
+
+def candidate_gpus(environ: MutableMapping[str, str]) -> list[str]:
+    """The devices this process may use: CUDA_VISIBLE_DEVICES when set, else all of them."""
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip()]
+    return physical_gpus()
+
+
+def _try_lock(path: Path) -> int | None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for a person looking
+    return fd
+
+
+def claim_gpus(
+    n: int, environ: MutableMapping[str, str] | None = None, poll: float = POLL_SECONDS
+) -> list[str]:
+    """Lock `n` free GPUs for this process, set CUDA_VISIBLE_DEVICES to them, return them.
+
+    Returns [] (and changes nothing) on a machine without GPUs. Waits while fewer than `n`
+    are free. Call it before anything starts CUDA in this process.
+    """
+    environ = os.environ if environ is None else environ
+    candidates = candidate_gpus(environ)
+    if not candidates:
+        return []
+    if n > len(candidates):
+        raise StageError(
+            f"train.num_processes: {n} GPUs asked for, {len(candidates)} visible "
+            f"({','.join(candidates)})"
+        )
+    lock_dir = Path(environ.get(LOCK_DIR_ENV, DEFAULT_LOCK_DIR))
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    said = False
+    while True:
+        claimed: list[tuple[str, int]] = []
+        for device in candidates:
+            fd = _try_lock(lock_dir / f"gpu-{re.sub(r'[^A-Za-z0-9_.-]', '_', device)}.lock")
+            if fd is not None:
+                claimed.append((device, fd))
+                if len(claimed) == n:
+                    break
+        if len(claimed) == n:
+            _held.extend(fd for _, fd in claimed)
+            devices = [device for device, _ in claimed]
+            environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+            print(f"using GPU {','.join(devices)} (locked in {lock_dir})", file=sys.stderr)
+            return devices
+        for _, fd in claimed:  # all or nothing: never hold part of a request while waiting
+            os.close(fd)
+        if not said:
+            print(
+                f"waiting for {n} free GPU(s) of {','.join(candidates)} (others are in use)",
+                file=sys.stderr,
+            )
+            said = True
+        time.sleep(poll * random.uniform(0.5, 1.5))  # jitter: two waiters never lock-step
+
+
+def release_gpus() -> None:
+    """Free every device this process claimed (the end of the process does it too)."""
+    while _held:
+        os.close(_held.pop())
