@@ -506,3 +506,57 @@ def test_training_on_the_real_questions_learns_what_a_small_model_can(smoke, tmp
         f"{base['perplexity']:.0f} -> {tuned['perplexity']:.0f};",
         (repo / "eval/compare.txt").read_text(),
     )
+
+
+# ---- Several machines: experiments shared through a git remote and a DVC remote ----
+
+
+def test_experiments_from_two_machines_meet_in_a_third(smoke, tmp_path):
+    """Two clones (two machines, sharing one DVC cache as clones on one host can) each run an
+    experiment and `dvc exp push` it; a third clone pulls both, lists them with their params
+    and metrics, applies one and gets its model and metrics byte for byte."""
+    origin, storage, cache = tmp_path / "origin.git", tmp_path / "storage", tmp_path / "cache"
+    sh(["git", "init", "--quiet", "--bare", str(origin)], cwd=tmp_path)
+    first = copy_of(smoke[0], tmp_path / "first")
+    sh(["dvc", "remote", "add", "--default", "storage", str(storage)], cwd=first)
+    commit_all(first, "a DVC remote")
+    sh(["git", "remote", "add", "shared", str(origin)], cwd=first)
+    sh(["git", "push", "--quiet", "shared", "HEAD:main"], cwd=first)
+    sh(["dvc", "push"], cwd=first)
+
+    produced = {}
+    for name, seed in (("machine-a", 1), ("machine-b", 2)):
+        machine = tmp_path / name
+        sh(["git", "clone", "--quiet", "--branch", "main", str(origin), str(machine)], cwd=tmp_path)
+        sh(["dvc", "cache", "dir", "--local", str(cache)], cwd=machine)
+        sh(["dvc", "pull"], cwd=machine)
+        sh(["dvc", "exp", "run", "--name", name, "-S", f"train.seed={seed}"], cwd=machine)
+        sh(["dvc", "exp", "push", "origin", name], cwd=machine)
+        produced[name] = {
+            "model": (machine / "models/finetuned/model.safetensors").read_bytes(),
+            "metrics": metrics_of(machine),
+        }
+        assert not (machine / ".dvc/cache").exists()  # one cache for both clones
+    assert produced["machine-a"]["model"] != produced["machine-b"]["model"]
+
+    third = tmp_path / "third"
+    sh(["git", "clone", "--quiet", "--branch", "main", str(origin), str(third)], cwd=tmp_path)
+    sh(["dvc", "exp", "pull", "origin", "machine-a", "machine-b"], cwd=third)
+    table = read_json_text(sh(["dvc", "exp", "show", "--json"], cwd=third))
+    shown = {
+        rev["name"]: rev["data"]
+        for commit in table
+        for group in commit.get("experiments") or []
+        for rev in group["revs"]
+    }
+    assert set(shown) == {"machine-a", "machine-b"}
+    for name, seed in (("machine-a", 1), ("machine-b", 2)):
+        data = shown[name]
+        assert data["params"]["params.yaml"]["data"]["train"]["seed"] == seed
+        accuracy = data["metrics"]["metrics/eval_finetuned.json"]["data"]["accuracy"]
+        assert accuracy == produced[name]["metrics"]["eval_finetuned.json"]["accuracy"]
+    sh(["dvc", "exp", "apply", "machine-b"], cwd=third)
+    sh(["dvc", "pull"], cwd=third)
+    model = (third / "models/finetuned/model.safetensors").read_bytes()
+    assert model == produced["machine-b"]["model"]
+    assert metrics_of(third) == produced["machine-b"]["metrics"]
