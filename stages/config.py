@@ -109,6 +109,9 @@ class TrainParams(Section):
     """Data-parallel processes (one per GPU, or CPU processes with gloo)."""
     save_steps: int | None = Field(default=None, ge=1)
     """Also checkpoint every N optimizer steps (null: only at each epoch end)."""
+    keep_checkpoints: bool = False
+    """Keep models/checkpoints/ after a successful run (else it is deleted: the best epoch
+    is saved in models/finetuned). A killed run's checkpoints are kept either way."""
     resumable_checkpoints: bool = False
     """Checkpoints with optimizer, scheduler and RNG state, so that a killed run resumes where
     it stopped. Off: weights only (a third of the bytes: GPT-2 Large is 3.1 GB instead of

@@ -29,6 +29,7 @@ NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 POLL_SECONDS = 2.0
 
 _held: list[int] = []  # open lock files of this process: closing one frees its device
+_claimed: list[str] = []  # the devices they lock
 
 
 def physical_gpus() -> list[str]:
@@ -64,9 +65,13 @@ def claim_gpus(
     """Lock `n` free GPUs for this process, set CUDA_VISIBLE_DEVICES to them, return them.
 
     Returns [] (and changes nothing) on a machine without GPUs. Waits while fewer than `n`
-    are free. Call it before anything starts CUDA in this process.
+    are free. Call it before anything starts CUDA in this process; a process that holds GPUs
+    already keeps those.
     """
     environ = os.environ if environ is None else environ
+    if _claimed:  # this process holds its GPUs already (a second lock would wait on itself)
+        environ["CUDA_VISIBLE_DEVICES"] = ",".join(_claimed)
+        return list(_claimed)
     candidates = candidate_gpus(environ)
     if not candidates:
         return []
@@ -89,6 +94,7 @@ def claim_gpus(
         if len(claimed) == n:
             _held.extend(fd for _, fd in claimed)
             devices = [device for device, _ in claimed]
+            _claimed.extend(devices)
             environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
             print(f"using GPU {','.join(devices)} (locked in {lock_dir})", file=sys.stderr)
             return devices
@@ -107,3 +113,4 @@ def release_gpus() -> None:
     """Free every device this process claimed (the end of the process does it too)."""
     while _held:
         os.close(_held.pop())
+    _claimed.clear()

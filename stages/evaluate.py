@@ -33,6 +33,7 @@ from stages.devices import claim_gpus
 from stages.errors import StageError, run_stage
 from stages.generate import generate_greedy
 from stages.io import atomic_file, write_json
+from stages.memory import EVALUATE_ADVICE, out_of_memory_message
 from stages.modeling import (
     build_model,
     inference_dtype,
@@ -360,7 +361,10 @@ def main() -> None:
     model.to(device)
     check_fits(examples, model.config.n_positions)
     print(f"evaluate {which}: {len(examples)} test questions on {device} ({dtype})", flush=True)
-    evaluation = evaluate_model(model, tokenizer, examples, params.evaluate, name=which)
+    try:
+        evaluation = evaluate_model(model, tokenizer, examples, params.evaluate, name=which)
+    except torch.OutOfMemoryError as exc:
+        raise StageError(out_of_memory_message(exc, EVALUATE_ADVICE)) from None
     evaluation.details["perf"].update(
         device=str(device),
         dtype=str(dtype).removeprefix("torch."),

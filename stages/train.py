@@ -38,6 +38,14 @@ from stages.config import Params, TrainParams, load_params
 from stages.devices import claim_gpus
 from stages.errors import StageError, run_stage
 from stages.io import atomic_dir, write_json
+from stages.memory import (
+    TRAIN_ADVICE,
+    available_cpu_bytes,
+    gb,
+    killed_message,
+    out_of_memory_message,
+    training_state_bytes,
+)
 from stages.modeling import build_model, gpu_has_bf16, load_tokenizer
 from stages.prepare import read_prepared
 from stages.prompt import Encoded, label_token_ids
@@ -55,6 +63,7 @@ PERF_FILE = Path("perf/train.json")  # timings, devices, memory: an output, not 
 COLUMNS = ("pmid", "prompt_ids", "completion_ids", "shortened")
 IGNORE_INDEX = -100  # label of a position that does not count in the loss
 RUN_FILE = "run.json"  # in CHECKPOINTS: the fingerprint of the run the checkpoints belong to
+RUNNING_FILE = CHECKPOINTS / "running.json"  # while a run trains; left behind if it is killed
 STATE_FILE = "trainer_state.json"  # the Trainer writes it last: a checkpoint without it is partial
 LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
 
@@ -533,6 +542,9 @@ def train(params: Params) -> None:
         model = apply_lora(model, cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
+    if args.process_index == 0:
+        report_unfinished_run(RUNNING_FILE)
+        print(memory_line(total, trainable, cuda))
 
     with args.main_process_first(local=False, desc="checking checkpoints"):
         if args.process_index == 0:
@@ -564,7 +576,15 @@ def train(params: Params) -> None:
         tokens_before = json.loads((Path(resume) / STATE_FILE).read_text()).get(
             "num_input_tokens_seen", 0
         )
-    result = trainer.train(resume_from_checkpoint=resume)
+    if args.process_index == 0:
+        write_json(RUNNING_FILE, {"pid": os.getpid()})
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    except torch.OutOfMemoryError as exc:
+        raise StageError(out_of_memory_message(exc, TRAIN_ADVICE)) from None
+    finally:
+        if args.process_index == 0:
+            RUNNING_FILE.unlink(missing_ok=True)
     ranks = gather_from_ranks(device_figures(cuda))
 
     if trainer.is_world_process_zero():
@@ -592,11 +612,52 @@ def train(params: Params) -> None:
         save_finetuned(final, tokenizer, params, metrics, FINETUNED)
         write_json(METRICS_FILE, metrics)
         write_json(PERF_FILE, perf)
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(CHECKPOINTS)  # the run is done: nothing left to resume
         print(
             f"saved {FINETUNED} (step {metrics['best_step']}): "
             f"dev_loss {metrics['dev_loss']:.4f}, dev_accuracy {metrics['dev_accuracy']:.4f}, "
             f"{perf['train_tokens_per_second']} tokens/s"
         )
+
+
+def memory_line(total: int, trained: int, cuda: bool) -> str:
+    """What the weights, gradients and AdamW state need against the device's memory; on a GPU
+    that cannot hold them, a StageError (no batch size makes them fit; LoRA does)."""
+    need = training_state_bytes(total, trained)
+    what = (
+        f"weights, gradients and AdamW state need {gb(need)} ({total:,} parameters, "
+        f"{trained:,} trained), before activations"
+    )
+    if cuda:
+        capacity = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        return check_gpu_capacity(what, need, capacity)
+    available = available_cpu_bytes()
+    return what + (f"; {gb(available)} available on this machine" if available else "")
+
+
+def check_gpu_capacity(what: str, need: int, capacity: int) -> str:
+    if need > capacity:
+        raise StageError(
+            f"{what}, more than the GPU's {gb(capacity)}: set train.lora.enabled: true "
+            "(it trains few parameters), or use a GPU with more memory"
+        )
+    return f"{what}; the GPU has {gb(capacity)}"
+
+
+def report_unfinished_run(marker: Path) -> None:
+    """Say so when the last run of this stage here ended without finishing (its marker is
+    still there and its process is gone): a SIGKILL, most often the out-of-memory killer."""
+    if not marker.is_file():
+        return
+    try:
+        pid = int(json.loads(marker.read_text())["pid"])
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        ended = killed_message(TRAIN_ADVICE)
+        print(f"the last training run here (pid {pid}) did not finish; if it was {ended}")
+    except (ValueError, KeyError, json.JSONDecodeError, PermissionError, OSError):
+        return
 
 
 def launch(num_processes: int) -> None:
@@ -616,6 +677,8 @@ def launch(num_processes: int) -> None:
         "stages.train",
     ]
     code = subprocess.call(command)
+    if code == -9:
+        raise StageError(f"training processes {killed_message(TRAIN_ADVICE)}")
     if code != 0:
         raise StageError(f"training processes failed (exit status {code}); see their output above")
 

@@ -88,6 +88,20 @@ def test_asking_for_more_gpus_than_visible_is_an_error(tmp_path):
         devices.claim_gpus(3, env)
 
 
+def test_a_process_keeps_the_gpus_it_holds(monkeypatch, tmp_path):
+    """A second claim in the same process (evaluate after train in one interpreter) returns
+    the GPUs it holds instead of waiting for its own lock."""
+    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1"])
+    env = {devices.LOCK_DIR_ENV: str(tmp_path)}
+    try:
+        assert devices.claim_gpus(1, env) == ["0"]
+        assert devices.claim_gpus(1, {**env, "CUDA_VISIBLE_DEVICES": "0,1"}, poll=0.01) == ["0"]
+    finally:
+        devices.release_gpus()
+    assert devices.claim_gpus(1, env) == ["0"]  # released: free again
+    devices.release_gpus()
+
+
 def test_no_gpu_no_claim(monkeypatch, tmp_path):
     monkeypatch.setattr(devices, "physical_gpus", lambda: [])
     env = {devices.LOCK_DIR_ENV: str(tmp_path)}

@@ -370,3 +370,25 @@ def test_every_aggregate_recomputes_from_the_samples_file_alone(eval_workdir, mo
         values = np.array([s[key] for s in generated])
         assert [ci[key]["low"], ci[key]["high"]] == interval((values,), np.mean)
     assert ci["accuracy"]["low"] <= metrics["accuracy"] <= ci["accuracy"]["high"]
+
+
+def test_cuda_out_of_memory_in_evaluation_is_one_line_with_advice(
+    eval_workdir, monkeypatch, capsys
+) -> None:
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 6.14 GiB. GPU 0 has a total capacity of "
+            "15.77 GiB of which 2.50 GiB is free."
+        )
+
+    monkeypatch.setattr(stage, "evaluate_model", out_of_memory)
+    monkeypatch.setattr(sys, "argv", ["evaluate", "base"])
+    with pytest.raises(SystemExit) as exit_info:
+        stage.run_stage(stage.main)
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: CUDA out of memory, tried to allocate 6.14 GiB, 2.50 GiB free of 15.77 GiB; "
+        "to fit: lower evaluate.batch_size and evaluate.generation_batch_size, "
+        "or prepare.max_length"
+    )
+    assert not Path("eval").exists() and not Path("metrics").exists()

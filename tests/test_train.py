@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from stages import train as stage
 from stages.config import TrainParams, parse_params
-from stages.errors import StageError
+from stages.errors import StageError, run_stage
 from stages.modeling import load_model
 from stages.prepare import write_split
 from stages.prompt import LABELS, Encoded
@@ -331,7 +331,9 @@ def test_training_run_writes_model_metrics_and_curves(workdir, tiny):
 
 
 def test_same_params_same_metrics_and_resume_after_a_finished_run(workdir, tiny):
-    set_params(workdir, tiny(best_metric="dev_accuracy", resumable_checkpoints=True))
+    set_params(
+        workdir, tiny(best_metric="dev_accuracy", resumable_checkpoints=True, keep_checkpoints=True)
+    )
     stage.main()
     first = read_metrics(workdir)
     first_curve = (workdir / "dvclive/plots/metrics/train/loss.tsv").read_text()
@@ -352,7 +354,7 @@ def test_same_params_same_metrics_and_resume_after_a_finished_run(workdir, tiny)
 
 
 def test_resume_from_an_interrupted_run_matches_an_uninterrupted_one(workdir, tiny):
-    set_params(workdir, tiny(epochs=2, resumable_checkpoints=True))
+    set_params(workdir, tiny(epochs=2, resumable_checkpoints=True, keep_checkpoints=True))
     stage.main()
     whole = read_metrics(workdir)
     curves = {name: curve_text(workdir, name) for name in ("train/loss", "train/learning_rate")}
@@ -391,7 +393,7 @@ def test_resume_from_an_interrupted_run_matches_an_uninterrupted_one(workdir, ti
 
 
 def test_changed_params_start_afresh(workdir, tiny, capsys):
-    set_params(workdir, tiny(epochs=1))
+    set_params(workdir, tiny(epochs=1, keep_checkpoints=True))
     stage.main()
     set_params(workdir, tiny(epochs=1, learning_rate=5e-4))
     stage.main()
@@ -404,7 +406,7 @@ def test_lora_run_saves_the_base_plus_the_trained_low_rank_update(workdir, tiny,
 
     from stages.modeling import build_model
 
-    params = tiny(epochs=1, save_steps=2, gradient_checkpointing=True)
+    params = tiny(epochs=1, save_steps=2, gradient_checkpointing=True, keep_checkpoints=True)
     r, alpha = 4, 8
     params["train"]["lora"] = {"enabled": True, "r": r, "alpha": alpha}
     set_params(workdir, params)
@@ -531,7 +533,7 @@ def test_the_saved_model_is_the_best_dev_checkpoint(selection_workdir, tiny, bes
         selection_workdir,
         tiny(
             epochs=4, learning_rate=1e-2, lr_scheduler="constant", warmup_ratio=0.0,
-            save_steps=1, eval_batch_size=8, best_metric=best_metric,
+            save_steps=1, eval_batch_size=8, best_metric=best_metric, keep_checkpoints=True,
         ),
     )  # fmt: skip
     stage.main()
@@ -609,10 +611,9 @@ def test_one_training_process_sees_one_gpu(workdir, tiny, monkeypatch, visible, 
     seen = {}
     monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1"])
     monkeypatch.setenv(devices.LOCK_DIR_ENV, str(workdir / "locks"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible or "")  # restored after the test
     if visible is None:
-        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    else:
-        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(stage, "train", lambda params: seen.update(os.environ))
     set_params(workdir, tiny())
@@ -629,7 +630,8 @@ def test_a_data_parallel_run_claims_a_gpu_per_process(workdir, tiny, monkeypatch
     seen = {}
     monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1", "2"])
     monkeypatch.setenv(devices.LOCK_DIR_ENV, str(workdir / "locks"))
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # restored after the test
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(stage, "launch", lambda n: seen.update(os.environ, n=n))
     set_params(workdir, tiny(num_processes=2))
@@ -696,7 +698,7 @@ def test_dev_accuracy_runs_under_the_training_autocast(workdir, tiny, monkeypatc
 
 @pytest.mark.parametrize("resumable", [False, True])
 def test_checkpoints_hold_optimizer_state_only_when_resumable(workdir, tiny, resumable, capsys):
-    set_params(workdir, tiny(epochs=1, resumable_checkpoints=resumable))
+    set_params(workdir, tiny(epochs=1, resumable_checkpoints=resumable, keep_checkpoints=True))
     stage.main()
     (checkpoint,) = (workdir / stage.CHECKPOINTS).glob("checkpoint-*")
     names = {p.name for p in checkpoint.iterdir()}
@@ -709,3 +711,71 @@ def test_checkpoints_hold_optimizer_state_only_when_resumable(workdir, tiny, res
     out = capsys.readouterr().out
     assert ("resuming from" in out) == resumable
     assert ("weights-only checkpoints" in out) == (not resumable)
+
+
+# ---- Memory and disk ----
+
+
+def test_checkpoints_are_deleted_after_a_successful_run(workdir, tiny, capsys):
+    set_params(workdir, tiny(epochs=1))
+    stage.main()
+    assert not (workdir / stage.CHECKPOINTS).exists()
+    assert (workdir / stage.FINETUNED / "model.safetensors").is_file()
+    out = capsys.readouterr().out
+    # The memory the training state needs is said before training (fp32 weights, gradients
+    # and AdamW moments: 16 bytes a trained parameter), against the machine's memory.
+    metrics = read_metrics(workdir)
+    need = 16 * metrics["total_parameters"] / 1e9
+    assert f"weights, gradients and AdamW state need {need:.1f} GB" in out
+    assert "available on this machine" in out
+
+
+def test_a_gpu_too_small_for_the_training_state_is_refused_with_advice():
+    gpt2_large = 774_030_080
+    need = 16 * gpt2_large  # 12.4 GB
+    with pytest.raises(StageError, match=r"more than the GPU's 8.6 GB: set train.lora.enabled"):
+        stage.check_gpu_capacity("what", need, 8_589_934_592)
+    assert stage.check_gpu_capacity("what", need, 85_899_345_920) == "what; the GPU has 85.9 GB"
+
+
+OOM = (
+    "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of "
+    "which 1.06 GiB is free. Including non-PyTorch memory, this process has 78.12 GiB in use."
+)
+
+
+def test_cuda_out_of_memory_in_training_is_one_line_with_advice(workdir, tiny, monkeypatch, capsys):
+    from transformers import Trainer
+
+    def out_of_memory(self, *args, **kwargs):
+        raise torch.OutOfMemoryError(OOM)
+
+    monkeypatch.setattr(Trainer, "train", out_of_memory)
+    set_params(workdir, tiny(epochs=1))
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(stage.main)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: CUDA out of memory, tried to allocate 2.00 GiB, 1.06 GiB free of 79.19 GiB; "
+        "to fit: lower train.batch_size and raise train.gradient_accumulation_steps by the same "
+        "factor, set train.gradient_checkpointing: true, set train.lora.enabled: true, or lower "
+        "prepare.max_length"
+    ]
+    assert not (workdir / stage.FINETUNED).exists() and not stage.RUNNING_FILE.exists()
+
+
+def test_a_killed_run_is_reported_by_the_next_one(workdir, tiny, capsys):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process that existed and is gone, as a SIGKILLed run is
+    stage.CHECKPOINTS.mkdir(parents=True)
+    stage.RUNNING_FILE.write_text(json.dumps({"pid": dead.pid}))
+    set_params(workdir, tiny(epochs=1))
+    stage.main()
+    out = capsys.readouterr().out
+    assert (
+        f"the last training run here (pid {dead.pid}) did not finish; if it was killed by "
+        "signal 9: probably out of memory" in out
+    )
+    stage.main()  # that run finished: nothing to report
+    assert "did not finish" not in capsys.readouterr().out
