@@ -30,7 +30,6 @@ SAMPLES = {model: EVAL_DIR / model / "samples.jsonl" for model in ("base", "fine
 COMPARE_FILE = Path("metrics/compare.json")
 SENTENCE_FILE = EVAL_DIR / "compare.txt"
 REQUIRED = ("pmid", "gold_decision", "predicted_decision", "correct", "generated_answer")
-ANSWER_SCORES = ("rouge1", "rougeL", "meteor", "meteor_no_synonyms")
 
 
 def read_samples(path: Path) -> list[dict[str, Any]]:
@@ -120,7 +119,7 @@ def compare(
         if b["generated_answer"] is not None and t["generated_answer"] is not None
     ]
     result["n_generated"] = len(both)
-    for key in ANSWER_SCORES:
+    for key in statistics.ANSWER_SCORES:
         if both and key in both[0][0] and key in both[0][1]:
             scores_b, scores_t = [b[key] for b, _ in both], [t[key] for _, t in both]
             interval = statistics.paired_difference_interval(scores_b, scores_t, n_resamples, seed)

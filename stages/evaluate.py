@@ -51,7 +51,6 @@ FINETUNED = Path("models/finetuned")
 EVAL_DIR = Path("eval")
 METRICS_DIR = Path("metrics")
 COLUMNS = ("pmid", "question", "decision", "long_answer", "prompt_ids", "completion_ids")
-INTERVAL_SCORES = ("rouge1", "rougeL", "meteor", "meteor_no_synonyms")  # besides the decisions
 
 
 @dataclass(frozen=True)
@@ -318,7 +317,7 @@ def intervals(samples: Sequence[dict[str, Any]], settings: EvaluateParams) -> di
         "macro_f1": statistics.macro_f1_interval(gold, pred, n, seed),
     }
     generated = [s for s in samples if s["generated_answer"] is not None]
-    for key in INTERVAL_SCORES:
+    for key in statistics.ANSWER_SCORES:
         if generated and key in generated[0]:
             ci[key] = statistics.mean_interval([s[key] for s in generated], n, seed)
     return {

@@ -21,6 +21,8 @@ from stages.prompt import LABELS
 
 CONFIDENCE = 0.95
 METHOD = "percentile"
+# The per-answer scores given an interval, besides the decisions' accuracy and macro-F1.
+ANSWER_SCORES = ("rouge1", "rougeL", "meteor", "meteor_no_synonyms")
 
 
 def describe_method(n_resamples: int, seed: int, n: int) -> str:
