@@ -443,6 +443,7 @@ def test_seed_sweep_summary_equals_the_experiments_metrics_files(seed_sweep):
     assert len(set(expected["accuracy"])) > 1  # the seeds did change the runs
     table = sh(["pubmedqa-gpt2", "summary", "--over", "train.seed"], cwd=repo)
     assert "| n | accuracy |" in table and "| 3 |" in table
+    print(table)  # quoted in the issue note (pytest -s)
 
 
 def committed_json_params(repo: Path, rev: str) -> dict:
