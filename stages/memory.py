@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from stages.errors import StageError
+
 TRAIN_ADVICE = (
     "lower train.batch_size and raise train.gradient_accumulation_steps by the same factor, "
     "set train.gradient_checkpointing: true, set train.lora.enabled: true, "
@@ -43,6 +45,26 @@ def available_cpu_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
 
 def gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB"
+
+
+def memory_line(total: int, trained: int, gpu_capacity: int | None) -> str:
+    """What the weights, gradients and AdamW state need, against the GPU's memory (a
+    StageError when they do not fit: no batch size makes them fit, LoRA does) or, on a CPU
+    (`gpu_capacity` None), against the machine's available memory (said, not enforced)."""
+    need = training_state_bytes(total, trained)
+    what = (
+        f"weights, gradients and AdamW state need {gb(need)} ({total:,} parameters, "
+        f"{trained:,} trained), before activations"
+    )
+    if gpu_capacity is None:
+        available = available_cpu_bytes()
+        return what + (f"; {gb(available)} available on this machine" if available else "")
+    if need > gpu_capacity:
+        raise StageError(
+            f"{what}, more than the GPU's {gb(gpu_capacity)}: set train.lora.enabled: true "
+            "(it trains few parameters), or use a GPU with more memory"
+        )
+    return f"{what}; the GPU has {gb(gpu_capacity)}"
 
 
 def out_of_memory_message(error: BaseException, advice: str) -> str:

@@ -34,18 +34,12 @@ from pathlib import Path
 
 import torch
 
+from stages import memory
 from stages.config import Params, TrainParams, load_params
 from stages.devices import claim_gpus
 from stages.errors import StageError, run_stage
 from stages.io import atomic_dir, write_json
-from stages.memory import (
-    TRAIN_ADVICE,
-    available_cpu_bytes,
-    gb,
-    killed_message,
-    out_of_memory_message,
-    training_state_bytes,
-)
+from stages.memory import TRAIN_ADVICE, killed_message, out_of_memory_message
 from stages.modeling import build_model, gpu_has_bf16, load_tokenizer
 from stages.prepare import read_prepared
 from stages.prompt import Encoded, label_token_ids
@@ -622,27 +616,11 @@ def train(params: Params) -> None:
 
 
 def memory_line(total: int, trained: int, cuda: bool) -> str:
-    """What the weights, gradients and AdamW state need against the device's memory; on a GPU
-    that cannot hold them, a StageError (no batch size makes them fit; LoRA does)."""
-    need = training_state_bytes(total, trained)
-    what = (
-        f"weights, gradients and AdamW state need {gb(need)} ({total:,} parameters, "
-        f"{trained:,} trained), before activations"
-    )
+    """The training state's memory against this device's (see `stages.memory.memory_line`)."""
     if cuda:
         capacity = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-        return check_gpu_capacity(what, need, capacity)
-    available = available_cpu_bytes()
-    return what + (f"; {gb(available)} available on this machine" if available else "")
-
-
-def check_gpu_capacity(what: str, need: int, capacity: int) -> str:
-    if need > capacity:
-        raise StageError(
-            f"{what}, more than the GPU's {gb(capacity)}: set train.lora.enabled: true "
-            "(it trains few parameters), or use a GPU with more memory"
-        )
-    return f"{what}; the GPU has {gb(capacity)}"
+        return memory.memory_line(total, trained, gpu_capacity=capacity)
+    return memory.memory_line(total, trained, gpu_capacity=None)
 
 
 def report_unfinished_run(marker: Path) -> None:

@@ -731,11 +731,14 @@ def test_checkpoints_are_deleted_after_a_successful_run(workdir, tiny, capsys):
 
 
 def test_a_gpu_too_small_for_the_training_state_is_refused_with_advice():
-    gpt2_large = 774_030_080
-    need = 16 * gpt2_large  # 12.4 GB
+    from stages.memory import memory_line
+
+    gpt2_large = 774_030_080  # full fine-tuning: 16 x 774M = 12.4 GB
     with pytest.raises(StageError, match=r"more than the GPU's 8.6 GB: set train.lora.enabled"):
-        stage.check_gpu_capacity("what", need, 8_589_934_592)
-    assert stage.check_gpu_capacity("what", need, 85_899_345_920) == "what; the GPU has 85.9 GB"
+        memory_line(gpt2_large, gpt2_large, gpu_capacity=8_589_934_592)
+    line = memory_line(gpt2_large, gpt2_large, gpu_capacity=85_899_345_920)
+    assert line.startswith("weights, gradients and AdamW state need 12.4 GB")
+    assert line.endswith("; the GPU has 85.9 GB")
 
 
 OOM = (
