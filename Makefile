@@ -6,7 +6,7 @@ GPT2_TOKENIZER_DIR ?= ../shared/gpt2-tokenizer
 export PUBMEDQA_DIR := $(abspath $(PUBMEDQA_DIR))
 export GPT2_TOKENIZER_DIR := $(abspath $(GPT2_TOKENIZER_DIR))
 
-.PHONY: test offline-data smoke-params smoke bench
+.PHONY: test offline-data smoke-params smoke bench gpu-kit cpu-large
 
 test:
 	$(PYTHON) -m pytest
@@ -29,3 +29,21 @@ smoke:
 
 bench:
 	$(PYTHON) -m bench.cpu
+
+# GPT-2 Large (random weights) trained for a few steps on this CPU, before renting a GPU: the
+# smoke clone with the real model's shape and settings that fit 24 GiB (batch 1, gradient
+# checkpointing, 8 questions, 1 epoch). Figures: docs/PERFORMANCE.md, "GPT-2 Large on a CPU".
+cpu-large:
+	@test -n "$(DIR)" || { echo "usage: make cpu-large DIR=<path>"; exit 2; }
+	git clone --quiet "$(CURDIR)" "$(DIR)"
+	$(MAKE) -C "$(DIR)" offline-data smoke-params
+	cd "$(DIR)" && dvc exp run train -S model.name=gpt2-large -S 'model.overrides={}' \
+		-S prepare.max_length=1024 -S prepare.max_train_samples=8 -S train.epochs=1 \
+		-S train.batch_size=1 -S train.gradient_checkpointing=true
+	cat "$(DIR)/metrics/train.json" "$(DIR)/perf/train.json"
+
+# The folder bench/gpu_check.sh needs on a bare, offline GPU machine (wheels, data, tokenizer):
+# copy it there beside the working tree. Needs PyPI; 64 MiB at most.
+GPU_KIT ?= gpu-kit
+gpu-kit:
+	$(PYTHON) -m bench.gpu_kit $(GPU_KIT)

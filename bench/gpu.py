@@ -108,13 +108,15 @@ def flop_parameters(model) -> tuple[int, int]:
 
 def training_flops(examples: Sequence[Encoded], model) -> float:
     """Model FLOPs of one training pass over `examples` (see the module docstring)."""
+    return training_flops_of_lengths([length(ex) for ex in examples], model)
+
+
+def training_flops_of_lengths(lengths: Sequence[int], model) -> float:
+    """Model FLOPs of one training pass over examples of these lengths (prompt + completion)."""
     n_all, n_trained = flop_parameters(model)
     config = model.config
     per_token = 4 * n_all + 2 * n_trained
-    return sum(
-        length(ex) * (per_token + 12 * config.n_layer * config.n_embd * length(ex))
-        for ex in examples
-    )
+    return sum(t * (per_token + 12 * config.n_layer * config.n_embd * t) for t in lengths)
 
 
 def synthetic_examples(
@@ -267,13 +269,23 @@ def bench_evaluation(
     return rates
 
 
-def parameter_count(config) -> int:
-    """Parameters of a model of this config, built on the meta device (no memory used)."""
+def meta_model(config, train: TrainParams | None = None):
+    """A model of this config on the meta device (no memory, no weights), with LoRA's
+    adapters when `train` enables them: what FLOPs and parameters are counted on."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
+    if train is not None and train.lora.enabled:
+        from stages.train import apply_lora
+
+        model = apply_lora(model, train)
+    return model
+
+
+def parameter_count(config) -> int:
+    """Parameters of a model of this config (built on the meta device)."""
+    return sum(p.numel() for p in meta_model(config).parameters())
 
 
 def disk_write_rate(folder: Path, nbytes: int) -> float:

@@ -369,6 +369,10 @@ def main() -> None:
         dtype=str(dtype).removeprefix("torch."),
         runtime_s=round(time.perf_counter() - started, 3),
     )
+    if device.type == "cuda":
+        evaluation.details["perf"]["peak_gpu_allocated_bytes"] = torch.cuda.max_memory_allocated(
+            device
+        )
     write_outputs(which, evaluation)
     m = evaluation.metrics
     print(

@@ -46,13 +46,18 @@ def merge(target, overrides: dict) -> None:
 
 
 def apply_smoke(params_path: Path, smoke_path: Path = SMOKE_FILE) -> None:
+    apply_overrides(params_path, expand_env(YAML(typ="safe").load(smoke_path.read_text())))
+
+
+def apply_overrides(params_path: Path, overrides: dict) -> None:
+    """Deep-merge `overrides` into the params file in place, keeping its comments; the result
+    must validate, or the file is left as it was."""
     yaml = YAML()
     yaml.preserve_quotes = True
     yaml.width = 4096
     yaml.representer.add_representer(
         type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
     )
-    overrides = expand_env(YAML(typ="safe").load(smoke_path.read_text()))
     document = yaml.load(params_path.read_text())
     merge(document, overrides)
     tmp = params_path.with_suffix(".tmp")
