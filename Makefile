@@ -37,7 +37,8 @@ cpu-large:
 	@test -n "$(DIR)" || { echo "usage: make cpu-large DIR=<path>"; exit 2; }
 	git clone --quiet "$(CURDIR)" "$(DIR)"
 	$(MAKE) -C "$(DIR)" offline-data smoke-params
-	cd "$(DIR)" && dvc exp run train -S model.name=gpt2-large -S 'model.overrides={}' \
+	cd "$(DIR)" && dvc exp run train -S model.name=gpt2-large -S model.overrides.n_layer=36 \
+		-S model.overrides.n_embd=1280 -S model.overrides.n_head=20 \
 		-S prepare.max_length=1024 -S prepare.max_train_samples=8 -S train.epochs=1 \
 		-S train.batch_size=1 -S train.gradient_checkpointing=true
 	cat "$(DIR)/metrics/train.json" "$(DIR)/perf/train.json"
