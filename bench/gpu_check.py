@@ -41,6 +41,14 @@ GPU_TARGET_S = 9 * 60  # the whole check on one H100 (issue 10)
 DEFAULT_BUDGET_S = 13 * 60  # a lent machine gives 15 minutes: stop in time to give it back
 
 
+# The cost model's inputs (bench.gpu.pipeline_estimate) before any GPU has measured them:
+# assumptions, chosen slow so that the plan errs long. bench.gpu replaces them by measurements.
+ASSUMED_MFU = 0.20  # training and the scoring passes; the project's target is 0.40
+ASSUMED_DECODE_STEP_S = 0.015  # one greedy step of a 16-row batch: 36 layers, launch-bound
+ASSUMED_DISK_BYTES_PER_S = 1e9
+H100_PEAK = 989e12
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -215,6 +223,59 @@ def training_mfu(work: Path, perf: dict) -> float | None:
     return flops / perf["runtime_seconds"] / peak
 
 
+def plan(pubmedqa: Path, tokenizer: Path) -> dict[str, float]:
+    """What the default experiment costs on one H100 by bench.gpu's cost model, at the
+    ASSUMED_* rates and PQA-L's real lengths: training compute, both evaluations, checkpoint
+    writes. Process starts, model builds and bench.gpu itself come on top."""
+    from bench import length
+    from bench.gpu import (
+        TRAIN_EXAMPLES,
+        checkpoint_writes_s,
+        flop_parameters,
+        meta_model,
+        pipeline_estimate,
+        training_flops_of_lengths,
+    )
+    from stages.config import EvaluateParams, ModelParams, TrainParams
+    from stages.modeling import load_tokenizer, random_config
+    from stages.prepare import encode_records
+    from stages.records import read_official_json
+
+    model = meta_model(random_config(ModelParams(name="gpt2-large", init="random")))
+    gpt2 = load_tokenizer(ModelParams(name="gpt2", init="random", tokenizer=str(tokenizer)))
+    examples = encode_records(gpt2, read_official_json(pubmedqa / "ori_pqal.json"), 1024)
+    lengths = [length(ex) for ex in examples]
+    mean = sum(lengths) / len(lengths)
+    mean_prompt = sum(len(ex.prompt_ids) for ex in examples) / len(examples)
+    flops_per_token = training_flops_of_lengths(lengths, model) / sum(lengths)
+    n_matmul = flop_parameters(model)[0]
+    forward_rate = ASSUMED_MFU * H100_PEAK / (2 * n_matmul * mean_prompt)
+    evaluate = EvaluateParams()
+    rates = {
+        "scoring": forward_rate,
+        "perplexity": forward_rate,
+        "generation": evaluate.generation_batch_size
+        / (evaluate.max_new_tokens * ASSUMED_DECODE_STEP_S),
+    }
+    train = TrainParams()
+    parameters = sum(p.numel() for p in model.parameters())
+    write_s = checkpoint_writes_s(
+        parameters, parameters, train.epochs, train.resumable_checkpoints, ASSUMED_DISK_BYTES_PER_S
+    )
+    tokens_per_s = ASSUMED_MFU * H100_PEAK / flops_per_token
+    estimate = pipeline_estimate(tokens_per_s, mean, rates, train.epochs, write_s)
+    print(
+        f"gpu_check: cost model for one H100 (assumed: MFU {ASSUMED_MFU:.0%}, "
+        f"{ASSUMED_DECODE_STEP_S * 1e3:.0f} ms per decode step, disk "
+        f"{ASSUMED_DISK_BYTES_PER_S / 1e9:.0f} GB/s; PQA-L mean {mean:.0f} tokens): train "
+        f"{TRAIN_EXAMPLES} x {train.epochs} epochs {estimate['train_s']:.0f} s + evaluate 2 x 500 "
+        f"{estimate['evaluate_s']:.0f} s + checkpoints {write_s:.0f} s = "
+        f"{estimate['total_s'] / 60:.1f} min, before process starts, model builds and bench.gpu",
+        flush=True,
+    )
+    return estimate
+
+
 def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -257,7 +318,9 @@ def summarize(steps: list[Step], work: Path, bench: dict | None) -> dict:
     if bench:
         full = [r for r in bench.get("training", []) if r["mode"] == "full"]
         summary["bench"] = {
-            "full_fine_tuning": {r["lengths"]: {k: r[k] for k in ("tokens_per_s", "mfu")} for r in full},
+            "full_fine_tuning": {
+                r["lengths"]: {k: r[k] for k in ("tokens_per_s", "mfu")} for r in full
+            },
             "pipeline_estimate_s": (bench.get("pipeline_estimate") or {}).get("total_s"),
         }
     return summary
@@ -292,6 +355,17 @@ def render(summary: dict) -> str:
             f"generation {ev['generation_examples_per_s']} examples/s, peak GPU memory "
             f"{_gib(ev['peak_gpu_allocated_bytes'])}"
         )
+    planned = summary.get("h100_cost_model_s")
+    if planned:
+        measured = sum(
+            step["seconds"]
+            for step in summary["steps"]
+            if step["name"] == "train" or step["name"].startswith("evaluate@")
+        )
+        lines.append(
+            f"   train + evaluate stages: {measured:.0f} s here; the cost model's H100 plan for "
+            f"their compute and checkpoints: {planned['total_s']:.0f} s"
+        )
     for lengths, run in (summary.get("bench") or {}).get("full_fine_tuning", {}).items():
         lines.append(
             f"   bench.gpu full fine-tuning at {lengths}: {run['tokens_per_s']:,.0f} tokens/s, "
@@ -301,7 +375,9 @@ def render(summary: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.gpu_check", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--tiny", action="store_true", help="smoke.yaml's 2-layer model, CPU")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds in all")
@@ -313,6 +389,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     pubmedqa, tokenizer = offline_dirs()
     stages = pipeline_stages(ROOT / "dvc.yaml")
     make_workdir(work, pubmedqa, tokenizer, args.tiny)
+    try:
+        planned = plan(pubmedqa, tokenizer)
+    except Exception as exc:  # the plan is informative; the stages say what is wrong with the data
+        print(f"gpu_check: no cost-model plan ({type(exc).__name__}: {exc})", flush=True)
+        planned = None
     print(f"gpu_check: {len(stages)} stages of dvc.yaml in {work}, then bench.gpu", flush=True)
 
     steps: list[Step] = []
@@ -322,11 +403,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         steps.append(run_step(stage.name, python_argv(stage.cmd), work, logs, budget_end))
     bench_json = out / "bench_gpu.json"
-    bench_argv = [sys.executable, "-m", "bench.gpu", "--out", str(bench_json), "--scratch", str(work)]
+    bench_argv = [
+        sys.executable,
+        "-m",
+        "bench.gpu",
+        "--out",
+        str(bench_json),
+        "--scratch",
+        str(work),
+    ]
     steps.append(run_step("bench.gpu", bench_argv + ["--tiny"] * args.tiny, work, logs, budget_end))
 
     collect(work, out)
     summary = summarize(steps, work, read_json(bench_json))
+    if planned:
+        summary["h100_cost_model_s"] = {key: round(value, 1) for key, value in planned.items()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(render(summary))
     print(f"\nwrote {out}/summary.json, logs/ and metrics/")

