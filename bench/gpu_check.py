@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -33,6 +32,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
+
+from bench import require_shared
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a scratch copy needs: the stage code, the pipeline, its params and the report's reference.
@@ -119,17 +120,6 @@ def pipeline_stages(dvc_yaml: Path) -> list[Stage]:
 def _stage(name: str, body: dict) -> Stage:
     outs = _paths(body.get("outs")) + _paths(body.get("metrics")) + _paths(body.get("plots"))
     return Stage(name, body["cmd"], _paths(body.get("deps")), outs)
-
-
-def offline_dirs() -> tuple[Path, Path]:
-    """(PubMedQA folder, tokenizer folder) from PUBMEDQA_DIR / GPT2_TOKENIZER_DIR."""
-    found = []
-    for env, probe in (("PUBMEDQA_DIR", "ori_pqal.json"), ("GPT2_TOKENIZER_DIR", "tokenizer.json")):
-        path = Path(os.environ.get(env, "")).resolve()
-        if not os.environ.get(env) or not (path / probe).is_file():
-            raise SystemExit(f"gpu_check: set {env} to a folder that holds {probe}")
-        found.append(path)
-    return found[0], found[1]
 
 
 def make_workdir(work: Path, pubmedqa: Path, tokenizer: Path, tiny: bool) -> None:
@@ -227,7 +217,7 @@ def plan(pubmedqa: Path, tokenizer: Path) -> dict[str, float]:
     """What the default experiment costs on one H100 by bench.gpu's cost model, at the
     ASSUMED_* rates and PQA-L's real lengths: training compute, both evaluations, checkpoint
     writes. Process starts, model builds and bench.gpu itself come on top."""
-    from bench import length
+    from bench import length, small_gpt2
     from bench.gpu import (
         TRAIN_EXAMPLES,
         checkpoint_writes_s,
@@ -242,8 +232,8 @@ def plan(pubmedqa: Path, tokenizer: Path) -> dict[str, float]:
     from stages.records import read_official_json
 
     model = meta_model(random_config(ModelParams(name="gpt2-large", init="random")))
-    gpt2 = load_tokenizer(ModelParams(name="gpt2", init="random", tokenizer=str(tokenizer)))
-    examples = encode_records(gpt2, read_official_json(pubmedqa / "ori_pqal.json"), 1024)
+    records = read_official_json(pubmedqa / "ori_pqal.json")
+    examples = encode_records(load_tokenizer(small_gpt2(tokenizer)), records, 1024)
     lengths = [length(ex) for ex in examples]
     mean = sum(lengths) / len(lengths)
     mean_prompt = sum(len(ex.prompt_ids) for ex in examples) / len(examples)
@@ -386,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.outdir.resolve()
     logs, work = out / "logs", out / "work"
     logs.mkdir(parents=True, exist_ok=True)
-    pubmedqa, tokenizer = offline_dirs()
+    pubmedqa, tokenizer = require_shared()
     stages = pipeline_stages(ROOT / "dvc.yaml")
     make_workdir(work, pubmedqa, tokenizer, args.tiny)
     try:
