@@ -275,7 +275,7 @@ def bench_prepare(sizes: Sizes) -> dict[str, Any]:
             )
             data = json.loads((folder / "metrics/data.json").read_text())
         records = len(labeled) + artificial
-        examples = sum(data[split]["examples"] for split in ("train", "dev", "test"))
+        examples = sum(data[split]["examples"] for split in ("train", "dev", "test", "artificial"))
         runs.append(
             {
                 "artificial": artificial,

@@ -46,7 +46,11 @@ class DataParams(Section):
     hub_id: str = "qiaojin/PubMedQA"
     hub_revision: str = "main"
     artificial: bool = False
-    """Add `pqa_artificial` (211k rows, hub only) to the training split."""
+    """Fetch `pqa_artificial` (PQA-A: 211k questions labelled automatically) for phase 1
+    (the `pretrain` stage); it is never mixed into PQA-L's training split."""
+    artificial_parquet: str | None = None
+    """PQA-A from a parquet file in the hub's schema (keep it under data/external/); null:
+    from the hub (`hub_id`, config pqa_artificial)."""
     max_artificial: int | None = Field(default=None, ge=1)
     """Keep only the first N artificial records (null: all)."""
 

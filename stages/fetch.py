@@ -1,7 +1,9 @@
-"""Stage `fetch`: PubMedQA PQA-L from its source -> `data/raw/` in one record schema.
+"""Stage `fetch`: PubMedQA PQA-L (and PQA-A when asked) from its source -> `data/raw/` in one
+record schema.
 
 Reads `params.data`. The default source is the benchmark's official `ori_pqal.json`, which
-the `download` stage fetched and checked against its pinned md5.
+the `download` stage fetched and checked against its pinned md5. With `data.artificial`,
+PQA-A comes from the hub or from `data.artificial_parquet`, validated the same way.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from pathlib import Path
 
 from stages.config import DataParams, load_params
 from stages.download import OFFICIAL_FILE
-from stages.errors import StageError, run_stage
+from stages.errors import run_stage
 from stages.io import atomic_dir
 from stages.records import Record, read_hub, read_hub_parquet, read_official_json, write_jsonl
 
@@ -28,18 +30,19 @@ def load_labeled(params: DataParams) -> list[Record]:
     return read_hub(params.hub_id, "pqa_labeled", params.hub_revision)
 
 
+def load_artificial(params: DataParams) -> list[Record]:
+    """PQA-A's records (the first `max_artificial`), from a local parquet file or the hub."""
+    if not params.artificial:
+        return []
+    if params.artificial_parquet:
+        return read_hub_parquet(Path(params.artificial_parquet), params.max_artificial)
+    return read_hub(params.hub_id, "pqa_artificial", params.hub_revision, params.max_artificial)
+
+
 def main() -> None:
     params = load_params().data
-    if params.artificial and params.source != "hub":
-        raise StageError(
-            "data.artificial: pqa_artificial exists only on the hub; set data.source: hub"
-        )
     labeled = load_labeled(params)
-    artificial = (
-        read_hub(params.hub_id, "pqa_artificial", params.hub_revision, params.max_artificial)
-        if params.artificial
-        else []
-    )
+    artificial = load_artificial(params)
     with atomic_dir(RAW_DIR) as out:
         write_jsonl(out / LABELED_FILE, labeled)
         if artificial:

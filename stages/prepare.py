@@ -3,8 +3,11 @@
 Reads `params.prepare` and the tokenizer of `params.model`. Writes
 `data/prepared/{train,dev,test}.parquet` (one row per example: pmid, question, decision,
 long_answer, prompt_ids, completion_ids, shortened) and `metrics/data.json` (counts, labels,
-token lengths, shortened examples per split). Examples are encoded in batches and streamed
-to parquet, so the 211k-record `pqa_artificial` set fits in little memory.
+token lengths, shortened examples per split). When fetch brought PQA-A (`data.artificial`),
+it becomes `data/prepared/artificial.parquet`, phase 1's training set, never part of PQA-L's
+splits: its records whose PMID is also a PQA-L record's (test or not) are dropped, and
+counted in `metrics/data.json` (`artificial.dropped_shared_pmid`). Examples are encoded in
+batches and streamed to parquet, so the 211k-record `pqa_artificial` set fits in little memory.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +36,7 @@ from stages.split import official_split, overlapping_pmids
 PREPARED_DIR = Path("data/prepared")
 DATA_METRICS = Path("metrics/data.json")
 SPLITS = ("train", "dev", "test")
+ARTIFICIAL = "artificial"  # PQA-A: phase 1's training set (the pretrain stage)
 BATCH = 1024
 
 SCHEMA = pa.schema(
@@ -145,6 +149,22 @@ def write_split(path: Path, records: Iterable[Record], tokenizer, max_length: in
     return stats
 
 
+@dataclass
+class Dropped:
+    """How many PQA-A records `without_pmids` left out."""
+
+    count: int = 0
+
+
+def without_pmids(records: Iterable[Record], pmids: set[str], dropped: Dropped) -> Iterator[Record]:
+    """The records whose PMID is not in `pmids`, counting the others in `dropped`."""
+    for record in records:
+        if record.pmid in pmids:
+            dropped.count += 1
+        else:
+            yield record
+
+
 def split_records(
     labeled: list[Record], seed: int, fold: int, max_train_samples: int | None
 ) -> dict[str, list[Record]]:
@@ -172,13 +192,16 @@ def main() -> None:
             labeled, params.prepare.seed, params.prepare.fold, params.prepare.max_train_samples
         )
     )
-    artificial = RAW_DIR / ARTIFICIAL_FILE
-    if artificial.is_file():
-        splits["train"] = itertools.chain(splits["train"], iter_jsonl(artificial))
+    dropped = Dropped()
+    if (RAW_DIR / ARTIFICIAL_FILE).is_file():
+        labeled_pmids = {r.pmid for r in labeled}
+        splits[ARTIFICIAL] = without_pmids(
+            iter_jsonl(RAW_DIR / ARTIFICIAL_FILE), labeled_pmids, dropped
+        )
     tokenizer = load_tokenizer(params.model)
     stats: dict[str, SplitStats] = {}
     with atomic_dir(PREPARED_DIR) as out:
-        for name in SPLITS:
+        for name in splits:
             stats[name] = write_split(
                 out / f"{name}.parquet", splits[name], tokenizer, params.prepare.max_length
             )
@@ -190,11 +213,11 @@ def main() -> None:
                 f"record {pmid}: PMID is in both {first} and {second} "
                 f"({len(clashes)} shared PMIDs); refusing to write overlapping splits"
             )
-    write_json(
-        DATA_METRICS,
-        {"max_length": params.prepare.max_length}
-        | {name: s.summary() for name, s in stats.items()},
-    )
+    summaries = {name: s.summary() for name, s in stats.items()}
+    if ARTIFICIAL in summaries:
+        summaries[ARTIFICIAL]["dropped_shared_pmid"] = dropped.count
+        print(f"prepare: {ARTIFICIAL}: {dropped.count} records dropped (PMID also in PQA-L)")
+    write_json(DATA_METRICS, {"max_length": params.prepare.max_length} | summaries)
 
 
 if __name__ == "__main__":

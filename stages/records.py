@@ -182,8 +182,9 @@ def from_hub_rows(rows: Iterable[Mapping[str, Any]], origin: str) -> list[Record
     return unique((normalize(row.get("pubid"), row, HUB_FIELDS, origin) for row in rows), origin)
 
 
-def read_hub_parquet(path: Path) -> list[Record]:
-    """A parquet file in the hub's `pqa_labeled` schema."""
+def read_hub_parquet(path: Path, limit: int | None = None) -> list[Record]:
+    """A parquet file in the hub's schema (`pqa_labeled` or `pqa_artificial`); its first
+    `limit` rows when a limit is given."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -191,7 +192,8 @@ def read_hub_parquet(path: Path) -> list[Record]:
     if not path.is_file():
         raise StageError(f"{origin}: file not found")
     try:
-        rows = pq.read_table(path).to_pylist()
+        table = pq.read_table(path)
+        rows = (table if limit is None else table.slice(0, limit)).to_pylist()
     except (pa.ArrowException, OSError) as exc:
         raise StageError(f"{origin}: not a readable parquet file: {exc}") from None
     if not rows:

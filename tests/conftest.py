@@ -186,3 +186,40 @@ def model_deciding_by_length(params, label_ids):
         for position in range(wpe.shape[0]):
             wpe[position, position % 3] = 10.0
     return model
+
+
+ARTIFICIAL_PMID0 = 900_000_000  # synthetic PQA-A PMIDs start here, far above any real one
+
+
+def synthetic_pqa_a_rows(official: dict, n: int, shared: int = 0) -> list[dict]:
+    """`n` rows in the hub's `pqa_artificial` schema, made of PQA-L records (cycled) under new
+    PMIDs, the first `shared` of them keeping their PQA-L PMID (leakage to be dropped). Labels
+    are yes or no only, as PQA-A's: PQA-L's "maybe" becomes "yes"."""
+    records = list(official.items())
+    rows = []
+    for i in range(n):
+        pmid, r = records[i % len(records)]
+        rows.append(
+            {
+                "pubid": int(pmid) if i < shared else ARTIFICIAL_PMID0 + i,
+                "question": r["QUESTION"],
+                "context": {
+                    "contexts": r["CONTEXTS"],
+                    "labels": r["LABELS"],
+                    "meshes": r["MESHES"],
+                },
+                "long_answer": r["LONG_ANSWER"],
+                "final_decision": "no" if r["final_decision"] == "no" else "yes",
+            }
+        )
+    return rows
+
+
+def write_synthetic_pqa_a(path: Path, official: dict, n: int, shared: int = 0) -> list[dict]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = synthetic_pqa_a_rows(official, n, shared)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return rows
