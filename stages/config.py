@@ -124,6 +124,21 @@ class TrainParams(Section):
     lora: LoraParams = Field(default_factory=LoraParams)
 
 
+class PretrainParams(Section):
+    """Phase 1 (stage `pretrain`): the base model trained on PQA-A before `train` (phase 2)
+    trains it on PQA-L. What is not here is TrainParams' default, not params.yaml's `train`,
+    so that a phase-2 change never reruns phase 1 (only `train.num_processes` is shared)."""
+
+    enabled: bool = False
+    """Run phase 1 (needs data.artificial: true); `train` then starts from its model."""
+    epochs: int = Field(default=1, ge=1)
+    learning_rate: float = Field(default=2e-5, gt=0.0)
+    batch_size: int = Field(default=8, ge=1)
+    """Per-device batch size."""
+    max_samples: int | None = Field(default=None, ge=1)
+    """Train on the first N PQA-A examples (null: all)."""
+
+
 class EvaluateParams(Section):
     batch_size: int = Field(default=16, ge=1)
     generate_examples: int | None = Field(default=None, ge=0)
@@ -142,6 +157,7 @@ class Params(Section):
     data: DataParams = Field(default_factory=DataParams)
     prepare: PrepareParams = Field(default_factory=PrepareParams)
     model: ModelParams = Field(default_factory=ModelParams)
+    pretrain: PretrainParams = Field(default_factory=PretrainParams)
     train: TrainParams = Field(default_factory=TrainParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
 

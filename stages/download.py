@@ -8,7 +8,6 @@ output is `persist`ed by DVC, so a local copy of the official file placed at
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import urllib.request
@@ -16,16 +15,9 @@ from pathlib import Path
 
 from stages.config import load_params
 from stages.errors import StageError, run_stage
+from stages.io import md5_of
 
 OFFICIAL_FILE = Path("data/external/ori_pqal.json")
-
-
-def md5_of(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download_verified(url: str, md5: str, target: Path, timeout: float = 60.0) -> None:

@@ -1,7 +1,8 @@
-"""Writing outputs so that a failed stage leaves nothing half-written."""
+"""Writing outputs so that a failed stage leaves nothing half-written; file digests."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -49,3 +50,12 @@ def write_json(path: Path | str, data: Any) -> None:
     with atomic_file(path) as f:
         json.dump(data, f, indent=2, sort_keys=True, ensure_ascii=False)
         f.write("\n")
+
+
+def md5_of(path: Path) -> str:
+    """The md5 of a file, read in 1 MiB blocks (model weights are gigabytes)."""
+    digest = hashlib.md5()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

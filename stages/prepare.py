@@ -206,6 +206,8 @@ def main() -> None:
                 out / f"{name}.parquet", splits[name], tokenizer, params.prepare.max_length
             )
             print(f"prepare: {name}: {len(stats[name].pmids)} examples")
+        if ARTIFICIAL not in splits:  # an empty file: the pretrain stage's input always exists
+            pq.write_table(SCHEMA.empty_table(), out / f"{ARTIFICIAL}.parquet")
         clashes = overlapping_pmids({name: s.pmids for name, s in stats.items()})
         if clashes:
             pmid, first, second = clashes[0]

@@ -30,6 +30,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -38,9 +39,9 @@ from stages import memory
 from stages.config import Params, TrainParams, load_params
 from stages.devices import claim_gpus
 from stages.errors import StageError, run_stage
-from stages.io import atomic_dir, write_json
+from stages.io import atomic_dir, md5_of, write_json
 from stages.memory import TRAIN_ADVICE, killed_message, out_of_memory_message
-from stages.modeling import build_model, gpu_has_bf16, load_tokenizer
+from stages.modeling import build_model, gpu_has_bf16, load_model, load_tokenizer
 from stages.prepare import read_prepared
 from stages.prompt import Encoded, label_token_ids
 from stages.scoring import pad_right, score_decisions
@@ -60,6 +61,33 @@ RUN_FILE = "run.json"  # in CHECKPOINTS: the fingerprint of the run the checkpoi
 RUNNING_FILE = CHECKPOINTS / "running.json"  # while a run trains; left behind if it is killed
 STATE_FILE = "trainer_state.json"  # the Trainer writes it last: a checkpoint without it is partial
 LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
+PHASE1_MODEL = Path("models/phase1")  # the pretrain stage's model (phase 1, on PQA-A)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """What one training phase reads and writes: phase 2 is this stage (PQA-L), phase 1 the
+    `pretrain` stage (PQA-A, stages/pretrain.py). Both are trained by `train` below."""
+
+    module: str  # the stage's module, relaunched under torch.distributed.run
+    data: str  # what it trains on, for the model card
+    train_file: Path
+    output: Path
+    checkpoints: Path
+    dvclive: Path
+    metrics_file: Path
+    perf_file: Path
+    max_examples: int | None = None  # train on the first N examples of train_file
+    start_from: Path | None = None  # a saved model to start from; None: the base model
+
+    @property
+    def running_file(self) -> Path:
+        return self.checkpoints / "running.json"
+
+
+PHASE2 = Phase(
+    "stages.train", "PQA-L", TRAIN_FILE, FINETUNED, CHECKPOINTS, DVCLIVE, METRICS_FILE, PERF_FILE
+)
 
 
 # ---- Reading the prepared splits ----
@@ -163,7 +191,7 @@ def run_fingerprint(params: Params, files: list[Path]) -> str:
     settings = {"model": params.model.model_dump(), "train": params.train.model_dump()}
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for path in files:
-        digest.update(hashlib.md5(path.read_bytes()).hexdigest().encode())
+        digest.update(md5_of(path).encode())
     return digest.hexdigest()
 
 
@@ -263,7 +291,7 @@ def curve_wanted(key: str) -> bool:
     return not (counter or key.startswith("train_") or key.endswith(("_runtime", "_per_second")))
 
 
-def make_callbacks(save_steps: int | None):
+def make_callbacks(save_steps: int | None, dvclive: Path = DVCLIVE):
     """Checkpoints every `save_steps` steps (besides each epoch end), the dvclive curves, and
     the count of optimizer steps this process ran (fewer than the run's after a resume), last."""
     from transformers import TrainerCallback
@@ -304,7 +332,7 @@ def make_callbacks(save_steps: int | None):
             if state.is_world_process_zero:
                 from dvclive import Live
 
-                self.live = Live(str(DVCLIVE), save_dvc_exp=False, dvcyaml=False)
+                self.live = Live(str(dvclive), save_dvc_exp=False, dvcyaml=False)
                 for logs in state.log_history:
                     self.record(logs)
 
@@ -326,7 +354,13 @@ def make_callbacks(save_steps: int | None):
     return ([StepCheckpoints()] if save_steps else []) + [LiveCurves(), StepCount()]
 
 
-def training_arguments(train: TrainParams, precision: str, warmup_steps: int, cuda: bool):
+def training_arguments(
+    train: TrainParams,
+    precision: str,
+    warmup_steps: int,
+    cuda: bool,
+    output_dir: Path = CHECKPOINTS,
+):
     """The Trainer's arguments, every one of them from `train` params."""
     from transformers import TrainingArguments
 
@@ -338,7 +372,7 @@ def training_arguments(train: TrainParams, precision: str, warmup_steps: int, cu
         else {}
     )
     return TrainingArguments(
-        output_dir=str(CHECKPOINTS),
+        output_dir=str(output_dir),
         num_train_epochs=train.epochs,
         learning_rate=train.learning_rate,
         lr_scheduler_type=train.lr_scheduler,
@@ -376,12 +410,14 @@ def training_arguments(train: TrainParams, precision: str, warmup_steps: int, cu
     )
 
 
-def run_arguments(train: TrainParams, n_examples: int, world_size: int):
+def run_arguments(
+    train: TrainParams, n_examples: int, world_size: int, output_dir: Path = CHECKPOINTS
+):
     """(precision, TrainingArguments) for this machine: precision resolved, warmup in steps."""
     cuda = torch.cuda.is_available()
     precision = resolve_precision(train.precision, cuda, gpu_has_bf16())
     warmup = math.ceil(optimizer_steps(n_examples, train, world_size) * train.warmup_ratio)
-    return precision, training_arguments(train, precision, warmup, cuda)
+    return precision, training_arguments(train, precision, warmup, cuda, output_dir)
 
 
 def prepare_for_training(model, pad_id: int) -> None:
@@ -469,17 +505,19 @@ def summarize(state, counts: dict) -> dict:
     }
 
 
-def model_card(params: Params, metrics: dict) -> str:
+def model_card(params: Params, metrics: dict, phase: Phase = PHASE2) -> str:
     """README.md of the saved model: what it is, how it was trained, how it did on dev."""
     import yaml
 
     source = "random initialisation" if params.model.init == "random" else "pretrained weights"
+    if phase.start_from is not None:
+        source += f", then phase 1 on PQA-A: started from `{phase.start_from}`"
     settings = yaml.safe_dump(
         {"model": params.model.model_dump(), "train": params.train.model_dump()}, sort_keys=False
     )
     dev = f"dev loss {metrics['dev_loss']:.4f}, dev accuracy {metrics['dev_accuracy']:.4f}"
     return (
-        f"# {params.model.name} fine-tuned on PubMedQA (PQA-L)\n\n"
+        f"# {params.model.name} fine-tuned on PubMedQA ({phase.data})\n\n"
         f"Base: `{params.model.name}` ({source}). Reasoning-required setting: the model reads "
         "the question and the abstract's contexts and writes the decision (yes/no/maybe) and "
         "a long answer; see `stages/prompt.py` for the exact template.\n\n"
@@ -492,20 +530,39 @@ def model_card(params: Params, metrics: dict) -> str:
     )
 
 
-def save_finetuned(model, tokenizer, params: Params, metrics: dict, folder: Path) -> None:
+def save_finetuned(
+    model, tokenizer, params: Params, metrics: dict, folder: Path, phase: Phase = PHASE2
+) -> None:
     """Write the model, tokenizer, params and model card to `folder`, all or nothing."""
     with atomic_dir(folder) as out:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         settings = {"model": params.model.model_dump(), "train": params.train.model_dump()}
         write_json(out / "params.json", settings)
-        (out / "README.md").write_text(model_card(params, metrics), encoding="utf-8")
+        (out / "README.md").write_text(model_card(params, metrics, phase), encoding="utf-8")
 
 
 # ---- The stage ----
 
 
-def train(params: Params) -> None:
+def starting_model(params: Params, phase: Phase):
+    """The weights training starts from, in fp32 (master weights; AMP on top): the model that
+    `phase.start_from` holds, else the base model, built as evaluate@base builds it."""
+    if phase.start_from is None:
+        return build_model(params.model, dtype=torch.float32)
+    if not (phase.start_from / "config.json").is_file():
+        raise StageError(
+            f"{phase.start_from}: no model there; run the pretrain stage first (dvc repro pretrain)"
+        )
+    return load_model(phase.start_from, dtype=torch.float32, what="phase 1 model")
+
+
+def phase_inputs(phase: Phase) -> list[Path]:
+    """Files besides the data whose change makes old checkpoints another run's."""
+    return [phase.start_from / "model.safetensors"] if phase.start_from is not None else []
+
+
+def train(params: Params, phase: Phase = PHASE2) -> None:
     """Fine-tune in this process (one of `train.num_processes`) and, on the main one, save."""
     from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
@@ -513,12 +570,12 @@ def train(params: Params) -> None:
     cfg = params.train
     tokenizer = load_tokenizer(params.model)
     label_ids = label_token_ids(tokenizer)
-    train_examples = read_split(TRAIN_FILE, label_ids)
+    train_examples = read_split(phase.train_file, label_ids)[: phase.max_examples]
     dev_examples = read_split(DEV_FILE, label_ids)
 
     cuda = torch.cuda.is_available()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    precision, args = run_arguments(cfg, len(train_examples), world_size)
+    precision, args = run_arguments(cfg, len(train_examples), world_size, phase.checkpoints)
     if args.n_gpu > 1:
         # One process driving several GPUs: the Trainer would wrap the model in DataParallel
         # (a batch of batch_size x GPUs, warmup computed for one, no bf16 autocast).
@@ -527,32 +584,32 @@ def train(params: Params) -> None:
             "(one process per GPU), or CUDA_VISIBLE_DEVICES to pick one"
         )
 
-    model = build_model(params.model, dtype=torch.float32)  # fp32 master weights; AMP on top
+    model = starting_model(params, phase)
     prepare_for_training(model, tokenizer.pad_token_id)
     limit = model.config.max_position_embeddings
-    check_fits(train_examples, limit, TRAIN_FILE)
+    check_fits(train_examples, limit, phase.train_file)
     check_fits(dev_examples, limit, DEV_FILE)
     if cfg.lora.enabled:
         model = apply_lora(model, cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     if args.process_index == 0:
-        report_unfinished_run(RUNNING_FILE)
+        report_unfinished_run(phase.running_file)
         print(memory_line(total, trainable, cuda))
 
     with args.main_process_first(local=False, desc="checking checkpoints"):
         if args.process_index == 0:
             reconcile_checkpoints(
-                CHECKPOINTS,
-                run_fingerprint(params, [TRAIN_FILE, DEV_FILE]),
+                phase.checkpoints,
+                run_fingerprint(params, [phase.train_file, DEV_FILE, *phase_inputs(phase)]),
                 resumable=cfg.resumable_checkpoints,
             )
-    resume = get_last_checkpoint(str(CHECKPOINTS))
+    resume = get_last_checkpoint(str(phase.checkpoints))
     if resume and args.process_index == 0:
         print(f"resuming from {resume}")
 
     set_seed(cfg.seed)
-    callbacks = make_callbacks(cfg.save_steps)
+    callbacks = make_callbacks(cfg.save_steps, phase.dvclive)
     step_count = callbacks[-1]
     trainer = make_trainer_class()(
         model=model,
@@ -571,14 +628,14 @@ def train(params: Params) -> None:
             "num_input_tokens_seen", 0
         )
     if args.process_index == 0:
-        write_json(RUNNING_FILE, {"pid": os.getpid()})
+        write_json(phase.running_file, {"pid": os.getpid()})
     try:
         result = trainer.train(resume_from_checkpoint=resume)
     except torch.OutOfMemoryError as exc:
         raise StageError(out_of_memory_message(exc, TRAIN_ADVICE)) from None
     finally:
         if args.process_index == 0:
-            RUNNING_FILE.unlink(missing_ok=True)
+            phase.running_file.unlink(missing_ok=True)
     ranks = gather_from_ranks(device_figures(cuda))
 
     if trainer.is_world_process_zero():
@@ -603,13 +660,13 @@ def train(params: Params) -> None:
         }
         metrics = summarize(trainer.state, counts)
         final = trainer.model.merge_and_unload() if cfg.lora.enabled else trainer.model
-        save_finetuned(final, tokenizer, params, metrics, FINETUNED)
-        write_json(METRICS_FILE, metrics)
-        write_json(PERF_FILE, perf)
+        save_finetuned(final, tokenizer, params, metrics, phase.output, phase)
+        write_json(phase.metrics_file, metrics)
+        write_json(phase.perf_file, perf)
         if not cfg.keep_checkpoints:
-            shutil.rmtree(CHECKPOINTS)  # the run is done: nothing left to resume
+            shutil.rmtree(phase.checkpoints)  # the run is done: nothing left to resume
         print(
-            f"saved {FINETUNED} (step {metrics['best_step']}): "
+            f"saved {phase.output} (step {metrics['best_step']}): "
             f"dev_loss {metrics['dev_loss']:.4f}, dev_accuracy {metrics['dev_accuracy']:.4f}, "
             f"{perf['train_tokens_per_second']} tokens/s"
         )
@@ -638,7 +695,7 @@ def report_unfinished_run(marker: Path) -> None:
         return
 
 
-def launch(num_processes: int) -> None:
+def launch(num_processes: int, module: str = "stages.train") -> None:
     """Run this stage in `num_processes` data-parallel processes and wait for them."""
     if torch.cuda.is_available() and num_processes > torch.cuda.device_count():
         raise StageError(
@@ -652,7 +709,7 @@ def launch(num_processes: int) -> None:
         "--standalone",
         f"--nproc_per_node={num_processes}",
         "-m",
-        "stages.train",
+        module,
     ]
     code = subprocess.call(command)
     if code == -9:
@@ -661,8 +718,9 @@ def launch(num_processes: int) -> None:
         raise StageError(f"training processes failed (exit status {code}); see their output above")
 
 
-def main() -> None:
-    params = load_params()
+def run_phase(params: Params, phase: Phase) -> None:
+    """Run a training phase in `train.num_processes` processes (relaunching `phase.module`
+    under torch.distributed.run when more than one), each on a GPU of its own if any."""
     processes = params.train.num_processes
     launched = "WORLD_SIZE" in os.environ  # by launch(), or by the user's own accelerate/torchrun
     if launched and int(os.environ["WORLD_SIZE"]) != processes:
@@ -675,9 +733,19 @@ def main() -> None:
         # process seeing several would be run with DataParallel by the Trainer.
         claim_gpus(processes)
     if processes > 1 and not launched:
-        launch(processes)
+        launch(processes, phase.module)
     else:
-        train(params)
+        train(params, phase)
+
+
+def phase2(params: Params) -> Phase:
+    """This stage's phase: from phase 1's model when the pretrain stage ran (`pretrain.enabled`)."""
+    return replace(PHASE2, start_from=PHASE1_MODEL) if params.pretrain.enabled else PHASE2
+
+
+def main() -> None:
+    params = load_params()
+    run_phase(params, phase2(params))
 
 
 if __name__ == "__main__":

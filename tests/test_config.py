@@ -43,7 +43,10 @@ def test_committed_params_set_every_key_explicitly():
     "raw, message",
     [
         ({"train": {"learning_rte": 1e-5}}, "train.learning_rte: unknown key; allowed: epochs"),
-        ({"trian": {}}, "trian: unknown key; allowed: data, prepare, model, train, evaluate"),
+        (
+            {"trian": {}},
+            "trian: unknown key; allowed: data, prepare, model, pretrain, train, evaluate",
+        ),
         ({"train": {"lora": {"rank": 8}}}, "train.lora.rank: unknown key; allowed: enabled, r"),
         ({"prepare": {"fold": 10}}, "prepare.fold: Input should be less than or equal to 9"),
         ({"train": {"epochs": "three"}}, "train.epochs: Input should be a valid integer"),

@@ -25,6 +25,7 @@ DVC_ORDER = [
     "download",
     "fetch",
     "prepare",
+    "pretrain",
     "train",
     "evaluate@base",
     "evaluate@finetuned",

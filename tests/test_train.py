@@ -615,7 +615,7 @@ def test_one_training_process_sees_one_gpu(workdir, tiny, monkeypatch, visible, 
     if visible is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(stage, "train", lambda params: seen.update(os.environ))
+    monkeypatch.setattr(stage, "train", lambda params, phase: seen.update(os.environ))
     set_params(workdir, tiny())
     try:
         stage.main()
@@ -633,7 +633,7 @@ def test_a_data_parallel_run_claims_a_gpu_per_process(workdir, tiny, monkeypatch
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # restored after the test
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(stage, "launch", lambda n: seen.update(os.environ, n=n))
+    monkeypatch.setattr(stage, "launch", lambda n, module: seen.update(os.environ, n=n))
     set_params(workdir, tiny(num_processes=2))
     try:
         stage.main()
