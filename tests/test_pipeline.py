@@ -18,7 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PUBMEDQA_DIR, ROOT, TOKENIZER_DIR, needs_pubmedqa, needs_tokenizer
+from .conftest import (
+    PUBMEDQA_DIR,
+    ROOT,
+    TOKENIZER_DIR,
+    needs_pubmedqa,
+    needs_tokenizer,
+    write_synthetic_pqa_a,
+)
 
 pytestmark = [needs_pubmedqa, needs_tokenizer]
 
@@ -103,8 +110,8 @@ def test_a_changed_official_file_is_an_error(tmp_path):
 
 
 ALL_STAGES = [
-    "download", "fetch", "prepare", "train", "evaluate@base", "evaluate@finetuned", "compare",
-    "report",
+    "download", "fetch", "prepare", "pretrain", "train", "evaluate@base", "evaluate@finetuned",
+    "compare", "report",
 ]  # fmt: skip
 # What a train.* param reruns: never evaluate@base, whose model does not change.
 AFTER_TRAIN = ["compare", "evaluate@finetuned", "report", "train"]
@@ -208,6 +215,54 @@ def test_exp_run_set_param_reruns_only_train_and_its_evaluation(smoke, tmp_path)
     header, *rows = shown.splitlines()
     assert "accuracy" in header and "train.learning_rate" in header
     assert any(row.startswith("lr-5e-4") and "0.0005" in row for row in rows)
+
+
+def set_params(repo: Path, **changes) -> None:
+    """Edit params.yaml as a user would: dotted keys, values as in YAML."""
+    import yaml
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        *path, key = dotted.split(".")
+        section = params
+        for part in path:
+            section = section[part]
+        section[key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_two_phases_rerun_what_their_params_touch(smoke, tmp_path, pubmedqa_dir):
+    """Phase 1 on a synthetic PQA-A in the hub's schema (PQA-L records under new PMIDs, 3 of
+    them keeping a PQA-L PMID), then: a phase-2 param reruns train and what follows but not
+    phase 1; a phase-1 param reruns both phases."""
+    repo = copy_of(smoke[0], tmp_path / "repo")
+    official = read_json(pubmedqa_dir / "ori_pqal.json")
+    write_synthetic_pqa_a(repo / "data/external/pqa_artificial.parquet", official, 64, shared=3)
+    set_params(
+        repo,
+        **{
+            "data.artificial": True,
+            "data.artificial_parquet": "data/external/pqa_artificial.parquet",
+            "pretrain.enabled": True,
+            "pretrain.max_samples": 40,
+            "pretrain.learning_rate": 1e-3,
+        },
+    )
+    on = ran_stages(sh(["dvc", "repro"], cwd=repo))
+    # PQA-L's splits and the base model are unchanged: evaluate@base stays cached.
+    assert sorted(on) == sorted(["fetch", "prepare", "pretrain", *AFTER_TRAIN])
+    data = read_json(repo / "metrics/data.json")
+    assert data["artificial"]["dropped_shared_pmid"] == 3
+    assert data["artificial"]["examples"] == 61
+    phase1 = read_json(repo / "metrics/pretrain.json")
+    assert phase1["train_examples"] == 40 and phase1["dev_examples"] == 50
+    assert "started from `models/phase1`" in (repo / "models/finetuned/README.md").read_text()
+
+    set_params(repo, **{"train.learning_rate": 5e-4})
+    assert sorted(ran_stages(sh(["dvc", "repro"], cwd=repo))) == AFTER_TRAIN
+    set_params(repo, **{"pretrain.learning_rate": 5e-4})
+    assert sorted(ran_stages(sh(["dvc", "repro"], cwd=repo))) == sorted(["pretrain", *AFTER_TRAIN])
+    assert ran_stages(sh(["dvc", "repro"], cwd=repo)) == []
 
 
 def read_json_text(text: str):
