@@ -559,7 +559,7 @@ def starting_model(params: Params, phase: Phase):
 
 def phase_inputs(phase: Phase) -> list[Path]:
     """Files besides the data whose change makes old checkpoints another run's."""
-    return [phase.start_from / "model.safetensors"] if phase.start_from is not None else []
+    return sorted(phase.start_from.glob("*.safetensors")) if phase.start_from is not None else []
 
 
 def train(params: Params, phase: Phase = PHASE2) -> None:
