@@ -14,7 +14,10 @@ Face Trainer:
   deletes it): a killed run resumes from the last complete one when the params and data are
   unchanged, and starts afresh otherwise;
 - `train.num_processes > 1` relaunches this module under `torch.distributed.run`
-  (one process per GPU, or CPU processes with gloo).
+  (one process per GPU, or CPU processes with gloo);
+- with `pretrain.enabled`, training starts from phase 1's model (`models/phase1`, written by
+  the `pretrain` stage on PQA-A, which trains through this module's `Phase` machinery too)
+  instead of the base model.
 
 Outputs: `models/finetuned/` (safetensors weights, tokenizer, params.json, a model card; LoRA
 adapters are merged in), the curves in `dvclive/`, `metrics/train.json`, and the run's
@@ -58,7 +61,6 @@ PERF_FILE = Path("perf/train.json")  # timings, devices, memory: an output, not 
 COLUMNS = ("pmid", "prompt_ids", "completion_ids", "shortened")
 IGNORE_INDEX = -100  # label of a position that does not count in the loss
 RUN_FILE = "run.json"  # in CHECKPOINTS: the fingerprint of the run the checkpoints belong to
-RUNNING_FILE = CHECKPOINTS / "running.json"  # while a run trains; left behind if it is killed
 STATE_FILE = "trainer_state.json"  # the Trainer writes it last: a checkpoint without it is partial
 LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
 PHASE1_MODEL = Path("models/phase1")  # the pretrain stage's model (phase 1, on PQA-A)
@@ -82,12 +84,14 @@ class Phase:
 
     @property
     def running_file(self) -> Path:
+        """Written while the phase trains; left behind if it is killed."""
         return self.checkpoints / "running.json"
 
 
 PHASE2 = Phase(
     "stages.train", "PQA-L", TRAIN_FILE, FINETUNED, CHECKPOINTS, DVCLIVE, METRICS_FILE, PERF_FILE
 )
+RUNNING_FILE = PHASE2.running_file  # while a run trains; left behind if it is killed
 
 
 # ---- Reading the prepared splits ----
