@@ -342,6 +342,7 @@ def test_two_smoke_runs_from_scratch_give_identical_metrics(smoke, tmp_path):
     assert metrics_of(second) == metrics_of(smoke[0])
     assert set(metrics_of(second)) == {
         "data.json",
+        "pretrain.json",  # {"enabled": false}: phase 1 is off in the smoke run
         "train.json",
         "eval_base.json",
         "eval_finetuned.json",
