@@ -34,7 +34,7 @@ PLATFORMS = (  # manylinux tags a glibc >= 2.34 x86_64 machine accepts, newest f
     "manylinux_2_5_x86_64",
     "manylinux1_x86_64",
 )
-DATA_FILES = {"pubmedqa": ("ori_pqal.json", "test_ground_truth.json", "LICENSE")}
+PUBMEDQA_FILES = ("ori_pqal.json", "test_ground_truth.json", "LICENSE")
 
 
 def read_pins(path: Path = REQUIREMENTS) -> tuple[list[str], list[str]]:
@@ -87,7 +87,7 @@ def build(kit: Path, python_version: str) -> int:
         raise SystemExit(f"gpu_kit: {impure}, built from source, are not pure-Python wheels")
     (kit / "requirements.txt").write_text("\n".join(binary + source) + "\n")
     (kit / "pubmedqa").mkdir()
-    for name in DATA_FILES["pubmedqa"]:
+    for name in PUBMEDQA_FILES:
         shutil.copy2(pubmedqa / name, kit / "pubmedqa" / name)
     shutil.copytree(tokenizer, kit / "gpt2-tokenizer")
     size = folder_bytes(kit)

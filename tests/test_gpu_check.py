@@ -115,6 +115,24 @@ def test_the_train_stage_mfu_counts_its_training_set_over_the_card_peak(tmp_path
     assert gpu_check.training_mfu(work, {**perf, "device": "cpu"}) is None
 
 
+@needs_pubmedqa
+@needs_tokenizer
+def test_the_h100_plan_is_the_cost_model_at_the_stated_assumptions(pubmedqa_dir, tokenizer_dir):
+    """By hand: GPT-2 Large has 774,030,080 parameters, so 3 epoch checkpoints and the final
+    model (4 bytes each) are 12.38 GB, 12.38 s at 1 GB/s; generating 128 tokens for 2 x 500
+    questions, 16 to a batch at 15 ms a step, is 1,000 x 128 x 0.015 / 16 = 120 s (the cost
+    model counts per question); training 450 x 3 epochs of PQA-L's ~391 tokens at 20% of
+    989 TFLOP/s over ~4.85 GFLOP a token is about 13 s."""
+    planned = gpu_check.plan(pubmedqa_dir, tokenizer_dir)
+    assert planned["checkpoint_write_s"] == pytest.approx(4 * 4 * 774_030_080 / 1e9)
+    scoring_and_perplexity = planned["evaluate_s"] - 1000 * 128 * 0.015 / 16
+    assert 0 < scoring_and_perplexity < 10  # two forward passes over 2 x 500 prompts
+    assert 12 < planned["train_s"] < 14
+    assert planned["total_s"] == pytest.approx(
+        planned["train_s"] + planned["evaluate_s"] + planned["checkpoint_write_s"]
+    )
+
+
 def _third_party_imports(folder: Path) -> set[str]:
     names = set()
     for path in folder.glob("*.py"):
