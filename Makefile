@@ -18,7 +18,7 @@ offline-data:
 
 # Apply smoke.yaml to params.yaml in place (try the workflow offline in a working copy).
 smoke-params:
-	$(PYTHON) -m stages.smoke_params params.yaml
+	$(PYTHON) -m pubmedqa_gpt2.smoke_params params.yaml
 
 # Clone the current commit into DIR, apply the smoke overrides there and run the pipeline.
 smoke:

@@ -4,8 +4,10 @@
     python -m bench.gpu    # GPT-2 Large training: tokens/s, MFU and peak memory on a GPU
 
 What both use lives here: the PubMedQA examples, encoded by the project's template
-(`stages/prompt.py`), and the project's Trainer assembled from the pieces of
-`stages/train.py`, with a clock on each epoch. Figures are printed, never asserted.
+(`pubmedqa_gpt2/prompt.py`), and the project's Trainer assembled from the pieces of
+`pubmedqa_gpt2/training/`, with a clock on each epoch; params come from the committed
+`params.yaml` (`committed`), the one place their values are set. Figures are printed, never
+asserted.
 """
 
 from __future__ import annotations
@@ -19,16 +21,14 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, TrainerCallback, set_seed
 
-from stages.config import ModelParams, TrainParams
-from stages.prepare import encode_records
-from stages.prompt import Encoded
-from stages.records import read_official_json
-from stages.train import (
-    Collator,
-    make_trainer_class,
-    run_arguments,
-    to_features,
-)
+from pubmedqa_gpt2.config import ModelParams, TrainParams, load_params, with_changes
+from pubmedqa_gpt2.data.prepare import encode_records
+from pubmedqa_gpt2.data.records import read_official_json
+from pubmedqa_gpt2.prompt import Encoded
+from pubmedqa_gpt2.training.collator import Collator
+from pubmedqa_gpt2.training.examples import to_features
+from pubmedqa_gpt2.training.settings import run_arguments
+from pubmedqa_gpt2.training.trainer import DecisionTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -55,9 +55,16 @@ def require_shared() -> tuple[Path, Path]:
     return PUBMEDQA_DIR, TOKENIZER_DIR
 
 
+def committed(section: str, **changes):
+    """A section of the committed params.yaml with `changes` on top (nested sections as
+    mappings), validated: the experiment's own values wherever a benchmark sets none."""
+    return getattr(with_changes(load_params(ROOT / "params.yaml"), {section: changes}), section)
+
+
 def small_gpt2(tokenizer_dir: Path | None, **shape: int) -> ModelParams:
     """Params of a random GPT-2 of the given shape (n_layer, n_embd, n_head), seeded."""
-    return ModelParams(
+    return committed(
+        "model",
         name="gpt2",
         init="random",
         tokenizer=str(tokenizer_dir) if tokenizer_dir else None,
@@ -124,13 +131,13 @@ class EpochClock(TrainerCallback):
 def project_trainer(
     model, examples: Sequence[Encoded], train: TrainParams, pad_id: int, output_dir: Path, **args
 ):
-    """(trainer, clock): the Trainer `stages/train.py` builds, over `examples`.
+    """(trainer, clock): the Trainer the training recipe builds, over `examples`.
 
     Same arguments (precision, warmup, checkpointing, sampler), the same trainer class,
     features and collator; only what is not timed is off: evaluation, checkpoints, logging,
     progress bars. `args` overrides further TrainingArguments (`optim`, `torch_compile`).
     """
-    _, arguments = run_arguments(train, len(examples), world_size=1)
+    _, arguments = run_arguments(train, len(examples), 1, output_dir)
     arguments = dataclasses.replace(
         arguments,
         output_dir=str(output_dir),
@@ -145,7 +152,7 @@ def project_trainer(
     collator = CountingCollator(pad_id)
     clock = EpochClock(collator)
     set_seed(train.seed)
-    trainer = make_trainer_class()(
+    trainer = DecisionTrainer(
         model=model,
         args=arguments,
         train_dataset=[to_features(ex, train.loss_on) for ex in examples],

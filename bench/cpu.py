@@ -4,14 +4,14 @@
     python -m bench.cpu --only prepare       # one or more of: training prepare evaluation pipeline
     python -m bench.cpu --quick              # tiny sizes: checks that everything runs
 
-1. training: useful (non-padding) tokens/s of the project's Trainer path (`stages/train.py`:
+1. training: useful (non-padding) tokens/s of the project's Trainer path (`pubmedqa_gpt2/training/`:
    collator, dynamic padding, its sampler and precision) against the notebook's approach (every
    example padded to 1024, fp32, a plain PyTorch loop, labels = input ids), same examples and
    optimizer steps, on real PubMedQA examples and a small random GPT-2.
 2. prepare: `python -m stages.prepare` on PQA-L plus N artificial records (PQA-L repeated under
    new PMIDs) up to pqa_artificial's 211,269: records/s, peak memory, and how time grows.
-3. evaluation: decision scoring and greedy generation (`stages/evaluate.py`) batched against one
-   question at a time.
+3. evaluation: decision scoring and greedy generation (`pubmedqa_gpt2/evaluation/answers.py`)
+   batched against one question at a time.
 4. pipeline: `dvc status` and `dvc repro prepare` with nothing changed, in a clone of HEAD, and the
    import time of each stage module (which import torch and transformers).
 
@@ -40,6 +40,7 @@ import torch
 
 from bench import (
     ROOT,
+    committed,
     load_average,
     project_trainer,
     pubmedqa_examples,
@@ -47,9 +48,9 @@ from bench import (
     small_gpt2,
     useful_tokens,
 )
-from stages.config import EvaluateParams, ModelParams, TrainParams
-from stages.modeling import build_model, load_tokenizer
-from stages.prompt import Encoded
+from pubmedqa_gpt2.config import EvaluateParams, ModelParams, TrainParams, load_params
+from pubmedqa_gpt2.model.loading import build_model, load_tokenizer
+from pubmedqa_gpt2.prompt import Encoded
 
 NOTEBOOK_LENGTH = 1024  # the notebook padded every example to GPT-2's full context
 ARTIFICIAL_RECORDS = 211_269  # rows of PubMedQA's pqa_artificial
@@ -141,9 +142,9 @@ def notebook_epoch(model, tokenizer, examples: Sequence[Encoded], train: TrainPa
 def bench_training(sizes: Sizes) -> dict[str, float]:
     """Useful tokens/s of the project's training path and of the notebook's, same examples."""
     params = shape_params(sizes.train_shape)
-    tokenizer = load_tokenizer(params)
+    tokenizer = load_tokenizer(params.tokenizer_source)
     examples = random.Random(0).sample(pubmedqa_examples(tokenizer), sizes.train_examples)
-    train = TrainParams(epochs=1, batch_size=sizes.train_batch)
+    train = committed("train", epochs=1, batch_size=sizes.train_batch)
     useful = useful_tokens(examples)
     steps = -(-len(examples) // train.batch_size)
     n_layer, n_embd, n_head = sizes.train_shape
@@ -197,19 +198,19 @@ def prepare_workdir(folder: Path, labeled: list, artificial: int, tokenizer_dir:
     """A stage working directory: data/raw with PQA-L and `artificial` records, params.yaml."""
     import yaml
 
-    from stages.fetch import ARTIFICIAL_FILE, LABELED_FILE, RAW_DIR
-    from stages.records import write_jsonl
+    from pubmedqa_gpt2.data.records import write_jsonl
+    from pubmedqa_gpt2.paths import RAW_ARTIFICIAL, RAW_DIR, RAW_LABELED
 
-    raw = folder / RAW_DIR
-    raw.mkdir(parents=True)
-    write_jsonl(raw / LABELED_FILE, labeled)
+    (folder / RAW_DIR).mkdir(parents=True)
+    write_jsonl(folder / RAW_LABELED, labeled)
     copies = (
         dataclasses.replace(record, pmid=str(ARTIFICIAL_PMID0 + i))
         for i, record in zip(range(artificial), itertools.cycle(labeled))
     )
-    write_jsonl(raw / ARTIFICIAL_FILE, copies)
-    params = {"model": {"name": "gpt2", "tokenizer": str(tokenizer_dir)}}
-    (folder / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    write_jsonl(folder / RAW_ARTIFICIAL, copies)
+    model = committed("model", name="gpt2", tokenizer=str(tokenizer_dir))
+    params = load_params(ROOT / "params.yaml").model_copy(update={"model": model})
+    (folder / "params.yaml").write_text(yaml.safe_dump(params.model_dump()), encoding="utf-8")
 
 
 # Runs argv[1:] and prints its peak resident set (KiB) last. A child started straight from the
@@ -256,7 +257,7 @@ def stage_env() -> dict[str, str]:
 
 def bench_prepare(sizes: Sizes) -> dict[str, Any]:
     """Records/s and peak memory of the prepare stage as the artificial records grow."""
-    from stages.records import read_official_json
+    from pubmedqa_gpt2.data.records import read_official_json
 
     pubmedqa, tokenizer_dir = require_shared()
     labeled = read_official_json(pubmedqa / "ori_pqal.json")
@@ -319,19 +320,19 @@ def bench_prepare(sizes: Sizes) -> dict[str, Any]:
 
 def bench_evaluation(sizes: Sizes) -> dict[str, float]:
     """Examples/s of decision scoring and of generation, batched and one at a time."""
-    from stages.evaluate import decide, generate_answers
+    from pubmedqa_gpt2.evaluation.answers import decide, generate_answers
 
     params = shape_params(sizes.eval_shape)
-    tokenizer = load_tokenizer(params)
+    tokenizer = load_tokenizer(params.tokenizer_source)
     examples = random.Random(1).sample(pubmedqa_examples(tokenizer), sizes.score_examples)
     prompts = [ex.prompt_ids for ex in examples]
-    batched = EvaluateParams(max_new_tokens=sizes.max_new_tokens)
-    single = EvaluateParams(
-        max_new_tokens=sizes.max_new_tokens, batch_size=1, generation_batch_size=1
+    batched = committed("evaluate", max_new_tokens=sizes.max_new_tokens)
+    single = committed(
+        "evaluate", max_new_tokens=sizes.max_new_tokens, batch_size=1, generation_batch_size=1
     )
     n_layer, n_embd, n_head = sizes.eval_shape
     header(
-        "3. Evaluation: stages.evaluate's decide and generate_answers, batched vs one at a time",
+        "3. Evaluation: the evaluate stage's decide and generate_answers, batched vs one at a time",
         f"random GPT-2 n_layer={n_layer} n_embd={n_embd} n_head={n_head}; "
         f"{len(prompts)} PubMedQA prompts scored, {sizes.generate_examples} answers of "
         f"{sizes.max_new_tokens} tokens generated (greedy, KV cache)",
@@ -436,7 +437,7 @@ def bench_pipeline(sizes: Sizes) -> dict[str, Any]:
 
     # The stage modules in pipeline order, then the console script's.
     commands = re.findall(r"python -m (stages\.\w+)", (ROOT / "dvc.yaml").read_text())
-    modules = [*dict.fromkeys(commands), "stages.cli"]
+    modules = [*dict.fromkeys(commands), "pubmedqa_gpt2.cli"]
     reference = {name: import_profile(name)[0] for name in ("torch", "transformers")}
     print(
         f"   import alone (fresh interpreter): torch {reference['torch']:.2f} s, "

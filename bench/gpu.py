@@ -4,12 +4,12 @@
     python -m bench.gpu --fused-adamw --compile --out gpu.json
     python -m bench.gpu --tiny                           # 2-layer model, CPU: checks that it runs
 
-GPT-2 Large with random weights (`stages/modeling.py`; the same FLOPs as the real model) is
-trained through the project's Trainer path (`stages/train.py`: fp32 master weights with bf16
-autocast where the GPU has it, SDPA attention, dynamic padding, length-grouped batches), for
-full fine-tuning, full fine-tuning with gradient checkpointing, and LoRA (`apply_lora`), at
-PubMedQA's lengths and at 1024 tokens. Each run trains one warm-up epoch and one timed epoch of
-`--steps` optimizer steps and prints:
+GPT-2 Large with random weights (`pubmedqa_gpt2/model/loading.py`; the same FLOPs as the real
+model) is trained through the project's Trainer path (`pubmedqa_gpt2/training/`: fp32 master
+weights with bf16 autocast where the GPU has it, SDPA attention, dynamic padding,
+length-grouped batches), for full fine-tuning, full fine-tuning with gradient checkpointing,
+and LoRA (`apply_lora`), at PubMedQA's lengths and at 1024 tokens. Each run trains one warm-up
+epoch and one timed epoch of `--steps` optimizer steps and prints:
 
 - useful tokens/s: real (non-padding) tokens learnt per second of the timed epoch;
 - MFU: model FLOPs of those tokens per second over the card's dense bf16 peak (read from the
@@ -25,7 +25,7 @@ PubMedQA's lengths and at 1024 tokens. Each run trains one warm-up epoch and one
 PubMedQA's lengths are the real ones (PQA-L through the project's template, mean ~390 tokens)
 when PUBMEDQA_DIR and GPT2_TOKENIZER_DIR point at the data, else a fixed 384 (the last 54,
 PQA-L's mean, as completion). Then decision
-scoring, perplexity and generation (`stages/scoring.py`, `stages/generate.py`, bf16) are timed
+scoring, perplexity and generation (`pubmedqa_gpt2/model/{scoring,generate}.py`, bf16) are timed
 and the compute of the default `dvc repro` (PQA-L, 3 epochs, both evaluations) is estimated.
 """
 
@@ -48,15 +48,15 @@ import torch
 from bench import (
     PUBMEDQA_DIR,
     TOKENIZER_DIR,
+    committed,
     length,
     project_trainer,
     pubmedqa_examples,
-    small_gpt2,
     useful_tokens,
 )
-from stages.config import EvaluateParams, LoraParams, ModelParams, TrainParams
-from stages.modeling import build_model, load_tokenizer
-from stages.prompt import Encoded
+from pubmedqa_gpt2.config import ModelParams, TrainParams
+from pubmedqa_gpt2.model.loading import build_model, load_tokenizer
+from pubmedqa_gpt2.prompt import Encoded
 
 # Dense bf16 peak FLOP/s by device name, first match wins (NVIDIA datasheets, no sparsity).
 PEAK_FLOPS = (
@@ -144,7 +144,7 @@ def workloads(settings: Settings, vocab: int) -> dict[str, list[Encoded]]:
     """The examples of one epoch for each length setting: "pubmedqa" and the long length."""
     n = settings.steps * settings.batch_size
     if PUBMEDQA_DIR and TOKENIZER_DIR:
-        real = pubmedqa_examples(load_tokenizer(small_gpt2(TOKENIZER_DIR)))
+        real = pubmedqa_examples(load_tokenizer(TOKENIZER_DIR))
         sample = random.Random(0).choices(real, k=n)
         pubmedqa = [clipped(ex, settings.long_length) for ex in sample]
     else:
@@ -197,15 +197,16 @@ def bench_training(
     settings: Settings, loads: dict[str, list[Encoded]], device: torch.device, peak: float | None
 ) -> list[dict]:
     """Every mode at every length setting; prints one line per run."""
-    from stages.train import apply_lora
+    from pubmedqa_gpt2.training.lora import apply_lora
 
     runs: list[dict] = []
     for mode in settings.modes:
-        train = TrainParams(
+        train = committed(
+            "train",
             epochs=2,
             batch_size=settings.batch_size,
             gradient_checkpointing=mode == "checkpointing",
-            lora=LoraParams(enabled=mode == "lora"),
+            lora={"enabled": mode == "lora"},
         )
         model = build_model(settings.model, dtype=torch.float32)
         if not runs:
@@ -233,11 +234,11 @@ def bench_evaluation(
     settings: Settings, examples: Sequence[Encoded], device: torch.device
 ) -> dict[str, float]:
     """Examples/s of the evaluate stage's three model passes, at its default batch sizes."""
-    from stages.generate import generate_greedy
-    from stages.modeling import inference_dtype
-    from stages.scoring import continuation_nll, score_decisions
+    from pubmedqa_gpt2.model.generate import generate_greedy
+    from pubmedqa_gpt2.model.loading import inference_dtype
+    from pubmedqa_gpt2.model.scoring import continuation_nll, score_decisions
 
-    defaults = EvaluateParams()
+    defaults = committed("evaluate")
     model = build_model(settings.model, dtype=inference_dtype(device)).to(device)
     eos = model.config.eos_token_id
     prompts = [ex.prompt_ids for ex in examples]
@@ -277,7 +278,7 @@ def meta_model(config, train: TrainParams | None = None):
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     if train is not None and train.lora.enabled:
-        from stages.train import apply_lora
+        from pubmedqa_gpt2.training.lora import apply_lora
 
         model = apply_lora(model, train)
     return model
@@ -341,7 +342,7 @@ def checkpoint_writes_s(
 def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace]:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="a 2-layer model, 2 steps, seq 64")
-    parser.add_argument("--batch-size", type=int, default=TrainParams().batch_size)
+    parser.add_argument("--batch-size", type=int, default=committed("train").batch_size)
     parser.add_argument("--steps", type=int, help="timed optimizer steps per run (30; tiny 2)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--fused-adamw", action="store_true", help="optim=adamw_torch_fused")
@@ -353,14 +354,14 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
     args = parser.parse_args(argv)
     tiny = {"n_layer": 2, "n_embd": 64, "n_head": 2} if args.tiny else {}
     settings = Settings(
-        model=ModelParams(name="gpt2-large", init="random", overrides=tiny),
+        model=committed("model", name="gpt2-large", init="random", overrides=tiny),
         batch_size=args.batch_size,
         steps=args.steps or (2 if args.tiny else 30),
         long_length=64 if args.tiny else 1024,
         fallback_length=48 if args.tiny else FALLBACK_LENGTH,
         fallback_completion=8 if args.tiny else FALLBACK_COMPLETION,
         eval_examples=4 if args.tiny else 64,
-        max_new_tokens=4 if args.tiny else EvaluateParams().max_new_tokens,
+        max_new_tokens=4 if args.tiny else committed("evaluate").max_new_tokens,
         modes=tuple(args.modes),
         fused_adamw=args.fused_adamw,
         compile=args.compile,
@@ -372,7 +373,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import transformers
 
-    from stages.modeling import random_config
+    from pubmedqa_gpt2.model.loading import random_config
 
     settings, args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -423,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "evaluation_examples_per_s": rates,
     }
     if "pubmedqa" in full:
-        defaults = TrainParams()
+        defaults = committed("train")
         epochs = defaults.epochs
         mean = useful_tokens(loads["pubmedqa"]) / len(loads["pubmedqa"])
         with tempfile.TemporaryDirectory(dir=args.scratch) as tmp:

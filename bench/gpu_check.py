@@ -36,8 +36,17 @@ import yaml
 from bench import require_shared
 
 ROOT = Path(__file__).resolve().parents[1]
-# What a scratch copy needs: the stage code, the pipeline, its params and the report's reference.
-COPIED = ("stages", "bench", "dvc.yaml", "params.yaml", "smoke.yaml", "reports/reference.yaml")
+# What a scratch copy needs: the stage code and the library, the pipeline, its params and the
+# report's reference.
+COPIED = (
+    "stages",
+    "pubmedqa_gpt2",
+    "bench",
+    "dvc.yaml",
+    "params.yaml",
+    "smoke.yaml",
+    "reports/reference.yaml",
+)
 GPU_TARGET_S = 9 * 60  # the whole check on one H100 (issue 10)
 DEFAULT_BUDGET_S = 13 * 60  # a lent machine gives 15 minutes: stop in time to give it back
 
@@ -124,7 +133,7 @@ def _stage(name: str, body: dict) -> Stage:
 
 def make_workdir(work: Path, pubmedqa: Path, tokenizer: Path, tiny: bool) -> None:
     """A scratch copy of the project with the check's params and the offline data."""
-    from stages.smoke_params import SMOKE_FILE, apply_overrides, apply_smoke
+    from pubmedqa_gpt2.smoke_params import SMOKE_FILE, apply_overrides, apply_smoke
 
     if work.exists():
         shutil.rmtree(work)
@@ -191,9 +200,9 @@ def training_mfu(work: Path, perf: dict) -> float | None:
     evaluations and checkpoint writes: a lower bound of the training loop's own MFU.
     """
     from bench.gpu import meta_model, peak_flops, training_flops_of_lengths
-    from stages.config import load_params
-    from stages.modeling import random_config
-    from stages.prepare import read_prepared
+    from pubmedqa_gpt2.config import load_params
+    from pubmedqa_gpt2.data.prepared import read_prepared
+    from pubmedqa_gpt2.model.loading import random_config
 
     peak = peak_flops(perf.get("device", ""))
     if peak is None or not perf.get("runtime_seconds"):
@@ -217,7 +226,7 @@ def plan(pubmedqa: Path, tokenizer: Path) -> dict[str, float]:
     """What the default experiment costs on one H100 by bench.gpu's cost model, at the
     ASSUMED_* rates and PQA-L's real lengths: training compute, both evaluations, checkpoint
     writes. Process starts, model builds and bench.gpu itself come on top."""
-    from bench import length, small_gpt2
+    from bench import committed, length
     from bench.gpu import (
         TRAIN_EXAMPLES,
         checkpoint_writes_s,
@@ -226,28 +235,27 @@ def plan(pubmedqa: Path, tokenizer: Path) -> dict[str, float]:
         pipeline_estimate,
         training_flops_of_lengths,
     )
-    from stages.config import EvaluateParams, ModelParams, TrainParams
-    from stages.modeling import load_tokenizer, random_config
-    from stages.prepare import encode_records
-    from stages.records import read_official_json
+    from pubmedqa_gpt2.data.prepare import encode_records
+    from pubmedqa_gpt2.data.records import read_official_json
+    from pubmedqa_gpt2.model.loading import load_tokenizer, random_config
 
-    model = meta_model(random_config(ModelParams(name="gpt2-large", init="random")))
+    model = meta_model(random_config(committed("model", name="gpt2-large", init="random")))
     records = read_official_json(pubmedqa / "ori_pqal.json")
-    examples = encode_records(load_tokenizer(small_gpt2(tokenizer)), records, 1024)
+    examples = encode_records(load_tokenizer(tokenizer), records, 1024)
     lengths = [length(ex) for ex in examples]
     mean = sum(lengths) / len(lengths)
     mean_prompt = sum(len(ex.prompt_ids) for ex in examples) / len(examples)
     flops_per_token = training_flops_of_lengths(lengths, model) / sum(lengths)
     n_matmul = flop_parameters(model)[0]
     forward_rate = ASSUMED_MFU * H100_PEAK / (2 * n_matmul * mean_prompt)
-    evaluate = EvaluateParams()
+    evaluate = committed("evaluate")
     rates = {
         "scoring": forward_rate,
         "perplexity": forward_rate,
         "generation": evaluate.generation_batch_size
         / (evaluate.max_new_tokens * ASSUMED_DECODE_STEP_S),
     }
-    train = TrainParams()
+    train = committed("train")
     parameters = sum(p.numel() for p in model.parameters())
     write_s = checkpoint_writes_s(
         parameters, parameters, train.epochs, train.resumable_checkpoints, ASSUMED_DISK_BYTES_PER_S

@@ -1,152 +1,22 @@
-"""Stage `compare`: did fine-tuning help? The fine-tuned model against the base model on the
-same test questions, with the uncertainty of the difference.
-
-Reads `eval/base/samples.jsonl` and `eval/finetuned/samples.jsonl` (one line per question,
-written by the evaluate stage) and, for accuracy, macro-F1, ROUGE-1, ROUGE-L and METEOR,
-reports the base value, the fine-tuned value (`tuned`), their difference (`diff`) and a paired
-95% bootstrap interval of the difference (`low`, `high`: both models resampled on the
-same questions; `stages/statistics.py`).
-Decision correctness is also compared with the exact McNemar test. Writes
-`metrics/compare.json` and `eval/compare.txt`, the sentence it prints, e.g.
-
-    fine-tuning changed accuracy by +3.2 points (95% CI -1.0 to +7.4; McNemar exact
-    p = 0.14; 41 questions fixed, 25 broken)
-"""
+"""Stage `compare`: the fine-tuned model against the base model on the same test questions
+(`pubmedqa_gpt2/evaluation/compare.py`) -> `metrics/compare.json`, `eval/compare.txt`."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
-
-from stages import statistics
-from stages.config import load_params
-from stages.errors import StageError, run_stage
-from stages.io import atomic_file, write_json
-from stages.prompt import LABELS
-
-EVAL_DIR = Path("eval")
-SAMPLES = {model: EVAL_DIR / model / "samples.jsonl" for model in ("base", "finetuned")}
-COMPARE_FILE = Path("metrics/compare.json")
-SENTENCE_FILE = EVAL_DIR / "compare.txt"
-REQUIRED = ("pmid", "gold_decision", "predicted_decision", "correct", "generated_answer")
-
-
-def read_samples(path: Path) -> list[dict[str, Any]]:
-    """The per-question lines of an evaluate stage's samples.jsonl, checked field by field."""
-    if not path.is_file():
-        raise StageError(f"{path}: file not found; run the evaluate stage first (dvc repro)")
-    samples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            sample = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise StageError(f"{path}: line {number}: not JSON ({exc.msg})") from None
-        where = f"{path}: line {number} (pmid {sample.get('pmid')})"
-        for field in REQUIRED:
-            if field not in sample:
-                raise StageError(f"{where}: field {field!r} is missing")
-        for field in ("gold_decision", "predicted_decision"):
-            if sample[field] not in LABELS:
-                raise StageError(f"{where}: {field} {sample[field]!r} is not one of {list(LABELS)}")
-        samples.append(sample)
-    if not samples:
-        raise StageError(f"{path}: no questions")
-    return samples
-
-
-def pair_samples(
-    base: list[dict[str, Any]], tuned: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The two models' samples aligned question by question (base order); both must cover
-    exactly the same questions with the same gold labels."""
-    by_pmid = {s["pmid"]: s for s in tuned}
-    if len(by_pmid) != len(tuned) or {s["pmid"] for s in base} != set(by_pmid):
-        raise StageError(
-            f"{SAMPLES['base']} and {SAMPLES['finetuned']} do not hold the same questions; "
-            "rerun both evaluations (dvc repro)"
-        )
-    aligned = [by_pmid[s["pmid"]] for s in base]
-    for b, t in zip(base, aligned, strict=True):
-        if b["gold_decision"] != t["gold_decision"]:
-            raise StageError(f"pmid {b['pmid']}: gold_decision differs between the two samples")
-    return base, aligned
-
-
-def figure(base: float, tuned: float, interval: dict[str, float]) -> dict[str, float]:
-    """One compared figure. Short keys keep `dvc exp show` narrow: `tuned` is the fine-tuned
-    model's value, `diff` is tuned - base, `low`..`high` the paired 95% interval of diff."""
-    return {
-        "base": round(base, 6),
-        "tuned": round(tuned, 6),
-        "diff": round(tuned - base, 6),
-        "low": round(interval["low"], 6),
-        "high": round(interval["high"], 6),
-    }
-
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def compare(
-    base: list[dict[str, Any]], tuned: list[dict[str, Any]], n_resamples: int, seed: int
-) -> dict[str, Any]:
-    """Every compared figure of two aligned sample lists (see the module docstring)."""
-    correct_b = [bool(s["correct"]) for s in base]
-    correct_t = [bool(s["correct"]) for s in tuned]
-    gold = [s["gold_decision"] for s in base]
-    pred_b = [s["predicted_decision"] for s in base]
-    pred_t = [s["predicted_decision"] for s in tuned]
-    encoded = [statistics.encode_labels(labels) for labels in (gold, pred_b, pred_t)]
-    result: dict[str, Any] = {
-        "n_test": len(base),
-        "accuracy": figure(
-            mean(correct_b),
-            mean(correct_t),
-            statistics.paired_difference_interval(correct_b, correct_t, n_resamples, seed),
-        ),
-        "macro_f1": figure(
-            float(statistics.macro_f1(encoded[0], encoded[1])),
-            float(statistics.macro_f1(encoded[0], encoded[2])),
-            statistics.paired_macro_f1_interval(gold, pred_b, pred_t, n_resamples, seed),
-        ),
-        "mcnemar": statistics.mcnemar_exact(correct_b, correct_t),
-    }
-    both = [
-        (b, t)
-        for b, t in zip(base, tuned, strict=True)
-        if b["generated_answer"] is not None and t["generated_answer"] is not None
-    ]
-    result["n_generated"] = len(both)
-    for key in statistics.ANSWER_SCORES:
-        if both and key in both[0][0] and key in both[0][1]:
-            scores_b, scores_t = [b[key] for b, _ in both], [t[key] for _, t in both]
-            interval = statistics.paired_difference_interval(scores_b, scores_t, n_resamples, seed)
-            result[key] = figure(mean(scores_b), mean(scores_t), interval)
-    result["ci_method"] = "paired " + statistics.describe_method(n_resamples, seed, len(base))
-    return result
-
-
-def sentence(result: dict[str, Any]) -> str:
-    """The comparison of accuracy in one sentence a person can quote."""
-    accuracy, test = result["accuracy"], result["mcnemar"]
-    points = lambda x: f"{100 * x:+.1f}"  # noqa: E731
-    return (
-        f"fine-tuning changed accuracy by {points(accuracy['diff'])} points "
-        f"(95% CI {points(accuracy['low'])} to {points(accuracy['high'])}; "
-        f"McNemar exact p = {test['p']:.2g}; {test['fixed']} questions fixed, "
-        f"{test['broken']} broken; {result['n_test']} test questions)"
-    )
+from pubmedqa_gpt2.config import load_params
+from pubmedqa_gpt2.errors import run_stage
+from pubmedqa_gpt2.evaluation.compare import compare, pair_samples, read_samples, sentence
+from pubmedqa_gpt2.io import atomic_file, write_json
+from pubmedqa_gpt2.paths import COMPARE_METRICS, COMPARE_SENTENCE, EVALUATED, samples_file
 
 
 def main() -> None:
     settings = load_params().evaluate
-    base, tuned = pair_samples(*(read_samples(SAMPLES[m]) for m in ("base", "finetuned")))
+    base, tuned = pair_samples(*(read_samples(samples_file(m)) for m in EVALUATED))
     result = compare(base, tuned, settings.bootstrap_samples, settings.bootstrap_seed)
     text = sentence(result)
-    write_json(COMPARE_FILE, result)
-    with atomic_file(SENTENCE_FILE) as f:
+    write_json(COMPARE_METRICS, result)
+    with atomic_file(COMPARE_SENTENCE) as f:
         f.write(text + "\n")
     print(text)
 

@@ -69,24 +69,24 @@ def tokenizer_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(tokenizer_dir):
-    from stages.config import ModelParams
-    from stages.modeling import load_tokenizer
+    from pubmedqa_gpt2.model.loading import load_tokenizer
 
-    return load_tokenizer(ModelParams(name="gpt2", tokenizer=str(tokenizer_dir)))
+    return load_tokenizer(tokenizer_dir)
 
 
 @pytest.fixture
 def tiny_model_params(tokenizer_dir):
     """A 2-layer random GPT-2 with the real tokenizer: the offline stand-in for gpt2-large."""
-    from stages.config import ModelParams
+    from .committed import committed_params
 
-    return ModelParams(
-        name="gpt2",
-        init="random",
-        tokenizer=str(tokenizer_dir),
-        overrides={"n_layer": 2, "n_embd": 64, "n_head": 2},
-        seed=0,
-    )
+    model = {
+        "name": "gpt2",
+        "init": "random",
+        "tokenizer": str(tokenizer_dir),
+        "overrides": {"n_layer": 2, "n_embd": 64, "n_head": 2},
+        "seed": 0,
+    }
+    return committed_params({"model": model}).model
 
 
 # ---- For the evaluate stage and the CLI (tests/test_evaluate.py, tests/test_cli.py) ----
@@ -100,7 +100,7 @@ def write_prepared_test_split(path: Path, tokenizer, n: int) -> list[dict]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from stages.prompt import LABELS, encode_examples
+    from pubmedqa_gpt2.prompt import LABELS, encode_examples
 
     questions = [
         f"Does treatment {i} reduce mortality" + " in older patients" * (i % 4) + "?"
@@ -137,9 +137,9 @@ def write_prepared_test_split(path: Path, tokenizer, n: int) -> list[dict]:
 def eval_workdir(tmp_path, monkeypatch, tokenizer, tiny_model_params):
     """A working directory for `evaluate` and the CLI: params.yaml (tiny random GPT-2, short
     generation), a 12-question prepared test split, and that model saved in models/finetuned."""
-    import yaml
+    from pubmedqa_gpt2.model.loading import build_model
 
-    from stages.modeling import build_model
+    from .committed import write_params
 
     params = {
         "model": tiny_model_params.model_dump(),
@@ -150,7 +150,7 @@ def eval_workdir(tmp_path, monkeypatch, tokenizer, tiny_model_params):
             "generation_batch_size": 3,
         },
     }
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params(tmp_path, params)
     write_prepared_test_split(tmp_path / EVAL_TEST_FILE, tokenizer, 12)
     build_model(tiny_model_params).save_pretrained(
         tmp_path / EVAL_MODEL_DIR, safe_serialization=True
@@ -170,7 +170,7 @@ def model_deciding_by_length(params, label_ids):
     """
     import torch
 
-    from stages.modeling import build_model
+    from pubmedqa_gpt2.model.loading import build_model
 
     model = build_model(params)
     with torch.no_grad():

@@ -8,13 +8,21 @@ import pytest
 import torch
 
 from bench import cpu, gpu
-from stages.config import ModelParams
-from stages.modeling import build_model
-from stages.prompt import Encoded
+from pubmedqa_gpt2.model.loading import build_model
+from pubmedqa_gpt2.prompt import Encoded
 
+from .committed import committed_params
 from .conftest import needs_pubmedqa, needs_tokenizer
 
-TINY = ModelParams(name="gpt2", init="random", overrides={"n_layer": 2, "n_embd": 32, "n_head": 2})
+TINY = committed_params(
+    {
+        "model": {
+            "name": "gpt2",
+            "init": "random",
+            "overrides": {"n_layer": 2, "n_embd": 32, "n_head": 2},
+        }
+    }
+).model
 
 
 @pytest.mark.parametrize(
@@ -37,9 +45,11 @@ def test_gpt2_large_has_its_published_parameter_count():
     embeddings take part in matmuls. Built on the meta device: no memory, no weights."""
     from transformers import AutoModelForCausalLM
 
-    from stages.modeling import random_config
+    from pubmedqa_gpt2.model.loading import random_config
 
-    config = random_config(ModelParams(name="gpt2-large", init="random"))
+    config = random_config(
+        committed_params({"model": {"name": "gpt2-large", "init": "random"}}).model
+    )
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     assert sum(p.numel() for p in model.parameters()) == 774_030_080
@@ -62,10 +72,10 @@ def test_training_flops_are_6n_plus_attention_for_full_fine_tuning():
 
 
 def test_lora_flops_leave_out_the_frozen_weight_gradients():
-    from stages.config import LoraParams, TrainParams
-    from stages.train import apply_lora
+    from pubmedqa_gpt2.training.lora import apply_lora
 
-    model = apply_lora(build_model(TINY), TrainParams(lora=LoraParams(enabled=True)))
+    train = committed_params({"train": {"lora": {"enabled": True}}}).train
+    model = apply_lora(build_model(TINY), train)
     # r = 16 on c_attn (32 -> 96), c_proj (32 -> 32), c_fc (32 -> 128), MLP c_proj (128 -> 32):
     # 16 x (128 + 64 + 160 + 160) = 8,192 a layer, 16,384 in all.
     trained = 16_384

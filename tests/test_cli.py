@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from stages import cli
+from pubmedqa_gpt2 import cli
+from pubmedqa_gpt2.prompt import LABELS
 from stages import evaluate as stage
-from stages.prompt import LABELS
 
 from .conftest import EVAL_MODEL_DIR, ROOT
 
@@ -91,7 +91,8 @@ def test_bad_input_is_a_one_line_error(eval_workdir, capsys, args, message) -> N
 def test_console_entry_point_fails_without_a_traceback(tmp_path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        [sys.executable, "-m", "stages.cli", "ask", "--model", "missing", "--question", "Why?"],
+        [sys.executable, "-m", "pubmedqa_gpt2.cli", "ask", "--model", "missing",
+         "--question", "Why?"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 1

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from sklearn.metrics import f1_score
 
-from stages import compare as stage
-from stages import statistics
-from stages.prompt import LABELS
+from pubmedqa_gpt2.evaluation import compare as stage
+from pubmedqa_gpt2.evaluation import statistics
+from pubmedqa_gpt2.paths import COMPARE_METRICS, COMPARE_SENTENCE, samples_file
+from pubmedqa_gpt2.prompt import LABELS
 
+from .committed import write_params
 from .conftest import ROOT
 
 
@@ -121,13 +122,13 @@ def test_identical_models_differ_by_nothing():
 
 
 def write_samples(folder: Path, model: str, rows: list[dict]) -> None:
-    path = folder / stage.SAMPLES[model]
+    path = folder / samples_file(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def run_compare(folder: Path) -> subprocess.CompletedProcess:
-    (folder / "params.yaml").write_text(yaml.safe_dump({"evaluate": {"bootstrap_samples": 200}}))
+    write_params(folder, {"evaluate": {"bootstrap_samples": 200}})
     return subprocess.run(
         [sys.executable, "-m", "stages.compare"], cwd=folder, capture_output=True, text=True,
         env=os.environ | {"PYTHONPATH": str(ROOT)}, timeout=120,
@@ -140,12 +141,12 @@ def test_the_stage_writes_the_metrics_and_the_sentence(tmp_path):
     write_samples(tmp_path, "finetuned", list(reversed(rows)))  # order does not matter
     proc = run_compare(tmp_path)
     assert proc.returncode == 0, proc.stderr
-    result = json.loads((tmp_path / stage.COMPARE_FILE).read_text())
+    result = json.loads((tmp_path / COMPARE_METRICS).read_text())
     assert result["accuracy"]["diff"] == 0 and "rouge1" not in result
     # Questions are paired by PMID, not by line: the same answers, nothing fixed or broken.
     assert (result["mcnemar"]["fixed"], result["mcnemar"]["broken"]) == (0, 0)
     assert "200 resamples" in result["ci_method"]
-    text = (tmp_path / stage.SENTENCE_FILE).read_text()
+    text = (tmp_path / COMPARE_SENTENCE).read_text()
     assert text == proc.stdout and text.startswith("fine-tuning changed accuracy by +0.0 points")
 
 
@@ -170,15 +171,15 @@ def test_bad_samples_fail_with_one_line_and_write_nothing(tmp_path, change, mess
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
-    assert not (tmp_path / stage.COMPARE_FILE).exists()
-    assert not (tmp_path / stage.SENTENCE_FILE).exists()
+    assert not (tmp_path / COMPARE_METRICS).exists()
+    assert not (tmp_path / COMPARE_SENTENCE).exists()
 
 
 def test_missing_and_broken_sample_files(tmp_path):
     proc = run_compare(tmp_path)
     assert proc.returncode == 1 and "samples.jsonl: file not found; run the evaluate" in proc.stderr
     write_samples(tmp_path, "base", samples([("yes", "yes")]))
-    (tmp_path / stage.SAMPLES["finetuned"]).parent.mkdir(parents=True, exist_ok=True)
-    (tmp_path / stage.SAMPLES["finetuned"]).write_text('{"pmid": "100"\n')
+    (tmp_path / samples_file("finetuned")).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / samples_file("finetuned")).write_text('{"pmid": "100"\n')
     proc = run_compare(tmp_path)
     assert proc.returncode == 1 and "finetuned/samples.jsonl: line 1: not JSON" in proc.stderr

@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from stages.config import Params, load_params, parse_params
-from stages.errors import StageError
+from pubmedqa_gpt2.config import Params, load_params, parse_params
+from pubmedqa_gpt2.errors import StageError
 
+from .committed import committed_params
 from .conftest import ROOT
 
 
@@ -39,6 +40,32 @@ def test_committed_params_set_every_key_explicitly():
     assert list(missing(Params, raw)) == []
 
 
+def sections(model=Params, prefix=""):
+    """(dotted key, field) of every field of every section, nested ones included."""
+    for name, field in model.model_fields.items():
+        yield prefix + name, field
+        if isinstance(field.annotation, type) and issubclass(field.annotation, Params.__base__):
+            yield from sections(field.annotation, f"{prefix}{name}.")
+
+
+def test_every_config_field_is_described_and_has_no_default():
+    """params.yaml is the one source of every value (a field with a default would be a second
+    copy that could differ), and each field says what it means."""
+    fields = list(sections())
+    assert len(fields) > 60
+    assert [key for key, field in fields if not field.is_required()] == []
+    assert [key for key, field in fields if not (field.description or "").strip()] == []
+
+
+def test_a_key_missing_from_params_yaml_is_named(tmp_path):
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    del raw["pretrain"]["warmup_ratio"]
+    with pytest.raises(StageError, match=r"pretrain.warmup_ratio: missing"):
+        parse_params(raw)
+
+
 @pytest.mark.parametrize(
     "raw, message",
     [
@@ -63,7 +90,7 @@ def test_bad_params_name_the_key_and_what_is_allowed(raw, message):
 
 def test_scientific_notation_from_dvc_set_param_is_a_number():
     # YAML reads `1e-5` as a string; `dvc exp run -S train.learning_rate=1e-5` writes that.
-    assert parse_params({"train": {"learning_rate": "1e-5"}}).train.learning_rate == 1e-5
+    assert committed_params({"train": {"learning_rate": "1e-5"}}).train.learning_rate == 1e-5
 
 
 def test_missing_params_file_is_one_clear_error(tmp_path):

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from stages import devices
-from stages.errors import StageError
+from pubmedqa_gpt2 import devices
+from pubmedqa_gpt2.errors import StageError
 
 from .conftest import ROOT
 
 CLAIMANT = """
 import json, os, sys, time
-from stages import devices
+from pubmedqa_gpt2 import devices
 devices.physical_gpus = lambda: ["0", "1"]  # a machine with two GPUs
 asked = time.time()
 got = devices.claim_gpus(int(sys.argv[1]), poll=0.2)

@@ -13,12 +13,17 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
+from pubmedqa_gpt2 import paths
+from pubmedqa_gpt2.data.prepared import check_fits
+from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.evaluation import answers, testset
+from pubmedqa_gpt2.evaluation.evaluate import confusion_rows, evaluate_model
+from pubmedqa_gpt2.evaluation.testset import read_test
+from pubmedqa_gpt2.model.loading import build_model
+from pubmedqa_gpt2.prompt import LABELS
 from stages import evaluate as stage
-from stages.config import EvaluateParams
-from stages.errors import StageError
-from stages.modeling import build_model
-from stages.prompt import LABELS
 
+from .committed import committed_params
 from .conftest import EVAL_TEST_FILE, write_prepared_test_split
 
 PERF_KEYS = {
@@ -61,7 +66,7 @@ def test_parse_which() -> None:
 
 
 def test_confusion_rows_by_hand() -> None:
-    rows = stage.confusion_rows(["yes", "no", "maybe"], ["yes", "yes", "no"])
+    rows = confusion_rows(["yes", "no", "maybe"], ["yes", "yes", "no"])
     assert rows == [
         {"actual": "yes", "predicted": "yes"},
         {"actual": "no", "predicted": "yes"},
@@ -71,7 +76,7 @@ def test_confusion_rows_by_hand() -> None:
 
 def test_decision_ids_are_the_decision_text(tokenizer) -> None:
     # " yes." is " yes" (3763) then "." (13): the label token, then the full stop.
-    assert stage.decision_ids(tokenizer) == {
+    assert answers.decision_ids(tokenizer) == {
         "yes": [3763, 13],
         "no": [645, 13],
         "maybe": [3863, 13],
@@ -80,7 +85,7 @@ def test_decision_ids_are_the_decision_text(tokenizer) -> None:
 
 def test_read_test_accepts_what_prepare_writes(tmp_path, tokenizer) -> None:
     rows = write_prepared_test_split(tmp_path / "test.parquet", tokenizer, 4)
-    examples = stage.read_test(tmp_path / "test.parquet")
+    examples = read_test(tmp_path / "test.parquet")
     assert [ex.pmid for ex in examples] == [row["pmid"] for row in rows]
     assert examples[1].completion_ids == rows[1]["completion_ids"]
 
@@ -104,21 +109,21 @@ def test_read_test_refuses_bad_input(tmp_path, tokenizer, change, message) -> No
         schema = schema.remove(schema.get_field_index("long_answer"))
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
     with pytest.raises(StageError, match=message):
-        stage.read_test(path)
+        read_test(path)
 
 
 def test_read_test_names_a_missing_file(tmp_path) -> None:
     with pytest.raises(StageError, match="file not found; run the prepare stage first"):
-        stage.read_test(tmp_path / "nope.parquet")
+        read_test(tmp_path / "nope.parquet")
 
 
 def test_reference_nll_is_the_long_answer_given_prompt_and_decision(
     tmp_path, tokenizer, tiny_model_params
 ) -> None:
     write_prepared_test_split(tmp_path / "test.parquet", tokenizer, 5)
-    examples = stage.read_test(tmp_path / "test.parquet")
+    examples = read_test(tmp_path / "test.parquet")
     model = build_model(tiny_model_params)
-    nll, tokens = stage.reference_nll(model, tokenizer, examples, batch_size=2, progress=None)
+    nll, tokens = answers.reference_nll(model, tokenizer, examples, batch_size=2, progress=None)
     # By hand: the decision text " yes." is 2 tokens, the rest (answer + eos) is scored.
     total, count = 0.0, 0
     with torch.no_grad():
@@ -134,7 +139,7 @@ def test_reference_nll_is_the_long_answer_given_prompt_and_decision(
             assert tokens[i] == len(target)
             total += by_hand
             count += len(target)
-    assert stage.perplexity(nll, tokens) == pytest.approx(math.exp(total / count), rel=1e-4)
+    assert answers.perplexity(nll, tokens) == pytest.approx(math.exp(total / count), rel=1e-4)
     assert examples[0].completion_ids[-1] == tokenizer.eos_token_id  # the eos is scored too
 
 
@@ -142,18 +147,17 @@ def test_reference_perplexity_refuses_a_completion_without_the_decision(
     tmp_path, tokenizer, tiny_model_params
 ) -> None:
     write_prepared_test_split(tmp_path / "test.parquet", tokenizer, 1)
-    (example,) = stage.read_test(tmp_path / "test.parquet")
-    bad = stage.TestExample(**{**example.__dict__, "decision": "maybe"})  # its text says " yes."
+    (example,) = read_test(tmp_path / "test.parquet")
+    bad = testset.TestExample(**{**example.__dict__, "decision": "maybe"})  # its text says " yes."
     with pytest.raises(StageError, match="do not start with the tokens of ' maybe.'"):
-        stage.reference_nll(build_model(tiny_model_params), tokenizer, [bad], 1, None)
+        answers.reference_nll(build_model(tiny_model_params), tokenizer, [bad], 1, None)
 
 
 def test_evaluate_model_without_generation(tmp_path, tokenizer, tiny_model_params) -> None:
     write_prepared_test_split(tmp_path / "test.parquet", tokenizer, 4)
-    examples = stage.read_test(tmp_path / "test.parquet")
-    result = stage.evaluate_model(
-        build_model(tiny_model_params), tokenizer, examples, EvaluateParams(generate_examples=0)
-    )
+    examples = read_test(tmp_path / "test.parquet")
+    settings = committed_params({"evaluate": {"generate_examples": 0}}).evaluate
+    result = evaluate_model(build_model(tiny_model_params), tokenizer, examples, settings)
     assert result.metrics["n_generated"] == 0
     assert "rouge1" not in result.metrics and "bleu" not in result.metrics
     assert set(result.metrics["ci95"]) == {"accuracy", "macro_f1"}
@@ -235,11 +239,11 @@ def test_finetuned_without_a_trained_model_is_a_clear_error(eval_workdir, monkey
 
 
 def test_prompts_too_long_for_the_model_are_refused(eval_workdir, tokenizer) -> None:
-    examples = stage.read_test(EVAL_TEST_FILE)
+    examples = read_test(EVAL_TEST_FILE)
     longest = max(len(ex.prompt_ids) + len(ex.completion_ids) for ex in examples)
-    stage.check_fits(examples, longest)
+    check_fits(examples, longest, EVAL_TEST_FILE)
     with pytest.raises(StageError, match=f"{longest} tokens, over the model's {longest - 1}"):
-        stage.check_fits(examples, longest - 1)
+        check_fits(examples, longest - 1, EVAL_TEST_FILE)
 
 
 # ---- Wiring, seen from outside: a model that always says one thing ----
@@ -264,19 +268,19 @@ def biased_model(params, token_id: int):
 def test_a_model_biased_toward_one_label_predicts_it_and_generates_after_it(
     eval_workdir, monkeypatch, tokenizer, tiny_model_params, label
 ) -> None:
-    from stages.prompt import label_token_ids
+    from pubmedqa_gpt2.prompt import label_token_ids
 
     token = label_token_ids(tokenizer)[LABELS.index(label)]
     assert tokenizer.decode([token]) == f" {label}"
-    biased_model(tiny_model_params, token).save_pretrained(stage.FINETUNED)
+    biased_model(tiny_model_params, token).save_pretrained(paths.FINETUNED)
     prompts_generated: list[list[int]] = []
-    real_generate = stage.generate_greedy
+    real_generate = answers.generate_greedy
 
     def spy(model, prompts, *args, **kwargs):
         prompts_generated.extend(list(p) for p in prompts)
         return real_generate(model, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(stage, "generate_greedy", spy)
+    monkeypatch.setattr(answers, "generate_greedy", spy)
     metrics = run(monkeypatch, "finetuned")
 
     rows = pq.read_table(EVAL_TEST_FILE).to_pylist()
@@ -296,16 +300,16 @@ def test_a_model_biased_toward_one_label_predicts_it_and_generates_after_it(
 def test_the_cli_prompt_holds_the_question_and_the_given_context(
     eval_workdir, capsys, monkeypatch, tokenizer
 ) -> None:
-    from stages import cli
+    from pubmedqa_gpt2 import cli
 
     seen: list[list[int]] = []
-    real_decide = stage.decide
+    real_decide = answers.decide
 
     def spy(model, tok, prompts, *args, **kwargs):
         seen.extend(list(p) for p in prompts)
         return real_decide(model, tok, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(stage, "decide", spy)
+    monkeypatch.setattr(answers, "decide", spy)
     question = "Do statins reduce mortality?"
     context = "BACKGROUND: We followed 200 patients. RESULTS: Fewer died."
     cli.main(["ask", "--question", question, "--context", context, "--max-new-tokens", "2"])

@@ -12,12 +12,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
-from stages.download import ensure_official_file, md5_of
-from stages.errors import StageError
-from stages.records import read_official_json
+from pubmedqa_gpt2.data.download import ensure_official_file
+from pubmedqa_gpt2.data.records import read_official_json
+from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.io import md5_of
 
+from .committed import write_params
 from .conftest import ROOT, needs_pubmedqa
 
 GOOD = {
@@ -35,7 +36,7 @@ GOOD = {
 
 def run_stage(workdir: Path, module: str, params: dict | None = None):
     """Run `python -m stages.<module>` in `workdir` as DVC would; returns the process."""
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params or {}))
+    write_params(workdir, params)
     env = os.environ | {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
         [sys.executable, "-m", f"stages.{module}"],

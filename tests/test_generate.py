@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stages.generate import NgramBlocker, generate_greedy, pad_left, penalize_repeats
+from pubmedqa_gpt2.model.generate import NgramBlocker, generate_greedy, pad_left, penalize_repeats
 
 N_POSITIONS = 48
 VOCAB = 300

@@ -16,12 +16,14 @@ import pytest
 import yaml
 
 from bench import gpu_check, gpu_kit
-from stages.config import load_params
+from pubmedqa_gpt2.config import load_params
 
+from .committed import write_params
 from .conftest import needs_pubmedqa, needs_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC_ORDER = [
+    "validate",
     "download",
     "fetch",
     "prepare",
@@ -93,19 +95,18 @@ def test_the_train_stage_mfu_counts_its_training_set_over_the_card_peak(tmp_path
     import pyarrow.parquet as pq
 
     from bench import gpu
-    from stages.modeling import random_config
+    from pubmedqa_gpt2.model.loading import random_config
 
     work = tmp_path
     (work / "data/prepared").mkdir(parents=True)
     table = pa.table({"prompt_ids": [[1] * 90, [1] * 40], "completion_ids": [[2] * 10, [2] * 10]})
     pq.write_table(table, work / "data/prepared/train.parquet")
-    (work / "params.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "model": {"name": "gpt2", "init": "random", "overrides": {"n_layer": 2}},
-                "train": {"epochs": 2},
-            }
-        )
+    write_params(
+        work,
+        {
+            "model": {"name": "gpt2", "init": "random", "overrides": {"n_layer": 2}},
+            "train": {"epochs": 2},
+        },
     )
     perf = {"device": "NVIDIA H100 80GB HBM3", "runtime_seconds": 1.0}
     config = random_config(load_params(work / "params.yaml").model)
@@ -135,13 +136,13 @@ def test_the_h100_plan_is_the_cost_model_at_the_stated_assumptions(pubmedqa_dir,
 
 def _third_party_imports(folder: Path) -> set[str]:
     names = set()
-    for path in folder.glob("*.py"):
+    for path in folder.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names.update(a.name.split(".")[0] for a in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names.add(node.module.split(".")[0])
-    return names - set(sys.stdlib_module_names) - {"stages", "bench", "__future__"}
+    return names - set(sys.stdlib_module_names) - {"stages", "pubmedqa_gpt2", "bench", "__future__"}
 
 
 # What the bare GPU machine has (issue 10), by distribution, and what its torch,
@@ -163,7 +164,9 @@ def test_every_package_the_stages_import_is_on_the_gpu_machine_or_in_the_kit():
     kit = {_normal(pin.split("==")[0]) for pin in binary + source}
     distributions = packages_distributions()
     missing = {}
-    imported = _third_party_imports(ROOT / "stages") | _third_party_imports(ROOT / "bench")
+    imported = set().union(
+        *(_third_party_imports(ROOT / folder) for folder in ("stages", "pubmedqa_gpt2", "bench"))
+    )
     for module in imported - NOT_ON_THE_CHECK_PATH:
         dists = {_normal(d) for d in distributions.get(module, [module])}
         if not dists & (GPU_MACHINE | kit):

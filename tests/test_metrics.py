@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from stages import metrics
-from stages.metrics import (
+from pubmedqa_gpt2.evaluation import metrics
+from pubmedqa_gpt2.evaluation.metrics import (
     LABELS,
     decision_metrics,
     generation_metrics,

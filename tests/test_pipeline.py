@@ -169,7 +169,7 @@ def test_repro_from_nothing_produces_every_output_then_runs_nothing(smoke, pubme
         assert set(predictions) == set(truth)
         assert set(predictions.values()) <= {"yes", "no", "maybe"}
         # The metrics file agrees with the predictions scored against the official labels.
-        from stages.metrics import decision_metrics
+        from pubmedqa_gpt2.evaluation.metrics import decision_metrics
 
         recomputed = decision_metrics([truth[p] for p in truth], [predictions[p] for p in truth])
         metrics = read_json(repo / f"metrics/eval_{model}.json")
@@ -357,7 +357,7 @@ def test_smoke_params_in_place_is_the_edit_make_smoke_makes(smoke, tmp_path):
     after = (repo / "params.yaml").read_text()
     assert after == (smoke[0] / "params.yaml").read_text()
     assert after != before and "# pretrained | random" in after  # comments are kept
-    from stages.config import load_params
+    from pubmedqa_gpt2.config import load_params
 
     params = load_params(repo / "params.yaml")
     assert params.model.init == "random" and params.model.tokenizer == str(TOKENIZER_DIR)

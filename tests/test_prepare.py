@@ -9,10 +9,10 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from stages.prepare import SPLITS
-from stages.prompt import LABELS, encode_example, format_prompt, label_token_ids
-from stages.records import Record
-from stages.split import official_split, overlapping_pmids
+from pubmedqa_gpt2.data.records import Record
+from pubmedqa_gpt2.data.split import official_split, overlapping_pmids
+from pubmedqa_gpt2.paths import SPLITS
+from pubmedqa_gpt2.prompt import LABELS, encode_example, format_prompt, label_token_ids
 
 from .conftest import needs_pubmedqa, needs_tokenizer
 from .official_split_script import official_folds
@@ -139,7 +139,7 @@ def test_only_the_context_is_shortened_to_fit_the_budget(tokenizer):
 
 
 def write_raw(workdir, records: list[Record]) -> None:
-    from stages.records import write_jsonl
+    from pubmedqa_gpt2.data.records import write_jsonl
 
     (workdir / "data/raw").mkdir(parents=True)
     write_jsonl(workdir / "data/raw/pqa_labeled.jsonl", records)
@@ -151,7 +151,7 @@ def tokenizer_params(tokenizer_dir, **prepare) -> dict:
 
 def prepare_official(workdir, pubmedqa_dir, tokenizer_dir, **prepare) -> None:
     """Run the prepare stage on the 1,000 official records with these `prepare` params."""
-    from stages.records import read_official_json
+    from pubmedqa_gpt2.data.records import read_official_json
 
     if not (workdir / "data/raw").exists():
         write_raw(workdir, read_official_json(pubmedqa_dir / "ori_pqal.json"))

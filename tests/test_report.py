@@ -6,9 +6,12 @@ import json
 
 import pytest
 
-from stages import report
-from stages.config import load_params, parse_params
+from pubmedqa_gpt2.config import load_params
+from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.evaluation import report
+from pubmedqa_gpt2.paths import REFERENCE_FILE, RESULTS_FILE
 
+from .committed import committed_params
 from .conftest import ROOT
 
 
@@ -17,7 +20,7 @@ def test_the_readme_table_is_what_the_committed_metrics_give(monkeypatch):
     table = report.render(load_params(ROOT / "params.yaml"))
     readme = (ROOT / "README.md").read_text()
     assert report.readme_block(readme) == table, "run `python -m stages.report --readme`"
-    assert (ROOT / report.RESULTS_FILE).read_text() == table
+    assert (ROOT / RESULTS_FILE).read_text() == table
 
 
 def write(path, data) -> None:
@@ -28,7 +31,7 @@ def write(path, data) -> None:
 def test_rows_show_the_figures_with_their_intervals_and_sources(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "reports").mkdir()
-    (tmp_path / report.REFERENCE_FILE).write_text(
+    (tmp_path / REFERENCE_FILE).write_text(
         "- {model: always yes, accuracy: 55.2, macro_f1: 23.71, source: counted}\n"
         "- {model: a big model, accuracy: 74.4, macro_f1: null, source: a paper}\n"
     )
@@ -36,7 +39,7 @@ def test_rows_show_the_figures_with_their_intervals_and_sources(tmp_path, monkey
     base = {"accuracy": 0.458, "macro_f1": 0.331, "rougeL": 0.0, "meteor": 0.0225, "ci95": ci}
     write(tmp_path / "metrics/eval_base.json", base)
     model = {"name": "gpt2", "init": "random", "overrides": {"n_layer": 2}}
-    params = parse_params({"model": model, "train": {"epochs": 2}})
+    params = committed_params({"model": model, "train": {"epochs": 2}})
     table = report.render(params)
     lines = table.splitlines()
     assert lines[2] == (
@@ -62,7 +65,7 @@ def test_rows_show_the_figures_with_their_intervals_and_sources(tmp_path, monkey
 
 
 def test_readme_markers_are_required():
-    with pytest.raises(report.StageError, match="needs the markers"):
+    with pytest.raises(StageError, match="needs the markers"):
         report.replace_block("no markers here", "table")
     text = f"a\n{report.BEGIN}\nold\n{report.END}\nb"
     assert report.replace_block(text, "new\n") == f"a\n{report.BEGIN}\nnew\n{report.END}\nb"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stages.scoring import continuation_nll, pad_right, score_decisions
+from pubmedqa_gpt2.model.scoring import continuation_nll, pad_right, score_decisions
 
 LABEL_IDS = [3763, 645, 3863]  # " yes", " no", " maybe"
 LENGTHS = (7, 1, 23, 12, 40, 3)  # unsorted, so that batches reorder and pad

@@ -7,7 +7,7 @@ import statistics as py_stats
 
 import pytest
 
-from stages import cli, summary
+from pubmedqa_gpt2 import cli, summary
 
 
 def experiment(name: str, lr: float, seed: int, accuracy: float | None, error=None) -> dict:

@@ -13,17 +13,27 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
+from pubmedqa_gpt2 import paths
+from pubmedqa_gpt2.config import load_params
+from pubmedqa_gpt2.data.prepare import write_split
+from pubmedqa_gpt2.data.records import Record
+from pubmedqa_gpt2.errors import StageError, run_stage
+from pubmedqa_gpt2.model.loading import load_model
+from pubmedqa_gpt2.prompt import LABELS, Encoded
+from pubmedqa_gpt2.training import recipe
+from pubmedqa_gpt2.training import trainer as trainer_module
+from pubmedqa_gpt2.training.callbacks import curve_name, curve_wanted
+from pubmedqa_gpt2.training.checkpoints import STATE_FILE, reconcile_checkpoints, run_fingerprint
+from pubmedqa_gpt2.training.collator import Collator
+from pubmedqa_gpt2.training.examples import IGNORE_INDEX, read_split, to_features
+from pubmedqa_gpt2.training.lora import LORA_TARGETS
+from pubmedqa_gpt2.training.phase import PHASE2
+from pubmedqa_gpt2.training.settings import optimizer_steps, resolve_precision
 from stages import train as stage
-from stages.config import TrainParams, parse_params
-from stages.errors import StageError, run_stage
-from stages.modeling import load_model
-from stages.prepare import write_split
-from stages.prompt import LABELS, Encoded
-from stages.records import Record
 
+from .committed import committed_params, write_params
 from .conftest import ROOT, model_deciding_by_length
 
 LABEL_IDS = [3763, 645, 3863]  # " yes", " no", " maybe" in GPT-2's vocabulary
@@ -48,10 +58,10 @@ def records(n: int, offset: int = 0) -> list[Record]:
 @pytest.fixture
 def workdir(tmp_path, monkeypatch, tokenizer):
     """A stage working directory with prepared splits of 12 (train) and 6 (dev) examples."""
-    prepared = tmp_path / stage.TRAIN_FILE.parent
+    prepared = tmp_path / paths.TRAIN_FILE.parent
     prepared.mkdir(parents=True)
-    write_split(tmp_path / stage.TRAIN_FILE, records(12), tokenizer, max_length=128)
-    write_split(tmp_path / stage.DEV_FILE, records(6, offset=100), tokenizer, max_length=128)
+    write_split(tmp_path / paths.TRAIN_FILE, records(12), tokenizer, max_length=128)
+    write_split(tmp_path / paths.DEV_FILE, records(6, offset=100), tokenizer, max_length=128)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -75,21 +85,22 @@ def tiny(tiny_model_params):
 
 
 def set_params(folder: Path, params: dict) -> None:
-    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    """params.yaml: the committed one with `params` (sections of changes) merged in."""
+    write_params(folder, params)
 
 
 def read_metrics(folder: Path) -> dict:
     """metrics/train.json (timing and memory, which vary, are in perf/train.json)."""
-    return json.loads((folder / stage.METRICS_FILE).read_text())
+    return json.loads((folder / paths.TRAIN_METRICS).read_text())
 
 
 def read_perf(folder: Path) -> dict:
-    return json.loads((folder / stage.PERF_FILE).read_text())
+    return json.loads((folder / paths.TRAIN_PERF).read_text())
 
 
 def curve_text(folder: Path, name: str) -> str:
     """A dvclive curve's whole file, e.g. name="train/loss"."""
-    return (folder / stage.DVCLIVE / "plots" / "metrics" / f"{name}.tsv").read_text()
+    return (folder / paths.DVCLIVE / "plots" / "metrics" / f"{name}.tsv").read_text()
 
 
 def curve(folder: Path, name: str) -> dict[int, float]:
@@ -100,7 +111,7 @@ def curve(folder: Path, name: str) -> dict[int, float]:
 
 def curve_steps(folder: Path, name: str) -> list[str]:
     """The steps of a dvclive curve, e.g. name="eval/loss"."""
-    tsv = folder / stage.DVCLIVE / "plots" / "metrics" / f"{name}.tsv"
+    tsv = folder / paths.DVCLIVE / "plots" / "metrics" / f"{name}.tsv"
     return [line.split("\t")[0] for line in tsv.read_text().splitlines()[1:]]
 
 
@@ -122,8 +133,8 @@ def run_module(folder: Path) -> subprocess.CompletedProcess:
 def test_completion_loss_masks_the_prompt_and_padding():
     short = Encoded([1, 2, 3], [3763, 9, 50256], False)
     long = Encoded([1, 2, 3, 4], [645, 8, 50256], False)
-    feats = [stage.to_features(ex, "completion") for ex in (short, long)]
-    batch = stage.Collator(pad_id=50256)(feats)
+    feats = [to_features(ex, "completion") for ex in (short, long)]
+    batch = Collator(pad_id=50256)(feats)
     assert batch["input_ids"].tolist() == [
         [1, 2, 3, 3763, 9, 50256, 50256],
         [1, 2, 3, 4, 645, 8, 50256],
@@ -139,10 +150,10 @@ def test_completion_loss_masks_the_prompt_and_padding():
 
 def test_all_tokens_loss_masks_only_padding():
     feats = [
-        stage.to_features(Encoded([1, 2], [3763], False), "all"),
-        stage.to_features(Encoded([1, 2, 3], [645], False), "all"),
+        to_features(Encoded([1, 2], [3763], False), "all"),
+        to_features(Encoded([1, 2, 3], [645], False), "all"),
     ]
-    batch = stage.Collator(pad_id=0)(feats)
+    batch = Collator(pad_id=0)(feats)
     assert batch["logits_to_keep"] == 4
     assert batch["labels"].tolist() == [[1, 2, 3763, -100], [1, 2, 3, 645]]
 
@@ -151,7 +162,7 @@ def test_all_tokens_loss_masks_only_padding():
 def test_loss_equals_a_hand_computed_cross_entropy(tiny_model_params, loss_on):
     """The model's loss on a collated batch is the mean negative log-likelihood of exactly
     the completion tokens (end-of-text included), computed here by hand from full logits."""
-    from stages.modeling import build_model
+    from pubmedqa_gpt2.model.loading import build_model
 
     model = build_model(tiny_model_params).eval()
     eos = 50256
@@ -159,7 +170,7 @@ def test_loss_equals_a_hand_computed_cross_entropy(tiny_model_params, loss_on):
         Encoded([11, 12, 13, 14, 15], [3763, 21, eos], False),
         Encoded([31, 32], [645, 41, 42, eos], False),
     ]
-    batch = stage.Collator(pad_id=eos)([stage.to_features(ex, loss_on) for ex in examples])
+    batch = Collator(pad_id=eos)([to_features(ex, loss_on) for ex in examples])
     with torch.no_grad():
         loss = model(**batch).loss
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -184,7 +195,9 @@ def test_dev_accuracy_scores_predictions_against_each_example_s_gold(tiny_model_
         Encoded(list(range(11, 11 + n)), [LABEL_IDS[LABELS.index(g)], 50256], False)
         for n, g in zip(range(5, 11), gold, strict=True)
     ]
-    accuracy = stage.decision_accuracy(model, examples, LABEL_IDS, batch_size=4, pad_id=50256)
+    accuracy = trainer_module.decision_accuracy(
+        model, examples, LABEL_IDS, batch_size=4, pad_id=50256
+    )
     assert accuracy == pytest.approx(4 / 6)
 
 
@@ -193,20 +206,21 @@ def test_dev_accuracy_scores_predictions_against_each_example_s_gold(tiny_model_
     [(450, 8, 1, 1, 3, 171), (450, 8, 4, 1, 1, 15), (450, 8, 1, 2, 1, 29), (3, 8, 4, 1, 2, 2)],
 )
 def test_optimizer_steps(n, batch, accum, world, epochs, steps):
-    train = TrainParams(batch_size=batch, gradient_accumulation_steps=accum, epochs=epochs)
-    assert stage.optimizer_steps(n, train, world) == steps
+    changes = {"batch_size": batch, "gradient_accumulation_steps": accum, "epochs": epochs}
+    train = committed_params({"train": changes}).train
+    assert optimizer_steps(n, train, world) == steps
 
 
 def test_precision_resolution():
-    assert stage.resolve_precision("auto", cuda=True, bf16_supported=True) == "bf16"
-    assert stage.resolve_precision("auto", cuda=True, bf16_supported=False) == "fp16"
-    assert stage.resolve_precision("auto", cuda=False, bf16_supported=False) == "fp32"
+    assert resolve_precision("auto", cuda=True, bf16_supported=True) == "bf16"
+    assert resolve_precision("auto", cuda=True, bf16_supported=False) == "fp16"
+    assert resolve_precision("auto", cuda=False, bf16_supported=False) == "fp32"
     with pytest.raises(StageError, match="fp16 needs a CUDA GPU"):
-        stage.resolve_precision("fp16", cuda=False, bf16_supported=False)
+        resolve_precision("fp16", cuda=False, bf16_supported=False)
 
 
 def test_curve_names():
-    assert [stage.curve_name(k) for k in ("loss", "grad_norm", "eval_loss", "eval_accuracy")] == [
+    assert [curve_name(k) for k in ("loss", "grad_norm", "eval_loss", "eval_accuracy")] == [
         "train/loss",
         "train/grad_norm",
         "eval/loss",
@@ -224,7 +238,7 @@ def test_curve_names():
             "epoch",
             "total_flos",
         )
-        if stage.curve_wanted(k)
+        if curve_wanted(k)
     ]
     assert kept == ["loss", "learning_rate", "eval_loss"]
 
@@ -243,45 +257,45 @@ def test_read_split_names_the_bad_row(tmp_path):
         path,
     )
     with pytest.raises(StageError, match=r"row 1 \(pmid 2\): completion_ids must start"):
-        stage.read_split(path, LABEL_IDS)
+        read_split(path, LABEL_IDS)
 
 
 def test_read_split_missing_file_and_column(tmp_path):
     with pytest.raises(StageError, match="file not found; run the prepare stage"):
-        stage.read_split(tmp_path / "nope.parquet", LABEL_IDS)
+        read_split(tmp_path / "nope.parquet", LABEL_IDS)
     path = tmp_path / "dev.parquet"
     pq.write_table(pa.table({"prompt_ids": [[1]]}), path)
     with pytest.raises(StageError, match="missing column.*completion_ids"):
-        stage.read_split(path, LABEL_IDS)
+        read_split(path, LABEL_IDS)
 
 
 def test_checkpoints_of_another_run_are_dropped(tmp_path):
     folder = tmp_path / "checkpoints"
     (folder / "checkpoint-4").mkdir(parents=True)
-    (folder / "checkpoint-4" / stage.STATE_FILE).write_text("{}")
+    (folder / "checkpoint-4" / STATE_FILE).write_text("{}")
     (folder / "checkpoint-6").mkdir()  # killed while saving: no trainer state
-    stage.reconcile_checkpoints(folder, "run-a")
+    reconcile_checkpoints(folder, "run-a")
     assert sorted(p.name for p in folder.glob("checkpoint-*")) == []  # no record: not ours
 
     (folder / "checkpoint-4").mkdir()
-    (folder / "checkpoint-4" / stage.STATE_FILE).write_text("{}")
+    (folder / "checkpoint-4" / STATE_FILE).write_text("{}")
     (folder / "checkpoint-6").mkdir()
-    stage.reconcile_checkpoints(folder, "run-a")
+    reconcile_checkpoints(folder, "run-a")
     assert sorted(p.name for p in folder.glob("checkpoint-*")) == ["checkpoint-4"]
 
-    stage.reconcile_checkpoints(folder, "run-b")
+    reconcile_checkpoints(folder, "run-b")
     assert list(folder.glob("checkpoint-*")) == []
 
 
 def test_fingerprint_follows_params_and_data(tmp_path):
     data = tmp_path / "train.parquet"
     data.write_bytes(b"a")
-    base = parse_params({"train": {"epochs": 1}})
-    same = stage.run_fingerprint(base, [data])
-    assert stage.run_fingerprint(parse_params({"train": {"epochs": 1}}), [data]) == same
-    assert stage.run_fingerprint(parse_params({"train": {"epochs": 2}}), [data]) != same
+    base = committed_params({"train": {"epochs": 1}})
+    same = run_fingerprint(base, [data])
+    assert run_fingerprint(committed_params({"train": {"epochs": 1}}), [data]) == same
+    assert run_fingerprint(committed_params({"train": {"epochs": 2}}), [data]) != same
     data.write_bytes(b"b")
-    assert stage.run_fingerprint(base, [data]) != same
+    assert run_fingerprint(base, [data]) != same
 
 
 # ---- Whole runs ----
@@ -291,7 +305,7 @@ def test_training_run_writes_model_metrics_and_curves(workdir, tiny):
     set_params(workdir, tiny())
     stage.main()
 
-    metrics = json.loads((workdir / stage.METRICS_FILE).read_text())
+    metrics = json.loads((workdir / paths.TRAIN_METRICS).read_text())
     assert (
         metrics["steps"] == 6 and metrics["train_examples"] == 12 and metrics["dev_examples"] == 6
     )
@@ -304,12 +318,12 @@ def test_training_run_writes_model_metrics_and_curves(workdir, tiny):
     # Tokens/s counts the real (non-padding) tokens of 2 epochs; runtime is rounded to 10 ms.
     real_tokens = sum(
         len(ex.prompt_ids) + len(ex.completion_ids)
-        for ex in stage.read_split(workdir / stage.TRAIN_FILE, [3763, 645, 3863])
+        for ex in read_split(workdir / paths.TRAIN_FILE, [3763, 645, 3863])
     )
     seen = perf["train_tokens_per_second"] * perf["runtime_seconds"]
     assert seen == pytest.approx(2 * real_tokens, rel=0.01 / perf["runtime_seconds"] + 1e-3)
 
-    saved = workdir / stage.FINETUNED
+    saved = workdir / paths.FINETUNED
     names = {p.name for p in saved.iterdir()}
     assert {
         "model.safetensors",
@@ -337,14 +351,14 @@ def test_same_params_same_metrics_and_resume_after_a_finished_run(workdir, tiny)
     stage.main()
     first = read_metrics(workdir)
     first_curve = (workdir / "dvclive/plots/metrics/train/loss.tsv").read_text()
-    weights = (workdir / stage.FINETUNED / "model.safetensors").read_bytes()
+    weights = (workdir / paths.FINETUNED / "model.safetensors").read_bytes()
 
     # Checkpoints persist: the rerun resumes at the end and must give the same outputs.
-    assert list((workdir / stage.CHECKPOINTS).glob("checkpoint-*"))
+    assert list((workdir / paths.CHECKPOINTS).glob("checkpoint-*"))
     stage.main()
     assert read_metrics(workdir) == first
     assert (workdir / "dvclive/plots/metrics/train/loss.tsv").read_text() == first_curve
-    assert (workdir / stage.FINETUNED / "model.safetensors").read_bytes() == weights
+    assert (workdir / paths.FINETUNED / "model.safetensors").read_bytes() == weights
 
     # A fresh run from nothing gives the same numbers too (CPU determinism).
     for folder in ("models", "dvclive"):
@@ -358,13 +372,13 @@ def test_resume_from_an_interrupted_run_matches_an_uninterrupted_one(workdir, ti
     stage.main()
     whole = read_metrics(workdir)
     curves = {name: curve_text(workdir, name) for name in ("train/loss", "train/learning_rate")}
-    checkpoints = workdir / stage.CHECKPOINTS
+    checkpoints = workdir / paths.CHECKPOINTS
     last_weights = load_file(checkpoints / "checkpoint-6" / "model.safetensors")
     last_optimizer = torch.load(checkpoints / "checkpoint-6" / "optimizer.pt")
 
     # Simulate a run killed after the first epoch: only its first checkpoint survives.
     shutil.rmtree(checkpoints / "checkpoint-6")
-    state = json.loads((checkpoints / "checkpoint-3" / stage.STATE_FILE).read_text())
+    state = json.loads((checkpoints / "checkpoint-3" / STATE_FILE).read_text())
     assert state["global_step"] == 3
     shutil.rmtree(workdir / "models" / "finetuned")
     shutil.rmtree(workdir / "dvclive")
@@ -404,7 +418,7 @@ def test_changed_params_start_afresh(workdir, tiny, capsys):
 def test_lora_run_saves_the_base_plus_the_trained_low_rank_update(workdir, tiny, tiny_model_params):
     from safetensors import safe_open
 
-    from stages.modeling import build_model
+    from pubmedqa_gpt2.model.loading import build_model
 
     params = tiny(epochs=1, save_steps=2, gradient_checkpointing=True, keep_checkpoints=True)
     r, alpha = 4, 8
@@ -413,7 +427,7 @@ def test_lora_run_saves_the_base_plus_the_trained_low_rank_update(workdir, tiny,
     stage.main()
     metrics = read_metrics(workdir)
     assert 0 < metrics["trainable_parameters"] < 100_000
-    with safe_open(workdir / stage.FINETUNED / "model.safetensors", "pt") as f:
+    with safe_open(workdir / paths.FINETUNED / "model.safetensors", "pt") as f:
         keys = list(f.keys())
     assert keys and not any("lora" in k for k in keys)
     # save_steps=2 evaluates at steps 2 and 3 (the epoch end).
@@ -422,8 +436,8 @@ def test_lora_run_saves_the_base_plus_the_trained_low_rank_update(workdir, tiny,
     # The saved weights are W + (alpha / r) * (B A)^T (GPT-2's Conv1D stores W as in x out),
     # with A and B the adapters of the checkpoint selected on dev; everything else is the base.
     base = build_model(tiny_model_params).state_dict()
-    saved = load_model(workdir / stage.FINETUNED).state_dict()
-    best = workdir / stage.CHECKPOINTS / f"checkpoint-{metrics['best_step']}"
+    saved = load_model(workdir / paths.FINETUNED).state_dict()
+    best = workdir / paths.CHECKPOINTS / f"checkpoint-{metrics['best_step']}"
     adapters = load_file(best / "adapter_model.safetensors")
     updated = 0
     for name, weight in saved.items():
@@ -436,13 +450,13 @@ def test_lora_run_saves_the_base_plus_the_trained_low_rank_update(workdir, tiny,
         assert delta.abs().max() > 1e-4, name  # training moved the adapter
         torch.testing.assert_close(weight, base[name] + delta, rtol=1e-5, atol=1e-6, msg=name)
         updated += 1
-    assert updated == 2 * len(stage.LORA_TARGETS) + 2  # c_attn, attn.c_proj, c_fc, mlp.c_proj
+    assert updated == 2 * len(LORA_TARGETS) + 2  # c_attn, attn.c_proj, c_fc, mlp.c_proj
 
 
 def test_bad_input_fails_with_one_line_and_writes_nothing(workdir, tiny):
     set_params(workdir, tiny())
     bad = {"pmid": ["7"], "prompt_ids": [[1, 2]], "completion_ids": [[99]], "shortened": [False]}
-    pq.write_table(pa.table(bad), stage.DEV_FILE)
+    pq.write_table(pa.table(bad), paths.DEV_FILE)
     result = run_module(workdir)
     assert result.returncode == 1
     assert (
@@ -452,7 +466,7 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(workdir, tiny):
     )
     assert "Traceback" not in result.stderr
     assert not (workdir / "models" / "finetuned").exists()
-    assert not (workdir / stage.METRICS_FILE).exists()
+    assert not (workdir / paths.TRAIN_METRICS).exists()
 
 
 def test_two_cpu_processes(workdir, tiny):
@@ -461,7 +475,7 @@ def test_two_cpu_processes(workdir, tiny):
     assert result.returncode == 0, result.stderr[-3000:]
     # 12 examples over 2 processes of batch 4: 2 steps per epoch.
     assert read_metrics(workdir)["steps"] == 2
-    assert (workdir / stage.FINETUNED / "model.safetensors").is_file()
+    assert (workdir / paths.FINETUNED / "model.safetensors").is_file()
     # Memory is reported for every process, not only the first.
     ranks = read_perf(workdir)["ranks"]
     assert len(ranks) == 2 and all(r["device"] == "cpu" and r["peak_rss_bytes"] > 0 for r in ranks)
@@ -497,11 +511,11 @@ def selection_workdir(tmp_path, monkeypatch, tokenizer):
     """16 training and 8 dev examples whose long answers differ: with a high constant learning
     rate the dev loss first falls, then rises as the model overfits the training answers, and
     dev accuracy moves from step to step, so choosing a checkpoint matters."""
-    prepared = tmp_path / stage.TRAIN_FILE.parent
+    prepared = tmp_path / paths.TRAIN_FILE.parent
     prepared.mkdir(parents=True)
-    write_split(tmp_path / stage.TRAIN_FILE, cohort(16, 0, "It {word}."), tokenizer, 128)
+    write_split(tmp_path / paths.TRAIN_FILE, cohort(16, 0, "It {word}."), tokenizer, 128)
     dev = cohort(8, 100, "Patients in cohort {i} were followed for years.")
-    write_split(tmp_path / stage.DEV_FILE, dev, tokenizer, 128)
+    write_split(tmp_path / paths.DEV_FILE, dev, tokenizer, 128)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -512,7 +526,7 @@ def dev_figures_by_hand(model_dir: Path) -> tuple[float, float]:
     column; the loss is the mean NLL of every completion token."""
     model = load_model(model_dir).eval()
     correct, nll, count = 0, 0.0, 0
-    rows = pq.read_table(stage.DEV_FILE).to_pylist()
+    rows = pq.read_table(paths.DEV_FILE).to_pylist()
     with torch.no_grad():
         for row in rows:
             ids = torch.tensor([row["prompt_ids"] + row["completion_ids"]])
@@ -550,14 +564,14 @@ def test_the_saved_model_is_the_best_dev_checkpoint(selection_workdir, tiny, bes
     assert metrics[best_metric] == pytest.approx(logged[best])
 
     # models/finetuned holds exactly that checkpoint's weights, not the last step's.
-    saved = load_file(selection_workdir / stage.FINETUNED / "model.safetensors")
-    checkpoint = selection_workdir / stage.CHECKPOINTS / f"checkpoint-{best}"
+    saved = load_file(selection_workdir / paths.FINETUNED / "model.safetensors")
+    checkpoint = selection_workdir / paths.CHECKPOINTS / f"checkpoint-{best}"
     chosen = load_file(checkpoint / "model.safetensors")
     assert saved.keys() == chosen.keys()
     assert all(torch.equal(saved[k], chosen[k]) for k in saved)
 
     # The dev figures recompute from dev.parquet and the saved model alone.
-    accuracy, loss = dev_figures_by_hand(selection_workdir / stage.FINETUNED)
+    accuracy, loss = dev_figures_by_hand(selection_workdir / paths.FINETUNED)
     assert metrics["dev_accuracy"] == pytest.approx(accuracy)
     assert metrics["dev_loss"] == pytest.approx(loss, rel=1e-4)
 
@@ -567,18 +581,18 @@ def test_loss_on_all_learns_the_prompt_tokens_too(workdir, tiny, monkeypatch):
     completion's are; and the run's losses differ accordingly."""
     seen: dict[str, list[tuple[int, int, int]]] = {}
 
-    class Recording(stage.Collator):
+    class Recording(Collator):
         def __call__(self, features):
             batch = super().__call__(features)
-            labelled = int((batch["labels"] != stage.IGNORE_INDEX).sum())
+            labelled = int((batch["labels"] != IGNORE_INDEX).sum())
             real = int(batch["attention_mask"].sum())
-            completion = sum(len(f["input_ids"]) - f["labels"].count(stage.IGNORE_INDEX)
+            completion = sum(len(f["input_ids"]) - f["labels"].count(IGNORE_INDEX)
                              for f in features)  # fmt: skip
             seen[mode].append((labelled, real, completion))
             return batch
 
-    monkeypatch.setattr(stage, "Collator", Recording)
-    examples = stage.read_split(workdir / stage.TRAIN_FILE, LABEL_IDS)
+    monkeypatch.setattr(recipe, "Collator", Recording)
+    examples = read_split(workdir / paths.TRAIN_FILE, LABEL_IDS)
     completion_tokens = sum(len(ex.completion_ids) for ex in examples)
     losses = {}
     for mode in ("completion", "all"):
@@ -606,7 +620,7 @@ def test_one_training_process_sees_one_gpu(workdir, tiny, monkeypatch, visible, 
     """With train.num_processes 1 on a machine of several GPUs, the Trainer would wrap the
     model in DataParallel (a larger batch, warmup for one device, no bf16 autocast): the
     stage restricts CUDA to one free device before anything starts it."""
-    from stages import devices
+    from pubmedqa_gpt2 import devices
 
     seen = {}
     monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1"])
@@ -615,7 +629,7 @@ def test_one_training_process_sees_one_gpu(workdir, tiny, monkeypatch, visible, 
     if visible is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(stage, "train", lambda params, phase: seen.update(os.environ))
+    monkeypatch.setattr(recipe, "train", lambda params, phase: seen.update(os.environ))
     set_params(workdir, tiny())
     try:
         stage.main()
@@ -625,7 +639,7 @@ def test_one_training_process_sees_one_gpu(workdir, tiny, monkeypatch, visible, 
 
 
 def test_a_data_parallel_run_claims_a_gpu_per_process(workdir, tiny, monkeypatch):
-    from stages import devices
+    from pubmedqa_gpt2 import devices
 
     seen = {}
     monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1", "2"])
@@ -633,7 +647,7 @@ def test_a_data_parallel_run_claims_a_gpu_per_process(workdir, tiny, monkeypatch
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # restored after the test
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(stage, "launch", lambda n, module: seen.update(os.environ, n=n))
+    monkeypatch.setattr(recipe, "launch", lambda n, module: seen.update(os.environ, n=n))
     set_params(workdir, tiny(num_processes=2))
     try:
         stage.main()
@@ -650,14 +664,14 @@ def test_a_process_that_sees_several_gpus_is_refused(workdir, tiny, monkeypatch)
     monkeypatch.setattr(TrainingArguments, "n_gpu", property(lambda self: 2))
     set_params(workdir, tiny())
     with pytest.raises(StageError, match="sees 2 GPUs; set train.num_processes"):
-        stage.train(parse_params(yaml.safe_load((workdir / "params.yaml").read_text())))
-    assert not (workdir / stage.FINETUNED).exists()
+        recipe.train(load_params(workdir / "params.yaml"), PHASE2)
+    assert not (workdir / paths.FINETUNED).exists()
 
 
 def test_train_and_evaluate_refuse_emulated_bf16(monkeypatch):
     """A V100 or T4 runs bf16 only by emulation, slower than fp16: train, evaluate and the
     CLI all pick fp16 there, through the same function."""
-    from stages.modeling import gpu_has_bf16, inference_dtype
+    from pubmedqa_gpt2.model.loading import gpu_has_bf16, inference_dtype
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     # torch's own answer on such a card: yes with emulation, no without.
@@ -666,16 +680,16 @@ def test_train_and_evaluate_refuse_emulated_bf16(monkeypatch):
     )
     assert not gpu_has_bf16()
     assert inference_dtype(torch.device("cuda")) == torch.float16
-    assert stage.resolve_precision("auto", True, gpu_has_bf16()) == "fp16"
+    assert resolve_precision("auto", True, gpu_has_bf16()) == "fp16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert inference_dtype(torch.device("cuda")) == torch.bfloat16
 
 
 def test_training_forward_passes_build_no_kv_cache(tiny_model_params, tokenizer):
-    from stages.modeling import build_model
+    from pubmedqa_gpt2.model.loading import build_model
 
     model = build_model(tiny_model_params)
-    stage.prepare_for_training(model, tokenizer.pad_token_id)
+    recipe.prepare_for_training(model, tokenizer.pad_token_id)
     out = model(input_ids=torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]]))
     assert out.past_key_values is None and out.loss is not None
 
@@ -684,13 +698,13 @@ def test_dev_accuracy_runs_under_the_training_autocast(workdir, tiny, monkeypatc
     """With bf16 training (autocast, here on the CPU), dev accuracy is computed under the
     same autocast as the dev loss, so the checkpoint is chosen on bf16 numbers."""
     states = []
-    real = stage.score_decisions
+    real = trainer_module.score_decisions
 
     def spy(*args, **kwargs):
         states.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(stage, "score_decisions", spy)
+    monkeypatch.setattr(trainer_module, "score_decisions", spy)
     set_params(workdir, tiny(epochs=1, precision="bf16"))
     stage.main()
     assert states == [(True, torch.bfloat16)]
@@ -700,9 +714,9 @@ def test_dev_accuracy_runs_under_the_training_autocast(workdir, tiny, monkeypatc
 def test_checkpoints_hold_optimizer_state_only_when_resumable(workdir, tiny, resumable, capsys):
     set_params(workdir, tiny(epochs=1, resumable_checkpoints=resumable, keep_checkpoints=True))
     stage.main()
-    (checkpoint,) = (workdir / stage.CHECKPOINTS).glob("checkpoint-*")
+    (checkpoint,) = (workdir / paths.CHECKPOINTS).glob("checkpoint-*")
     names = {p.name for p in checkpoint.iterdir()}
-    assert "model.safetensors" in names and stage.STATE_FILE in names
+    assert "model.safetensors" in names and STATE_FILE in names
     assert ("optimizer.pt" in names) == resumable
     assert ("scheduler.pt" in names) == resumable
     capsys.readouterr()
@@ -719,8 +733,8 @@ def test_checkpoints_hold_optimizer_state_only_when_resumable(workdir, tiny, res
 def test_checkpoints_are_deleted_after_a_successful_run(workdir, tiny, capsys):
     set_params(workdir, tiny(epochs=1))
     stage.main()
-    assert not (workdir / stage.CHECKPOINTS).exists()
-    assert (workdir / stage.FINETUNED / "model.safetensors").is_file()
+    assert not (workdir / paths.CHECKPOINTS).exists()
+    assert (workdir / paths.FINETUNED / "model.safetensors").is_file()
     out = capsys.readouterr().out
     # The memory the training state needs is said before training (fp32 weights, gradients
     # and AdamW moments: 16 bytes a trained parameter), against the machine's memory.
@@ -731,7 +745,7 @@ def test_checkpoints_are_deleted_after_a_successful_run(workdir, tiny, capsys):
 
 
 def test_a_gpu_too_small_for_the_training_state_is_refused_with_advice():
-    from stages.memory import memory_line
+    from pubmedqa_gpt2.memory import memory_line
 
     gpt2_large = 774_030_080  # full fine-tuning: 16 x 774M = 12.4 GB
     with pytest.raises(StageError, match=r"more than the GPU's 8.6 GB: set train.lora.enabled"):
@@ -765,14 +779,14 @@ def test_cuda_out_of_memory_in_training_is_one_line_with_advice(workdir, tiny, m
         "factor, set train.gradient_checkpointing: true, set train.lora.enabled: true, or lower "
         "prepare.max_length"
     ]
-    assert not (workdir / stage.FINETUNED).exists() and not stage.RUNNING_FILE.exists()
+    assert not (workdir / paths.FINETUNED).exists() and not PHASE2.running_file.exists()
 
 
 def test_a_killed_run_is_reported_by_the_next_one(workdir, tiny, capsys):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a process that existed and is gone, as a SIGKILLed run is
-    stage.CHECKPOINTS.mkdir(parents=True)
-    stage.RUNNING_FILE.write_text(json.dumps({"pid": dead.pid}))
+    paths.CHECKPOINTS.mkdir(parents=True)
+    PHASE2.running_file.write_text(json.dumps({"pid": dead.pid}))
     set_params(workdir, tiny(epochs=1))
     stage.main()
     out = capsys.readouterr().out

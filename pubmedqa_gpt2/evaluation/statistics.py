@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import stats
 
-from stages.prompt import LABELS
+from pubmedqa_gpt2.prompt import LABELS
 
 CONFIDENCE = 0.95
 METHOD = "percentile"

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from stages.scoring import Fp32Head
+from pubmedqa_gpt2.model.scoring import Fp32Head
 
 
 def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,7 +38,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from stages.prompt import LABELS
+from pubmedqa_gpt2.prompt import LABELS
 
 WORDNET_ENV = "WORDNET_DIR"
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")

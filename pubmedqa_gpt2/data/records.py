@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.errors import StageError
-from stages.prompt import LABELS
+from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.prompt import LABELS
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from stages.errors import StageError
+from pubmedqa_gpt2.errors import StageError
 
 TRAIN_ADVICE = (
     "lower train.batch_size and raise train.gradient_accumulation_steps by the same factor, "

@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stages.prompt import LABELS
+from pubmedqa_gpt2.prompt import LABELS
 
 
 def _split(items: Sequence[tuple[str, str]], k: int, rng: random.Random) -> list[dict[str, str]]:

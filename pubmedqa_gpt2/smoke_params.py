@@ -1,4 +1,5 @@
-"""Apply `smoke.yaml` to a params file in place: `python -m stages.smoke_params [params.yaml]`.
+"""Apply `smoke.yaml` to a params file in place:
+`python -m pubmedqa_gpt2.smoke_params [params.yaml]`.
 
 Used by `make smoke-params` and `make smoke DIR=...`. Comments and key order of the params
 file are kept (ruamel round-trip); `${VAR}` in smoke.yaml is replaced from the environment.
@@ -14,8 +15,8 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from stages.config import load_params
-from stages.errors import StageError, run_stage
+from pubmedqa_gpt2.config import load_params, merge
+from pubmedqa_gpt2.errors import StageError, run_stage
 
 SMOKE_FILE = Path(__file__).resolve().parent.parent / "smoke.yaml"
 
@@ -34,15 +35,6 @@ def expand_env(value):
         return str(Path(os.environ[name]).resolve()) if name.endswith("_DIR") else os.environ[name]
 
     return re.sub(r"\$\{(\w+)\}", lookup, value)
-
-
-def merge(target, overrides: dict) -> None:
-    """Deep-merge plain `overrides` into a ruamel mapping, keeping its comments."""
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict) and value:
-            merge(target[key], value)
-        else:
-            target[key] = value
 
 
 def apply_smoke(params_path: Path, smoke_path: Path = SMOKE_FILE) -> None:

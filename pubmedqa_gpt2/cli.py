@@ -7,7 +7,9 @@
 
 `ask` prints the decision with the probabilities of yes / no / maybe, then the greedy long
 answer. It goes through the code the evaluate stage uses (template, scoring, generation), so
-a question gets the answer it gets there. `summary` is described in `stages/summary.py`.
+a question gets the answer it gets there; its decoding settings are params.yaml's `evaluate`
+section (`--params`), each one overridable by its flag. `summary` is described in
+`pubmedqa_gpt2/summary.py`.
 Bad input is a one-line `error: ...` and exit 1.
 """
 
@@ -19,27 +21,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stages.config import EvaluateParams, ModelParams
-from stages.errors import StageError, run_stage
+from pubmedqa_gpt2.config import EvaluateParams, load_params
+from pubmedqa_gpt2.errors import StageError, run_stage
+from pubmedqa_gpt2.paths import FINETUNED, PARAMS_FILE, TEST_FILE
 
-DEFAULT_MODEL = Path("models/finetuned")
-DEFAULT_DATA = Path("data/prepared/test.parquet")
+DECODING = ("max_new_tokens", "repetition_penalty", "no_repeat_ngram_size")
 SAVED_FILES = ("config.json", "tokenizer_config.json")  # what save_pretrained writes
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = EvaluateParams()
     parser = argparse.ArgumentParser(prog="pubmedqa-gpt2", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     ask = commands.add_parser("ask", help="answer one question with a saved model")
-    ask.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="a from_pretrained dir")
+    ask.add_argument("--model", type=Path, default=FINETUNED, help="a from_pretrained dir")
     ask.add_argument("--question", help="the question")
     ask.add_argument("--context", default="", help="the abstract the question is about")
     ask.add_argument("--pmid", help="take question and prompt from the prepared test set")
-    ask.add_argument("--data", type=Path, default=DEFAULT_DATA, help="where --pmid is looked up")
-    ask.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
-    ask.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
-    ask.add_argument("--no-repeat-ngram-size", type=int, default=defaults.no_repeat_ngram_size)
+    ask.add_argument("--data", type=Path, default=TEST_FILE, help="where --pmid is looked up")
+    ask.add_argument(
+        "--params", type=Path, default=PARAMS_FILE, help="decoding settings: its `evaluate`"
+    )
+    ask.add_argument("--max-new-tokens", type=int, help="default: evaluate.max_new_tokens")
+    ask.add_argument("--repetition-penalty", type=float, help="default: its evaluate value")
+    ask.add_argument("--no-repeat-ngram-size", type=int, help="default: its evaluate value")
     ask.add_argument("--json", action="store_true", help="print one JSON object")
     summary = commands.add_parser("summary", help="statistics of groups of DVC experiments")
     summary.add_argument(
@@ -57,15 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> EvaluateParams:
-    """The decoding settings, validated as params.yaml's `evaluate` section is."""
+    """The decoding settings: `--params`' evaluate section with the flags given on top,
+    validated as params.yaml's `evaluate` section is."""
     from pydantic import ValidationError
 
+    settings = load_params(args.params).evaluate
+    given = {key: getattr(args, key) for key in DECODING if getattr(args, key) is not None}
     try:
-        return EvaluateParams(
-            max_new_tokens=args.max_new_tokens,
-            repetition_penalty=args.repetition_penalty,
-            no_repeat_ngram_size=args.no_repeat_ngram_size,
-        )
+        return EvaluateParams.model_validate(settings.model_dump() | given)
     except ValidationError as exc:
         err = exc.errors()[0]
         raise StageError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
@@ -73,7 +76,7 @@ def settings_from(args: argparse.Namespace) -> EvaluateParams:
 
 def find_test_example(path: Path, pmid: str):
     """The prepared test example with this PMID."""
-    from stages.evaluate import read_test
+    from pubmedqa_gpt2.evaluation.testset import read_test
 
     for example in read_test(path):
         if example.pmid == pmid.strip():
@@ -98,9 +101,9 @@ def ask(args: argparse.Namespace) -> dict[str, Any]:
 
     from transformers.utils import logging
 
-    from stages.evaluate import decide, decision_ids, generate_answers
-    from stages.modeling import inference_dtype, load_model, load_tokenizer, pick_device
-    from stages.prompt import TooLongError, encode_example
+    from pubmedqa_gpt2.evaluation.answers import decide, decision_ids, generate_answers
+    from pubmedqa_gpt2.model.loading import inference_dtype, load_model, load_tokenizer, pick_device
+    from pubmedqa_gpt2.prompt import TooLongError, encode_example
 
     answer: dict[str, Any] = {}
     prompt = None
@@ -115,7 +118,7 @@ def ask(args: argparse.Namespace) -> dict[str, Any]:
         )
     logging.disable_progress_bar()  # "Loading weights" would go to the user's terminal
     device = pick_device()
-    tokenizer = load_tokenizer(ModelParams(name=str(args.model)))
+    tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, dtype=inference_dtype(device), what=f"--model {args.model}")
     model.to(device)
     limit = model.config.n_positions
@@ -147,7 +150,7 @@ def ask(args: argparse.Namespace) -> dict[str, Any]:
 
 def summarize_experiments(args: argparse.Namespace) -> str:
     """`summary`: the experiments of this repository (or of --input) grouped and described."""
-    from stages import summary
+    from pubmedqa_gpt2 import summary
 
     exp_show = None
     if args.input is not None:

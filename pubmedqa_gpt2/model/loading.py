@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.config import ModelParams
-from stages.errors import StageError
+from pubmedqa_gpt2.config import ModelParams
+from pubmedqa_gpt2.errors import StageError
 
 # The shapes of the public GPT-2 checkpoints (vocabulary 50257, 1024 positions).
 GPT2_SHAPES = {
@@ -23,15 +23,17 @@ GPT2_SHAPES = {
 }
 
 
-def load_tokenizer(params: ModelParams):
-    """The tokenizer of `model.tokenizer` (or of `model.name`), with a pad token set."""
+def load_tokenizer(source: str | Path):
+    """The tokenizer of a hub id or directory (`ModelParams.tokenizer_source`, a saved model),
+    with a pad token set."""
     from transformers import AutoTokenizer
 
-    source = params.tokenizer or params.name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        raise StageError(f"model.tokenizer: cannot load tokenizer from {source!r}: {exc}") from None
+        raise StageError(
+            f"model.tokenizer: cannot load tokenizer from {str(source)!r}: {exc}"
+        ) from None
     if tokenizer.pad_token is None:
         # GPT-2 has no pad token; padded positions are masked out of attention and labels.
         tokenizer.pad_token = tokenizer.eos_token

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from stages.errors import StageError
+from pubmedqa_gpt2.errors import StageError
 
 # (column, metrics file, dotted key): what a sweep compares.
 HEADLINE = (

@@ -1,0 +1,54 @@
+"""The benchmark's official `ori_pqal.json`, pinned by URL and md5.
+
+The URL names a fixed commit of the benchmark's repository and the md5 is the file's; a
+download whose md5 differs (the upstream changed) is an error, not a new experiment. The
+output is `persist`ed by DVC, so a local copy of the official file placed at
+`data/external/ori_pqal.json` (offline machines) is checked and used instead of the network.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.io import md5_of
+from pubmedqa_gpt2.paths import OFFICIAL_FILE
+
+
+def download_verified(url: str, md5: str, target: Path, timeout: float = 60.0) -> None:
+    """Download `url` to `target` if its md5 is `md5`; otherwise write nothing and fail."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            while block := response.read(1 << 20):
+                out.write(block)
+        actual = md5_of(Path(tmp))
+        if actual != md5:
+            raise StageError(f"{url}: downloaded file has md5 {actual}, data.md5 pins {md5}")
+        os.replace(tmp, target)
+    except OSError as exc:  # URLError, timeouts and HTTP errors are OSErrors
+        raise StageError(
+            f"{url}: cannot download ({exc}); offline, copy the official ori_pqal.json "
+            f"to {target} (see README)"
+        ) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def ensure_official_file(url: str, md5: str, target: Path = OFFICIAL_FILE) -> str:
+    """Check a local copy of the official file, or download it; returns what was done."""
+    if target.is_file():
+        actual = md5_of(target)
+        if actual != md5:
+            raise StageError(
+                f"{target}: md5 is {actual}, but data.md5 pins {md5}: this is not the official "
+                "ori_pqal.json; delete it to download the official one"
+            )
+        return f"{target}: local copy, md5 {md5} verified"
+    download_verified(url, md5, target)
+    return f"{target}: downloaded from {url}, md5 {md5} verified"

@@ -1,0 +1,89 @@
+"""The Trainer callbacks of a phase: step checkpoints, the dvclive curves, a step count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dvclive import Live
+from transformers import TrainerCallback
+
+
+def curve_name(key: str) -> str:
+    """The dvclive name of a Trainer log key: `eval_loss` -> `eval/loss`, `loss` -> `train/loss`."""
+    return "eval/" + key.removeprefix("eval_") if key.startswith("eval_") else "train/" + key
+
+
+def curve_wanted(key: str) -> bool:
+    """Per-step figures only: not the end-of-run summary (`train_loss`, the mean over this
+    session only, is misleading after a resume), counters, nor speed figures that vary."""
+    counter = key in ("step", "epoch", "total_flos", "num_input_tokens_seen")
+    return not (counter or key.startswith("train_") or key.endswith(("_runtime", "_per_second")))
+
+
+class StepCount(TrainerCallback):
+    """The step training (re)started at, and the optimizer steps taken since (fewer than the
+    run's after a resume)."""
+
+    def __init__(self):
+        self.first_step = 0
+        self.steps = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.first_step = state.global_step  # a resumed run starts at its checkpoint's step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
+class StepCheckpoints(TrainerCallback):
+    """Evaluate and checkpoint every `save_steps` optimizer steps, on top of the epoch ends."""
+
+    def __init__(self, save_steps: int):
+        self.save_steps = save_steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.save_steps == 0:
+            control.should_evaluate = True
+            control.should_save = True
+        return control
+
+
+class LiveCurves(TrainerCallback):
+    """Training and dev curves in a dvclive folder, indexed by optimizer step.
+
+    A resumed run replays the history stored in its checkpoint, so the curves are those of
+    one uninterrupted run.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.live = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.live = Live(str(self.folder), save_dvc_exp=False, dvcyaml=False)
+            for logs in state.log_history:
+                self.record(logs)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.live is not None:
+            self.record({**logs, "step": state.global_step})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.live is not None:
+            self.live.end()
+
+    def record(self, logs: dict) -> None:
+        self.live.step = logs["step"]
+        for key, value in logs.items():
+            if curve_wanted(key):
+                self.live.log_metric(curve_name(key), value)
+        self.live.make_summary()
+
+
+def phase_callbacks(save_steps: int | None, dvclive: Path) -> list[TrainerCallback]:
+    """Step checkpoints when asked for, the dvclive curves, and the step count, last."""
+    return ([StepCheckpoints(save_steps)] if save_steps else []) + [
+        LiveCurves(dvclive),
+        StepCount(),
+    ]

@@ -1,0 +1,30 @@
+"""A killed run: the marker a phase writes while it trains, and the next run's report of it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pubmedqa_gpt2.io import write_json
+from pubmedqa_gpt2.memory import TRAIN_ADVICE, killed_message
+
+
+def mark_running(marker: Path) -> None:
+    """Record this process as training (the marker stays behind if it is killed)."""
+    write_json(marker, {"pid": os.getpid()})
+
+
+def report_unfinished_run(marker: Path) -> None:
+    """Say so when the last run of this stage here ended without finishing (its marker is
+    still there and its process is gone): a SIGKILL, most often the out-of-memory killer."""
+    if not marker.is_file():
+        return
+    try:
+        pid = int(json.loads(marker.read_text())["pid"])
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        ended = killed_message(TRAIN_ADVICE)
+        print(f"the last training run here (pid {pid}) did not finish; if it was {ended}")
+    except (ValueError, KeyError, json.JSONDecodeError, PermissionError, OSError):
+        return
