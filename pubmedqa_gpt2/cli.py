@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pubmedqa_gpt2.config import EvaluateParams, load_params
+from pubmedqa_gpt2.config import EvaluateParams, load_section
 from pubmedqa_gpt2.errors import StageError, run_stage
 from pubmedqa_gpt2.paths import FINETUNED, PARAMS_FILE, TEST_FILE
 
@@ -65,7 +65,7 @@ def settings_from(args: argparse.Namespace) -> EvaluateParams:
     validated as params.yaml's `evaluate` section is."""
     from pydantic import ValidationError
 
-    settings = load_params(args.params).evaluate
+    settings = load_section("evaluate", args.params)
     given = {key: getattr(args, key) for key in DECODING if getattr(args, key) is not None}
     try:
         return EvaluateParams.model_validate(settings.model_dump() | given)

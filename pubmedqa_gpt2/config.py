@@ -258,13 +258,31 @@ def parse_params(raw: Any, origin: str = "params.yaml") -> Params:
         raise StageError(f"{origin}: " + f"\n{origin}: ".join(lines)) from None
 
 
-def load_params(path: Path | str = PARAMS_FILE) -> Params:
-    """Read and validate `params.yaml`."""
+def read_params_file(path: Path | str) -> Any:
+    """The YAML document of a params file, not yet validated."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise StageError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:
         raise StageError(f"{path}: not valid YAML: {exc}") from None
-    return parse_params(raw, origin=str(path))
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read and validate `params.yaml`."""
+    return parse_params(read_params_file(path), origin=str(path))
+
+
+def load_section(name: str, path: Path | str = PARAMS_FILE) -> Section:
+    """One section of a params file, validated on its own (the CLI reads only `evaluate`, so
+    a bad value elsewhere does not stop it)."""
+    raw = read_params_file(path)
+    section = raw.get(name) if isinstance(raw, dict) else None
+    try:
+        return Params.model_fields[name].annotation.model_validate(section)
+    except ValidationError as exc:
+        errors = [{**err, "loc": (name, *err["loc"])} for err in exc.errors()]
+        raise StageError(
+            f"{path}: " + f"\n{path}: ".join(_describe(err, Params) for err in errors)
+        ) from None

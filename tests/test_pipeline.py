@@ -110,11 +110,12 @@ def test_a_changed_official_file_is_an_error(tmp_path):
 
 
 ALL_STAGES = [
-    "download", "fetch", "prepare", "pretrain", "train", "evaluate@base", "evaluate@finetuned",
-    "compare", "report",
+    "validate", "download", "fetch", "prepare", "pretrain", "train", "evaluate@base",
+    "evaluate@finetuned", "compare", "report",
 ]  # fmt: skip
-# What a train.* param reruns: never evaluate@base, whose model does not change.
-AFTER_TRAIN = ["compare", "evaluate@finetuned", "report", "train"]
+# What a train.* param reruns: never evaluate@base, whose model does not change. `validate`
+# runs on every params change, first; its output does not change, so it reruns nothing.
+AFTER_TRAIN = ["compare", "evaluate@finetuned", "report", "train", "validate"]
 
 
 def read_json(path: Path):
@@ -215,6 +216,49 @@ def test_exp_run_set_param_reruns_only_train_and_its_evaluation(smoke, tmp_path)
     header, *rows = shown.splitlines()
     assert "accuracy" in header and "train.learning_rate" in header
     assert any(row.startswith("lr-5e-4") and "0.0005" in row for row in rows)
+
+
+def output_bytes(repo: Path) -> dict[str, bytes]:
+    """Every file of the fine-tuned model, the curves, the metrics and the perf records."""
+    files = [
+        *(repo / "models/finetuned").rglob("*"),
+        *(repo / "dvclive").rglob("*"),
+        *(repo / "metrics").glob("*.json"),
+        *(repo / "perf").glob("*.json"),
+        *(repo / "eval").rglob("*"),
+    ]
+    return {str(f.relative_to(repo)): f.read_bytes() for f in files if f.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ("train.learning_rate=abc", "train.learning_rate"),
+        ("train.epochs=-1", "train.epochs"),
+        ("+train.lerning_rate=1e-5", "train.lerning_rate"),
+    ],
+)
+def test_a_bad_param_is_refused_before_any_output_is_deleted(smoke, tmp_path, change, key):
+    """`dvc exp run -S` with a wrong type, an out-of-range value or an unknown key: the
+    `validate` stage, first, fails with one `error:` line, and every output of the finished
+    run (model, curves, metrics, evaluations) is byte-identical afterwards."""
+    repo = copy_of(smoke[0], tmp_path / "repo")
+    before = output_bytes(repo)
+    assert "models/finetuned/model.safetensors" in before and "metrics/train.json" in before
+    proc = subprocess.run(
+        ["dvc", "exp", "run", "-S", change],
+        cwd=repo, env=os.environ | OFFLINE, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    print(output)  # the report shows it with pytest -s
+    assert proc.returncode != 0, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and key in errors[0], output
+    assert "Traceback" not in output
+    assert ran_stages(output) == ["validate"]
+    assert output_bytes(repo) == before
+    # The model still answers.
+    sh(["pubmedqa-gpt2", "ask", "--model", "models/finetuned", "--pmid", "12377809"], cwd=repo)
 
 
 def set_params(repo: Path, **changes) -> None:
