@@ -39,11 +39,6 @@ def long_answer_text(long_answer: str) -> str:
     return f" {long_answer}"
 
 
-def format_prompt(question: str, contexts: Sequence[str], labels: Sequence[str] = ()) -> str:
-    """The whole prompt as text (for reading; encoding goes through `encode_examples`)."""
-    return _HEAD.format(question=question) + format_context(contexts, labels) + _TAIL
-
-
 @dataclass(frozen=True)
 class Encoded:
     """One example as token ids: the model reads `prompt_ids`, learns `completion_ids`."""

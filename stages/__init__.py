@@ -1,1 +1,2 @@
-"""Fine-tune GPT-2 on PubMedQA: one module per DVC stage plus the small core they share."""
+"""The DVC stages: one thin entry module each (`python -m stages.<stage>`), calling the library
+`pubmedqa_gpt2`. Stage modules never import each other (tests/test_architecture.py)."""

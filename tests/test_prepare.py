@@ -12,7 +12,7 @@ import pytest
 from pubmedqa_gpt2.data.records import Record
 from pubmedqa_gpt2.data.split import official_split, overlapping_pmids
 from pubmedqa_gpt2.paths import SPLITS
-from pubmedqa_gpt2.prompt import LABELS, encode_example, format_prompt, label_token_ids
+from pubmedqa_gpt2.prompt import LABELS, encode_example, label_token_ids
 
 from .conftest import needs_pubmedqa, needs_tokenizer
 from .official_split_script import official_folds
@@ -116,7 +116,7 @@ def test_prompt_has_question_and_context_but_never_the_long_answer(tokenizer):
     )
     prompt = tokenizer.decode(enc.prompt_ids)
     completion = tokenizer.decode(enc.completion_ids)
-    assert prompt == format_prompt("Is X safe?", ["X was given."], ["METHODS"])
+    assert prompt == "Question: Is X safe?\nContext: METHODS: X was given.\nAnswer:"
     assert "Is X safe?" in prompt and "METHODS: X was given." in prompt
     assert "not safe" not in prompt
     assert completion == " no. X was not safe.<|endoftext|>"

@@ -19,7 +19,8 @@ def test_the_readme_table_is_what_the_committed_metrics_give(monkeypatch):
     monkeypatch.chdir(ROOT)
     table = report.render(load_params(ROOT / "params.yaml"))
     readme = (ROOT / "README.md").read_text()
-    assert report.readme_block(readme) == table, "run `python -m stages.report --readme`"
+    between_markers = readme.split(report.BEGIN)[1].split(report.END)[0].removeprefix("\n")
+    assert between_markers == table, "run `python -m stages.report --readme`"
     assert (ROOT / RESULTS_FILE).read_text() == table
 
 

@@ -23,12 +23,7 @@ from pubmedqa_gpt2.config import EvaluateParams, ModelParams
 from pubmedqa_gpt2.errors import StageError
 from pubmedqa_gpt2.evaluation import statistics
 from pubmedqa_gpt2.evaluation.answers import decide, generate_answers, perplexity, reference_nll
-from pubmedqa_gpt2.evaluation.metrics import (
-    ROUGE_TYPES,
-    corpus_bleu,
-    decision_metrics,
-    generation_scores,
-)
+from pubmedqa_gpt2.evaluation.metrics import decision_metrics, generation_metrics
 from pubmedqa_gpt2.evaluation.testset import TestExample
 from pubmedqa_gpt2.io import atomic_file, write_json
 from pubmedqa_gpt2.model.loading import build_model, load_model, load_tokenizer
@@ -128,13 +123,11 @@ def evaluate_model(
     }
     if n_generated:
         references = [ex.long_answer for ex in examples[:n_generated]]
-        scores, meteor_key, details["meteor_wordnet"] = generation_scores(references, generated)
+        scores, figures = generation_metrics(references, generated)
         for sample, score in zip(samples, scores, strict=False):
             sample.update(score)
-        metrics.update(
-            {key: sum(s[key] for s in scores) / n_generated for key in (*ROUGE_TYPES, meteor_key)}
-        )
-        metrics["bleu"] = corpus_bleu(references, generated)
+        details["meteor_wordnet"] = figures.pop("meteor_wordnet")
+        metrics.update(figures)
     metrics.update(intervals(samples, settings))
     details["perf"] = {
         "scoring_examples_per_s": round(len(examples) / scoring_s, 3),

@@ -214,12 +214,15 @@ def corpus_bleu(references: Sequence[str], predictions: Sequence[str]) -> float:
     return min(bleu / 100, 1.0)  # 100.00000000000004 for identical texts
 
 
-def generation_metrics(references: Sequence[str], predictions: Sequence[str]) -> dict[str, Any]:
-    """Mean ROUGE-1/2/L/Lsum F1, mean METEOR (see `generation_scores`) and corpus BLEU."""
+def generation_metrics(
+    references: Sequence[str], predictions: Sequence[str]
+) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    """Each answer's scores (see `generation_scores`), and the figures of them all: mean
+    ROUGE-1/2/L/Lsum F1, mean METEOR, corpus BLEU and which WordNet METEOR used."""
     scores, meteor_key, source = generation_scores(references, predictions)
     n = len(scores)
-    return {
+    return scores, {
         **{key: sum(s[key] for s in scores) / n for key in (*ROUGE_TYPES, meteor_key)},
-        "meteor_wordnet": source,
         "bleu": corpus_bleu(references, predictions),
+        "meteor_wordnet": source,
     }

@@ -113,8 +113,3 @@ def replace_block(text: str, table: str) -> str:
     head, rest = text.split(BEGIN)
     _, tail = rest.split(END)
     return f"{head}{BEGIN}\n{table}{END}{tail}"
-
-
-def readme_block(text: str) -> str:
-    """The table currently between the README's markers."""
-    return text.split(BEGIN)[1].split(END)[0].removeprefix("\n")
