@@ -58,7 +58,8 @@ def require_shared() -> tuple[Path, Path]:
 def committed(section: str, **changes):
     """A section of the committed params.yaml with `changes` on top (nested sections as
     mappings), validated: the experiment's own values wherever a benchmark sets none."""
-    return getattr(with_changes(load_params(ROOT / "params.yaml"), {section: changes}), section)
+    params = load_params(ROOT / "params.yaml")
+    return getattr(with_changes(params, {section: changes}) if changes else params, section)
 
 
 def small_gpt2(tokenizer_dir: Path | None, **shape: int) -> ModelParams:
