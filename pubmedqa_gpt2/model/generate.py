@@ -7,7 +7,7 @@ gets the same tokens whatever batch it is in. A row stops at end-of-text, after
 `max_new_tokens`, or when prompt + new tokens reach the model's `n_positions`. The repetition
 penalty and n-gram blocking (as in Hugging Face `generate`: prompt and generated tokens both
 count) look at a row's real tokens only, never at its padding. The next token is read from
-fp32 logits (see `stages/scoring.py`), whatever the model's dtype.
+fp32 logits (see `scoring.py`), whatever the model's dtype.
 """
 
 from __future__ import annotations
