@@ -20,17 +20,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.paths import COMPARE_METRICS, TRAIN_METRICS, eval_metrics
 
+TUNED, TRAIN, COMPARE = str(eval_metrics("finetuned")), str(TRAIN_METRICS), str(COMPARE_METRICS)
 # (column, metrics file, dotted key): what a sweep compares.
 HEADLINE = (
-    ("accuracy", "metrics/eval_finetuned.json", "accuracy"),
-    ("macro_f1", "metrics/eval_finetuned.json", "macro_f1"),
-    ("rougeL", "metrics/eval_finetuned.json", "rougeL"),
-    ("meteor", "metrics/eval_finetuned.json", "meteor"),
-    ("dev_accuracy", "metrics/train.json", "dev_accuracy"),
-    ("accuracy_diff", "metrics/compare.json", "accuracy.diff"),
-    ("macro_f1_diff", "metrics/compare.json", "macro_f1.diff"),
-    ("mcnemar_p", "metrics/compare.json", "mcnemar.p"),
+    ("accuracy", TUNED, "accuracy"),
+    ("macro_f1", TUNED, "macro_f1"),
+    ("rougeL", TUNED, "rougeL"),
+    ("meteor", TUNED, "meteor"),
+    ("dev_accuracy", TRAIN, "dev_accuracy"),
+    ("accuracy_diff", COMPARE, "accuracy.diff"),
+    ("macro_f1_diff", COMPARE, "macro_f1.diff"),
+    ("mcnemar_p", COMPARE, "mcnemar.p"),
 )
 
 
