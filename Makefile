@@ -44,7 +44,8 @@ cpu-large:
 	cat "$(DIR)/metrics/train.json" "$(DIR)/perf/train.json"
 
 # The folder bench/gpu_check.sh needs on a bare, offline GPU machine (wheels, data, tokenizer):
-# copy it there beside the working tree. Needs PyPI; 64 MiB at most.
+# copy it there beside the working tree. Needs PyPI; refused if a wheel's requirement is met
+# neither by a pin nor by the GPU image, or if it and the tracked files pass 60 MiB.
 GPU_KIT ?= gpu-kit
 gpu-kit:
 	$(PYTHON) -m bench.gpu_kit $(GPU_KIT)

@@ -1,41 +1,55 @@
 """The one-call GPU check: the default experiment through the real stages, then `bench.gpu`.
 
-    bash bench/gpu_check.sh OUTDIR           # on a GPU machine: installs gpu-kit/, then this
-    python -m bench.gpu_check OUTDIR --tiny  # a 2-layer model on the CPU (tests/test_gpu_check.py)
+    bash bench/gpu_check.sh OUTDIR [--results DIR]  # on a GPU machine: the whole check
+    python -m bench.gpu_check OUTDIR --tiny          # a 2-layer model on the CPU (the tests)
 
-In a scratch copy of the project (OUTDIR/work), every stage command of `dvc.yaml` runs in the
-file's order (foreach expanded), with `params.yaml` as committed except `model.init: random`
-(GPT-2 Large's shape: no weights can be downloaded there) and the offline tokenizer; the
-official `ori_pqal.json` is the offline copy. The stages run as `dvc repro` would run them
-(same commands, same working directory layout) but without dvc: no git repository is needed
-and no time goes into hashing and caching a 3 GB model. Then `python -m bench.gpu` runs.
+Steps, each with its log in OUTDIR/logs/<step>.log, flushed line by line:
+1. `install`: with a kit (gpu-kit/, `make gpu-kit`), its pinned wheels into OUTDIR/site,
+   offline, --no-deps; its data and tokenizer stand in for PUBMEDQA_DIR / GPT2_TOKENIZER_DIR
+   unless those are set. Without a kit the current Python's packages are used as they are.
+2. `imports`: every module the stages import, before minutes of work depend on them.
+3. every stage command of `dvc.yaml` in the file's order (foreach expanded), in a scratch copy
+   of the project (OUTDIR/work) with `params.yaml` as committed except `model.init: random`
+   (GPT-2 Large's shape: no weights can be downloaded there) and the offline tokenizer. The
+   stages run as `dvc repro` would run them (same commands, same working directory layout) but
+   without dvc: no git repository is needed and no time goes into hashing a 3 GB model.
+4. `bench.gpu`: training throughput, MFU and peak memory of GPT-2 Large.
 
-OUTDIR gets logs/<step>.log for every step, metrics/ (the stages' metrics, perf/train.json,
-eval details, the results table), bench_gpu.json and summary.json; the summary (stage wall
-times, training tokens/s and MFU, peak GPU memory) is also printed. Each step gets what is
-left of `--budget` seconds; a step that overruns is stopped, and the summary is still written.
-`--tiny` applies smoke.yaml (a 2-layer model, 40 examples) and `bench.gpu --tiny`.
+One deadline covers all of it: `--budget` seconds (480 by default, well inside the 600 s one
+command may run on a lent machine) counted from the moment bench/gpu_check.sh started. A step
+still running at the deadline is stopped and the rest skipped. After every step summary.json
+(step times and status, training tokens/s and MFU, peak GPU memory, accuracies) is rewritten
+atomically, so a run killed from outside still says how far it got; `--results DIR` also keeps
+there, after every step, a copy of it and one archive gpu_check.tar.gz (<= 16 MiB) of the logs,
+metrics and bench JSON: two files with plain names, what a lent machine can send back.
+
+A full-size run refuses at once when torch sees no CUDA device (it would train GPT-2 Large in
+fp32 on the CPU until killed); `--tiny` (smoke.yaml's 2-layer model, `bench.gpu --tiny`) runs
+on the CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
-
-from bench import require_shared
+import yaml  # on the GPU image; everything else of the project's is imported after `install`
 
 ROOT = Path(__file__).resolve().parents[1]
+if __name__ == "__main__" and not __package__:  # run as a file by gpu_check.sh, before install
+    sys.path.insert(0, str(ROOT))
 # What a scratch copy needs: the stage code and the library, the pipeline, its params and the
 # report's reference.
 COPIED = (
@@ -48,7 +62,17 @@ COPIED = (
     "reports/reference.yaml",
 )
 GPU_TARGET_S = 9 * 60  # the whole check on one H100 (issue 10)
-DEFAULT_BUDGET_S = 13 * 60  # a lent machine gives 15 minutes: stop in time to give it back
+# One command on a lent machine runs at most 600 s: the whole call, install included, stops
+# itself well before, with time left to send the results back.
+DEFAULT_BUDGET_S = 480
+# Every module the stages and bench.gpu import that the GPU image may lack.
+IMPORTS = (
+    "torch", "transformers", "accelerate", "peft", "safetensors", "pyarrow", "sklearn", "scipy",
+    "sacrebleu", "yaml", "pydantic", "ruamel.yaml", "dvclive", "nltk", "rouge_score",
+)  # fmt: skip
+ARCHIVE = "gpu_check.tar.gz"
+ARCHIVE_LIMIT = 16 << 20  # one file sent back from a lent machine: 16 MiB at most
+LOG_TAIL = 256 << 10  # what is kept of each log when the whole archive would pass the limit
 
 
 # The cost model's inputs (bench.gpu.pipeline_estimate) before any GPU has measured them:
@@ -153,8 +177,16 @@ def make_workdir(work: Path, pubmedqa: Path, tokenizer: Path, tiny: bool) -> Non
     shutil.copy2(pubmedqa / "ori_pqal.json", external / "ori_pqal.json")
 
 
-def run_step(name: str, argv: list[str], cwd: Path, logs: Path, budget_end: float) -> Step:
-    """Run one step, its output teed to logs/<name>.log, stopped at `budget_end`."""
+def run_step(
+    name: str,
+    argv: list[str],
+    cwd: Path,
+    logs: Path,
+    budget_end: float,
+    env: dict[str, str] | None = None,
+) -> Step:
+    """Run one step, its output teed to logs/<name>.log (flushed line by line), stopped at
+    `budget_end` (time.monotonic)."""
     remaining = budget_end - time.monotonic()
     if remaining <= 0:
         return Step(name, 0.0, "skipped")
@@ -162,14 +194,16 @@ def run_step(name: str, argv: list[str], cwd: Path, logs: Path, budget_end: floa
     start = time.monotonic()
     with (logs / f"{name}.log").open("w") as log:
         proc = subprocess.Popen(
-            argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         timer = threading.Timer(remaining, proc.kill)
         timer.start()
         try:
             for line in proc.stdout:
                 log.write(line)
+                log.flush()
                 sys.stdout.write(line)
+                sys.stdout.flush()
             code = proc.wait()
         finally:
             timer.cancel()
@@ -372,18 +406,162 @@ def render(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` in one step: a reader (or a kill) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def archive_bytes(out: Path, log_tail: int | None = None) -> bytes:
+    """gpu_check.tar.gz of OUTDIR's logs/, metrics/ and bench_gpu.json; with `log_tail`, each
+    log cut to its last `log_tail` bytes."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        paths = sorted((out / "logs").glob("*.log")) + sorted((out / "metrics").glob("*"))
+        paths += [out / "bench_gpu.json"] if (out / "bench_gpu.json").is_file() else []
+        for path in paths:
+            data = path.read_bytes()
+            if log_tail is not None and path.suffix == ".log" and len(data) > log_tail:
+                data = data[-log_tail:]
+            info = tarfile.TarInfo(str(path.relative_to(out)))
+            info.size, info.mtime = len(data), int(path.stat().st_mtime)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+class Record:
+    """summary.json (and, with --results, its copy and the archive) rewritten after every step."""
+
+    def __init__(self, out: Path, results: Path | None, work: Path, started: float):
+        self.out, self.results, self.work, self.started = out, results, work, started
+        self.steps: list[Step] = []
+        self.extra: dict = {}
+
+    def add(self, step: Step, status: str) -> Step:
+        self.steps.append(step)
+        self.write(status)
+        return step
+
+    def write(self, status: str, bench: dict | None = None) -> dict:
+        if (self.work / "params.yaml").is_file():
+            collect(self.work, self.out)
+            summary = summarize(self.steps, self.work, bench)
+        else:
+            summary = {"steps": [asdict(s) for s in self.steps], "evaluate": {}}
+        summary = {
+            "status": status,
+            "elapsed_s": round(time.time() - self.started, 1),
+            **summary,
+            **self.extra,
+        }
+        data = (json.dumps(summary, indent=2) + "\n").encode()
+        write_atomic(self.out / "summary.json", data)
+        if self.results is not None:
+            write_atomic(self.results / "summary.json", data)
+            archive = archive_bytes(self.out)
+            if len(archive) > ARCHIVE_LIMIT:
+                archive = archive_bytes(self.out, LOG_TAIL)
+            write_atomic(self.results / ARCHIVE, archive)
+        return summary
+
+
+def child_env(site: Path | None) -> dict[str, str]:
+    """The steps' environment: the project (and the kit's packages) importable, output
+    unbuffered (a log is complete up to the moment a step is killed), no hub."""
+    paths = [str(ROOT)] + ([str(site)] if site else [])
+    if os.environ.get("PYTHONPATH"):
+        paths.append(os.environ["PYTHONPATH"])
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(paths),
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+def cuda_refusal() -> str | None:
+    """Why a full-size run cannot start here (torch sees no CUDA device), else None."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    return (
+        "gpu_check: torch sees no CUDA device, and the full-size check would train GPT-2 Large "
+        "on the CPU until stopped; run it on a GPU machine, or pass --tiny to check on the CPU"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.gpu_check", description=__doc__.split("\n")[0]
+        prog="bash bench/gpu_check.sh", description=__doc__.split("\n")[0]
     )
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--tiny", action="store_true", help="smoke.yaml's 2-layer model, CPU")
-    parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds in all")
+    parser.add_argument(
+        "--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds in all, from the start"
+    )
+    parser.add_argument("--results", type=Path, help="where to keep summary.json and the archive")
+    parser.add_argument(
+        "--kit", type=Path, default=Path(os.environ.get("GPU_KIT", ROOT / "gpu-kit"))
+    )
     args = parser.parse_args(argv)
-    budget_end = time.monotonic() + args.budget
+    # gpu_check.sh stamps its start: the budget covers the whole call, not just this process.
+    started = float(os.environ.get("GPU_CHECK_STARTED") or time.time())
+    budget_end = time.monotonic() + args.budget - (time.time() - started)
     out = args.outdir.resolve()
-    logs, work = out / "logs", out / "work"
+    logs, work, site = out / "logs", out / "work", out / "site"
     logs.mkdir(parents=True, exist_ok=True)
+    if args.results:
+        args.results.mkdir(parents=True, exist_ok=True)
+    record = Record(out, args.results.resolve() if args.results else None, work, started)
+    record.extra = {"tiny": args.tiny, "budget_s": args.budget}
+    if not args.tiny and (refusal := cuda_refusal()):
+        record.extra["refused"] = refusal
+        record.write("refused: no CUDA device")
+        print(refusal, file=sys.stderr)
+        return 1
+    record.write("started")
+
+    wheels = args.kit / "wheels"
+    if wheels.is_dir():
+        os.environ.setdefault("PUBMEDQA_DIR", str(args.kit / "pubmedqa"))
+        os.environ.setdefault("GPT2_TOKENIZER_DIR", str(args.kit / "gpt2-tokenizer"))
+        install = [
+            sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--target",
+            str(site), "--find-links", str(wheels), "-r", str(args.kit / "requirements.txt"),
+        ]  # fmt: skip
+        record.add(run_step("install", install, out, logs, budget_end), "installed the kit")
+        sys.path.insert(0, str(site))
+    else:
+        site = None
+    env = child_env(site)
+    check = (
+        "import importlib, sys\nmissing = []\n"
+        f"for name in {IMPORTS!r}:\n"
+        "    try:\n        importlib.import_module(name)\n"
+        "    except Exception as exc:\n"
+        "        missing.append(f'{name} ({type(exc).__name__}: {exc})')\n"
+        "if missing:\n"
+        "    sys.exit('gpu_check: cannot import ' + '; '.join(missing) + "
+        "' (make gpu-kit builds the wheels)')\n"
+    )
+    if record.steps and record.steps[-1].status != "ok":
+        record.add(Step("imports", 0.0, "skipped"), "stopped: the kit did not install")
+    else:
+        record.add(
+            run_step("imports", [sys.executable, "-c", check], out, logs, budget_end, env),
+            "checked the imports",
+        )
+    if record.steps[-1].status != "ok":
+        record.write("stopped: a package cannot be imported")
+        print(f"gpu_check: see {logs}/install.log and {logs}/imports.log", file=sys.stderr)
+        return 1
+
+    from bench import require_shared
+
     pubmedqa, tokenizer = require_shared()
     stages = pipeline_stages(ROOT / "dvc.yaml")
     make_workdir(work, pubmedqa, tokenizer, args.tiny)
@@ -392,34 +570,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the plan is informative; the stages say what is wrong with the data
         print(f"gpu_check: no cost-model plan ({type(exc).__name__}: {exc})", flush=True)
         planned = None
+    if planned:
+        record.extra["h100_cost_model_s"] = {key: round(v, 1) for key, v in planned.items()}
     print(f"gpu_check: {len(stages)} stages of dvc.yaml in {work}, then bench.gpu", flush=True)
 
-    steps: list[Step] = []
     for stage in stages:
-        if steps and steps[-1].status != "ok":
-            steps.append(Step(stage.name, 0.0, "skipped"))
+        if record.steps[-1].status != "ok":
+            record.add(Step(stage.name, 0.0, "skipped"), f"skipped {stage.name}")
             continue
-        steps.append(run_step(stage.name, python_argv(stage.cmd), work, logs, budget_end))
+        step = run_step(stage.name, python_argv(stage.cmd), work, logs, budget_end, env)
+        record.add(step, f"ran {stage.name}")
     bench_json = out / "bench_gpu.json"
-    bench_argv = [
-        sys.executable,
-        "-m",
-        "bench.gpu",
-        "--out",
-        str(bench_json),
-        "--scratch",
-        str(work),
-    ]
-    steps.append(run_step("bench.gpu", bench_argv + ["--tiny"] * args.tiny, work, logs, budget_end))
+    bench_argv = [sys.executable, "-m", "bench.gpu", "--out", str(bench_json)]
+    bench_argv += ["--scratch", str(work)] + ["--tiny"] * args.tiny
+    record.add(run_step("bench.gpu", bench_argv, work, logs, budget_end, env), "ran bench.gpu")
 
-    collect(work, out)
-    summary = summarize(steps, work, read_json(bench_json))
-    if planned:
-        summary["h100_cost_model_s"] = {key: round(value, 1) for key, value in planned.items()}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    ok = all(s.status == "ok" for s in record.steps)
+    if ok:
+        status = "finished"
+    elif any(s.status == "timed out" for s in record.steps):
+        status = "stopped at the deadline"
+    else:
+        status = "failed: " + next(s.name for s in record.steps if s.status != "ok")
+    summary = record.write(status, read_json(bench_json))
     print(render(summary))
-    print(f"\nwrote {out}/summary.json, logs/ and metrics/")
-    return 0 if all(s.status == "ok" for s in steps) else 1
+    print(
+        f"\nwrote {out}/summary.json, logs/ and metrics/"
+        + (f"; {args.results}/summary.json and {ARCHIVE}" if args.results else "")
+    )
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

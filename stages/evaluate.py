@@ -43,6 +43,9 @@ def main() -> None:
     dtype = inference_dtype(device)
     model, tokenizer = load_evaluated(which, params.model, dtype=dtype)
     model.to(device)
+    if device.type == "cuda":
+        # The peak of evaluating, not of drawing a random base model in fp32 before the cast.
+        torch.cuda.reset_peak_memory_stats(device)
     check_fits(examples, model.config.n_positions, TEST_FILE)
     print(f"evaluate {which}: {len(examples)} test questions on {device} ({dtype})", flush=True)
     try:

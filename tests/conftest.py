@@ -1,8 +1,11 @@
 """Shared fixtures: where the offline data and tokenizer are, and small helpers.
 
-`.ci/run` sets PUBMEDQA_DIR and GPT2_TOKENIZER_DIR to the copies in `../shared`; elsewhere
-the tests that need them skip with the reason shown by `pytest -ra`. Under CI (`CI=true`) a
-missing data path fails the run instead: a green CI must mean those tests ran.
+`.ci/run` sets PUBMEDQA_DIR and GPT2_TOKENIZER_DIR to the copies in `../shared`. Without a
+variable or `../shared`, a machine with a network fetches them once into a cache folder
+(`tests/provision.py`; the header of the run says where each came from); offline, the tests
+that need them skip with the reason shown by `pytest -ra`. Under CI (`CI=true`) a missing
+data path fails the run instead: a green CI must mean those tests ran. The folders found
+are exported in the two variables, for the benchmarks and the commands the tests run.
 """
 
 from __future__ import annotations
@@ -12,58 +15,55 @@ from pathlib import Path
 
 import pytest
 
+from .provision import locate_for_this_run, reason_to_stop
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
-def _shared_path(env: str, default: Path, probe: str) -> Path | None:
-    path = Path(os.environ.get(env, default)).resolve()
-    return path if (path / probe).is_file() else None
+TEST_DATA = locate_for_this_run(SHARED)
+PUBMEDQA_DIR = TEST_DATA.pubmedqa
+TOKENIZER_DIR = TEST_DATA.tokenizer
+for _env, _path in (("PUBMEDQA_DIR", PUBMEDQA_DIR), ("GPT2_TOKENIZER_DIR", TOKENIZER_DIR)):
+    if _path is not None:
+        os.environ[_env] = str(_path)
 
 
-PUBMEDQA_DIR = _shared_path("PUBMEDQA_DIR", SHARED / "pubmedqa", "ori_pqal.json")
-TOKENIZER_DIR = _shared_path("GPT2_TOKENIZER_DIR", SHARED / "gpt2-tokenizer", "tokenizer.json")
+def pytest_report_header(config) -> list[str]:
+    return ["test data:", *(f"  {line}" for line in TEST_DATA.found)]
 
 
 def pytest_sessionstart(session) -> None:
-    """Under CI, the offline data is part of the contract: stop at once when it is missing."""
-    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
-        missing = [
-            f"{env} (no {probe} there)"
-            for env, path, probe in (
-                ("PUBMEDQA_DIR", PUBMEDQA_DIR, "ori_pqal.json"),
-                ("GPT2_TOKENIZER_DIR", TOKENIZER_DIR, "tokenizer.json"),
-            )
-            if path is None
-        ]
-        if missing:
-            pytest.exit(
-                f"CI is set but the offline data is missing: {', '.join(missing)}; "
-                "the tests that need it would be skipped",
-                returncode=1,
-            )
+    """A fetch that failed (a changed upstream: wrong md5) stops the run. Under CI, the
+    offline data is part of the contract: stop at once when it is missing."""
+    reason = reason_to_stop(TEST_DATA, os.environ)
+    if reason:
+        pytest.exit(reason, returncode=1)
 
 
-needs_pubmedqa = pytest.mark.skipif(
-    PUBMEDQA_DIR is None, reason="PubMedQA data not found: set PUBMEDQA_DIR to ../shared/pubmedqa"
+NO_PUBMEDQA = (
+    "PubMedQA data not found: set PUBMEDQA_DIR to a copy (../shared/pubmedqa), "
+    "or leave it unset and run once with a network to fetch it"
 )
-needs_tokenizer = pytest.mark.skipif(
-    TOKENIZER_DIR is None,
-    reason="GPT-2 tokenizer not found: set GPT2_TOKENIZER_DIR to ../shared/gpt2-tokenizer",
+NO_TOKENIZER = (
+    "GPT-2 tokenizer not found: set GPT2_TOKENIZER_DIR to a copy (../shared/gpt2-tokenizer), "
+    "or leave it unset and run once with a network to fetch it"
 )
+needs_pubmedqa = pytest.mark.skipif(PUBMEDQA_DIR is None, reason=NO_PUBMEDQA)
+needs_tokenizer = pytest.mark.skipif(TOKENIZER_DIR is None, reason=NO_TOKENIZER)
 
 
 @pytest.fixture(scope="session")
 def pubmedqa_dir() -> Path:
     if PUBMEDQA_DIR is None:
-        pytest.skip("PubMedQA data not found: set PUBMEDQA_DIR to ../shared/pubmedqa")
+        pytest.skip(NO_PUBMEDQA)
     return PUBMEDQA_DIR
 
 
 @pytest.fixture(scope="session")
 def tokenizer_dir() -> Path:
     if TOKENIZER_DIR is None:
-        pytest.skip("GPT-2 tokenizer not found: set GPT2_TOKENIZER_DIR to ../shared/gpt2-tokenizer")
+        pytest.skip(NO_TOKENIZER)
     return TOKENIZER_DIR
 
 

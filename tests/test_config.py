@@ -107,12 +107,26 @@ def run_pytest(env: dict) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("missing", ["PUBMEDQA_DIR", "GPT2_TOKENIZER_DIR"])
+PROBES = {"PUBMEDQA_DIR": "ori_pqal.json", "GPT2_TOKENIZER_DIR": "tokenizer.json"}
+
+
+@pytest.mark.parametrize("missing", list(PROBES))
 def test_ci_fails_instead_of_skipping_when_the_offline_data_is_missing(tmp_path, missing):
-    env = {**os.environ, "CI": "true", missing: str(tmp_path / "nowhere")}
+    # The other folder is present (a stand-in: the check looks for its file), so the message
+    # names exactly the missing one, with or without ../shared on this machine.
+    (other,) = set(PROBES) - {missing}
+    (tmp_path / "present").mkdir()
+    (tmp_path / "present" / PROBES[other]).write_text("{}")
+    env = {
+        **os.environ,
+        "CI": "true",
+        missing: str(tmp_path / "nowhere"),
+        other: str(tmp_path / "present"),
+    }
     proc = run_pytest(env)
     assert proc.returncode == 1, proc.stdout
-    assert f"offline data is missing: {missing}" in proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    assert f"offline data is missing: {missing} (no {PROBES[missing]} there);" in out, out
     # Outside CI the same run goes on: tests that need the data skip, with their reason.
     proc = run_pytest({**env, "CI": ""})
     assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout

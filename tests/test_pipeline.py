@@ -56,9 +56,35 @@ def sh(cmd: list[str] | str, cwd: Path, env: dict | None = None, check: bool = T
     return output
 
 
-def clone(dest: Path) -> Path:
-    """A fresh clone of the committed HEAD with the official data copied in (offline)."""
+def snapshot_working_tree(dest: Path) -> Path:
+    """A repository whose HEAD is this checkout's working tree as it is on disk: a clone of
+    HEAD with every tracked and untracked (not ignored) file copied over, deleted files
+    removed, and the result committed. The e2e tests clone it, so that they test the code
+    being edited, uncommitted changes included, not the last commit."""
     sh(["git", "clone", "--quiet", str(ROOT), str(dest)], cwd=dest.parent)
+    listed = sh(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT)
+    on_disk = {name for name in listed.split("\0") if name and (ROOT / name).is_file()}
+    for name in on_disk:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, dest / name)
+    for name in sh(["git", "ls-files", "-z"], cwd=dest).split("\0"):
+        if name and name not in on_disk:
+            (dest / name).unlink()
+    sh(["git", "add", "-A"], cwd=dest)
+    if sh(["git", "status", "--porcelain"], cwd=dest):
+        sh(["git", "commit", "--quiet", "-m", "the working tree under test"], cwd=dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def source(tmp_path_factory) -> Path:
+    """The repository the e2e tests clone: the working tree, committed in a scratch copy."""
+    return snapshot_working_tree(tmp_path_factory.mktemp("source") / "repo")
+
+
+def clone(source: Path, dest: Path) -> Path:
+    """A fresh clone of the code under test with the official data copied in (offline)."""
+    sh(["git", "clone", "--quiet", str(source), str(dest)], cwd=dest.parent)
     sh(["make", "offline-data"], cwd=dest)
     return dest
 
@@ -85,9 +111,9 @@ def ran_stages(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
-def test_fresh_clone_reproduces_the_committed_lock(tmp_path, tokenizer_dir):
+def test_fresh_clone_reproduces_the_committed_lock(source, tmp_path, tokenizer_dir):
     """dvc.lock on main is what download/fetch/prepare really produce from the committed params."""
-    repo = clone(tmp_path / "repo")
+    repo = clone(source, tmp_path / "repo")
     env = seed_hub_cache(tmp_path / "hub", tokenizer_dir)
     first = sh(["dvc", "repro", "prepare"], cwd=repo, env=env)
     # download verifies the local copy (persisted, so not deleted) instead of downloading.
@@ -98,8 +124,8 @@ def test_fresh_clone_reproduces_the_committed_lock(tmp_path, tokenizer_dir):
     assert ran_stages(sh(["dvc", "repro", "prepare"], cwd=repo, env=env)) == []
 
 
-def test_a_changed_official_file_is_an_error(tmp_path):
-    repo = clone(tmp_path / "repo")
+def test_a_changed_official_file_is_an_error(source, tmp_path):
+    repo = clone(source, tmp_path / "repo")
     with (repo / "data/external/ori_pqal.json").open("a") as f:
         f.write(" ")
     out = sh(["dvc", "repro", "download"], cwd=repo, check=False)
@@ -137,10 +163,11 @@ def commit_all(repo: Path, message: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory) -> tuple[Path, str]:
-    """`make smoke DIR=...` once for the module; the result is committed in the clone."""
+def smoke(source, tmp_path_factory) -> tuple[Path, str]:
+    """`make smoke DIR=...` once for the module, from the code under test; the result is
+    committed in the clone."""
     repo = tmp_path_factory.mktemp("smoke") / "repo"
-    output = sh(["make", "smoke", f"DIR={repo}"], cwd=ROOT)
+    output = sh(["make", "smoke", f"DIR={repo}"], cwd=source)
     commit_all(repo, "smoke run")
     return repo, output
 
@@ -380,9 +407,9 @@ def test_push_to_a_local_remote_then_pull_into_a_fresh_clone(smoke, tmp_path):
     assert metrics_of(fresh) == metrics_of(repo)
 
 
-def test_two_smoke_runs_from_scratch_give_identical_metrics(smoke, tmp_path):
+def test_two_smoke_runs_from_scratch_give_identical_metrics(smoke, source, tmp_path):
     second = tmp_path / "second"
-    sh(["make", "smoke", f"DIR={second}"], cwd=ROOT)
+    sh(["make", "smoke", f"DIR={second}"], cwd=source)
     assert metrics_of(second) == metrics_of(smoke[0])
     assert set(metrics_of(second)) == {
         "data.json",
@@ -394,8 +421,8 @@ def test_two_smoke_runs_from_scratch_give_identical_metrics(smoke, tmp_path):
     }
 
 
-def test_smoke_params_in_place_is_the_edit_make_smoke_makes(smoke, tmp_path):
-    repo = clone(tmp_path / "repo")
+def test_smoke_params_in_place_is_the_edit_make_smoke_makes(smoke, source, tmp_path):
+    repo = clone(source, tmp_path / "repo")
     before = (repo / "params.yaml").read_text()
     sh(["make", "smoke-params"], cwd=repo)
     after = (repo / "params.yaml").read_text()
@@ -662,3 +689,19 @@ def test_experiments_from_two_machines_meet_in_a_third(smoke, tmp_path):
     model = (third / "models/finetuned/model.safetensors").read_bytes()
     assert model == produced["machine-b"]["model"]
     assert metrics_of(third) == produced["machine-b"]["metrics"]
+
+
+def test_the_e2e_tests_run_the_working_tree_uncommitted_changes_included(tmp_path, monkeypatch):
+    """An edit not committed (here: a new file and a changed one in a scratch checkout) is in
+    the repository the e2e tests clone; a file deleted from the working tree is not."""
+    work = tmp_path / "work"
+    sh(["git", "clone", "--quiet", str(ROOT), str(work)], cwd=tmp_path)
+    (work / "stages/prepare.py").write_text((work / "stages/prepare.py").read_text() + "# edit\n")
+    (work / "NEW_FILE.md").write_text("not committed\n")
+    (work / "Makefile").unlink()
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", work)
+    snapshot = snapshot_working_tree(tmp_path / "snapshot")
+    assert (snapshot / "stages/prepare.py").read_text().endswith("# edit\n")
+    assert (snapshot / "NEW_FILE.md").read_text() == "not committed\n"
+    assert not (snapshot / "Makefile").exists()
+    assert sh(["git", "status", "--porcelain"], cwd=snapshot) == ""

@@ -18,8 +18,11 @@ from pubmedqa_gpt2.io import md5_of
 from pubmedqa_gpt2.paths import OFFICIAL_FILE
 
 
-def download_verified(url: str, md5: str, target: Path, timeout: float = 60.0) -> None:
-    """Download `url` to `target` if its md5 is `md5`; otherwise write nothing and fail."""
+def download_verified(
+    url: str, md5: str, target: Path, timeout: float = 60.0, pin: str = "data.md5"
+) -> None:
+    """Download `url` to `target` if its md5 is `md5` (named `pin` in errors); otherwise
+    write nothing and fail."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
@@ -28,11 +31,11 @@ def download_verified(url: str, md5: str, target: Path, timeout: float = 60.0) -
                 out.write(block)
         actual = md5_of(Path(tmp))
         if actual != md5:
-            raise StageError(f"{url}: downloaded file has md5 {actual}, data.md5 pins {md5}")
+            raise StageError(f"{url}: downloaded file has md5 {actual}, {pin} pins {md5}")
         os.replace(tmp, target)
     except OSError as exc:  # URLError, timeouts and HTTP errors are OSErrors
         raise StageError(
-            f"{url}: cannot download ({exc}); offline, copy the official ori_pqal.json "
+            f"{url}: cannot download ({exc}); offline, copy the official {target.name} "
             f"to {target} (see README)"
         ) from None
     finally:
@@ -40,15 +43,18 @@ def download_verified(url: str, md5: str, target: Path, timeout: float = 60.0) -
             os.unlink(tmp)
 
 
-def ensure_official_file(url: str, md5: str, target: Path = OFFICIAL_FILE) -> str:
-    """Check a local copy of the official file, or download it; returns what was done."""
+def ensure_official_file(
+    url: str, md5: str, target: Path = OFFICIAL_FILE, pin: str = "data.md5"
+) -> str:
+    """Check a local copy of the official file, or download it; returns what was done.
+    `pin` names where `md5` comes from, in errors (the tests fetch a second pinned file)."""
     if target.is_file():
         actual = md5_of(target)
         if actual != md5:
             raise StageError(
-                f"{target}: md5 is {actual}, but data.md5 pins {md5}: this is not the official "
-                "ori_pqal.json; delete it to download the official one"
+                f"{target}: md5 is {actual}, but {pin} pins {md5}: this is not the official "
+                f"{target.name}; delete it to download the official one"
             )
         return f"{target}: local copy, md5 {md5} verified"
-    download_verified(url, md5, target)
+    download_verified(url, md5, target, pin=pin)
     return f"{target}: downloaded from {url}, md5 {md5} verified"

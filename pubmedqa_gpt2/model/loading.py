@@ -9,6 +9,7 @@ Never `trust_remote_code`; weights are safetensors only.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pubmedqa_gpt2.config import ModelParams
@@ -60,15 +61,32 @@ def random_config(params: ModelParams):
     return config
 
 
+def init_device():
+    """Where random weights are drawn: this process's GPU when there is one, else the CPU.
+
+    GPT-2 Large's 774M weights take about 12 s on one CPU core and a fraction of a second on a
+    GPU. Every stage that builds the base model on a machine draws it on the same kind of device
+    with the same seed, so evaluate@base scores the weights train starts from; weights drawn on
+    a GPU differ from those drawn on a CPU (another random generator), as any GPU result does.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def build_model(params: ModelParams, dtype=None):
-    """The model before fine-tuning: pretrained weights or a seeded random initialisation."""
+    """The model before fine-tuning: pretrained weights or a seeded random initialisation,
+    drawn in fp32 on `init_device()` (then cast to `dtype`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     if params.init == "random":
         config = random_config(params)
         torch.manual_seed(params.seed)
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+        with init_device():
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
         return model if dtype is None else model.to(dtype)
     if params.overrides:
         raise StageError("model.overrides: only used with model.init=random; set it to {}")
