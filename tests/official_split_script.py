@@ -1,7 +1,7 @@
 """PubMedQA's `preprocess/split_dataset.py`, restated as the benchmark's authors wrote it.
 
-Independent of `pubmedqa_gpt2/data/split.py` on purpose: the tests compare the stage's split with what
-this script gives, so it keeps the original's shape (a dataset dict in file order, one
+Independent of `pubmedqa_gpt2/data/split.py` on purpose: the tests compare the stage's split
+with what this script gives, so it keeps the original's shape (a dataset dict in file order, one
 module-level random state seeded once with 0, labels in the order yes, no, maybe, the last
 part topped up from the others) rather than sharing any code with the project.
 """
