@@ -6,7 +6,7 @@ GPT2_TOKENIZER_DIR ?= ../shared/gpt2-tokenizer
 export PUBMEDQA_DIR := $(abspath $(PUBMEDQA_DIR))
 export GPT2_TOKENIZER_DIR := $(abspath $(GPT2_TOKENIZER_DIR))
 
-.PHONY: test offline-data smoke-params smoke bench gpu-kit cpu-large
+.PHONY: test offline-data smoke-params smoke bench gpu-kit cpu-large plots-template
 
 test:
 	$(PYTHON) -m pytest
@@ -26,6 +26,11 @@ smoke:
 	git clone --quiet "$(CURDIR)" "$(DIR)"
 	$(MAKE) -C "$(DIR)" offline-data smoke-params
 	cd "$(DIR)" && dvc repro
+
+# The page `dvc plots show/diff` fill, vega inlined (no network): rebuild it from the pinned
+# vl-convert-python (the dev extra) and commit it; .dvc/config names it.
+plots-template:
+	$(PYTHON) -m pubmedqa_gpt2.plots_template
 
 bench:
 	$(PYTHON) -m bench.cpu

@@ -22,7 +22,7 @@ STAGES, LIBRARY = "stages", "pubmedqa_gpt2"
 # independent of each other (training never imports evaluation, data never imports model).
 LAYERS = [
     ["cli"],
-    ["training", "evaluation", "summary", "smoke_params"],
+    ["training", "evaluation", "summary", "smoke_params", "plots_template"],
     ["data", "model"],
     ["config", "prompt", "devices", "memory"],
     ["errors", "io", "paths"],

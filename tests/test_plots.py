@@ -1,0 +1,251 @@
+"""`dvc plots show/diff` pages render with no network: the committed template inlines vega,
+.dvc/config names it, the page DVC writes from it loads nothing from the network, and (where a
+headless Chromium is installed) a screenshot of the page is not blank."""
+
+from __future__ import annotations
+
+import configparser
+import re
+import shutil
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pubmedqa_gpt2 import plots_template
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ROOT / plots_template.TEMPLATE
+CHROMIUM = Path("/usr/bin/chromium")
+
+# Absolute URLs the bundle holds that are never loaded: XML namespaces, the `$schema` of the
+# specs, vega-embed's "Open in Vega Editor" (only on a click), an issue cited in a message.
+INERT_URLS = (
+    "http://www.w3.org/",
+    "https://vega.github.io/schema/",
+    "https://vega.github.io/editor/",
+    "https://github.com/vega/vega-lite/issues/",
+)
+
+
+def network_references(page: str) -> list[str]:
+    """What in an HTML page could load something from the network."""
+    found = []
+    attribute = re.compile(r"""\b(?:src|href|action|data|poster)\s*=\s*["']?\s*(?:https?:)?//""")
+    found += [m.group(0) for m in attribute.finditer(page)]
+    found += [m.group(0) for m in re.compile(r"url\(\s*[\"']?\s*(?:https?:)?//").finditer(page)]
+    found += [m.group(0) for m in re.compile(r"@import\s+[\"']?(?:https?:)?//").finditer(page)]
+    found += [
+        f"cdn: ...{page[m.start() - 40 : m.end() + 40]}..." for m in re.finditer("cdn", page, re.I)
+    ]
+    found += [
+        url
+        for url in re.findall(r"""https?://[^\s"'`)<>]+""", page)
+        if not url.startswith(INERT_URLS)
+    ]
+    return found
+
+
+def test_the_check_catches_what_it_guards():
+    page = TEMPLATE.read_text(encoding="utf-8")
+    assert network_references(page) == []
+    for tag in (
+        '<script src="https://cdn.jsdelivr.net/npm/vega@5.20.2"></script>',
+        '<script src="//example.org/vega.js"></script>',
+        '<link rel="stylesheet" href="http://example.org/a.css">',
+        "<style>@import url(https://example.org/a.css);</style>",
+        "<script>fetch('https://example.org/data.json')</script>",
+    ):
+        assert network_references(page.replace("</head>", tag + "\n</head>")) != [], tag
+
+
+def test_the_committed_template_loads_nothing_from_the_network():
+    page = TEMPLATE.read_text(encoding="utf-8")
+    assert network_references(page) == []
+    assert "{plot_divs}" in page
+    assert "{scripts}" not in page  # where DVC puts its CDN script tags
+    assert "window.vegaEmbed=" in page
+
+
+def test_the_committed_template_is_what_the_builder_builds():
+    pytest.importorskip("vl_convert", reason="vl-convert-python (dev extra) builds the template")
+    assert TEMPLATE.read_text(encoding="utf-8") == plots_template.build(), (
+        "reports/plots_template.html is stale: run `make plots-template` and commit it"
+    )
+
+
+def test_the_builder_bundles_the_vega_lite_dvc_render_emits():
+    from dvc_render.vega_templates import LinearTemplate
+
+    schema = LinearTemplate.DEFAULT_CONTENT["$schema"]
+    major = plots_template.VEGA_LITE_VERSION.split(".")[0]
+    assert schema.endswith(f"/vega-lite/v{major}.json"), schema
+
+
+def test_dvc_config_names_the_template():
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".dvc/config")
+    path = config["plots"]["html_template"]
+    assert (ROOT / ".dvc" / path).resolve() == TEMPLATE.resolve()
+
+
+def test_plot_titles_and_labels_are_words():
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    titles = {}
+    for entry in pipeline["plots"]:
+        ((plot_id, props),) = entry.items()
+        if "title" in props:
+            titles[plot_id] = props["title"]
+            assert props.get("x_label") and props.get("y_label"), plot_id
+    metrics = "dvclive/plots/metrics/"
+    assert titles[metrics + "train/loss.tsv"] == "Training loss"
+    assert titles[metrics + "eval/loss.tsv"] == "Dev loss"
+    assert titles[metrics + "eval/accuracy.tsv"] == "Dev accuracy"
+    evaluate = pipeline["stages"]["evaluate"]
+    (confusion,) = [next(iter(p.values())) for p in evaluate["do"]["plots"]]
+    assert confusion["title"] == "Confusion matrix, ${item.title}"
+    names = {key: item["title"] for key, item in evaluate["foreach"].items()}
+    assert names == {"base": "base", "finetuned": "fine-tuned"}
+    assert confusion["x_label"] and confusion["y_label"]
+
+
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=True)
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory) -> Path:
+    """`dvc plots show` in a small git+dvc repository with this repository's config and
+    template, a training curve and a confusion matrix like the pipeline's."""
+    repo = tmp_path_factory.mktemp("plots") / "repo"
+    repo.mkdir()
+    run(["git", "init", "-q"], repo)
+    run([sys.executable, "-m", "dvc", "init", "-q"], repo)
+    shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")
+    (repo / "reports").mkdir()
+    shutil.copy(TEMPLATE, repo / plots_template.TEMPLATE)
+    curve = repo / "dvclive/plots/metrics/train/loss.tsv"
+    curve.parent.mkdir(parents=True)
+    curve.write_text("timestamp\tstep\tloss\n1\t2\t2.5\n2\t4\t1.9\n3\t6\t1.2\n")
+    (repo / "confusion.json").write_text(
+        '[{"actual": "yes", "predicted": "yes"}, {"actual": "no", "predicted": "yes"},'
+        ' {"actual": "maybe", "predicted": "no"}, {"actual": "no", "predicted": "no"}]'
+    )
+    (repo / "dvc.yaml").write_text(
+        "plots:\n"
+        "  - dvclive/plots/metrics/train/loss.tsv:\n"
+        "      {x: step, y: loss, title: Training loss, x_label: Optimizer step,"
+        " y_label: Cross-entropy loss}\n"
+        "  - confusion.json:\n"
+        "      {template: confusion, x: actual, y: predicted,"
+        " title: 'Confusion matrix, fine-tuned', x_label: Actual answer,"
+        " y_label: Predicted answer}\n"
+    )
+    shown = run([sys.executable, "-m", "dvc", "plots", "show"], repo)
+    assert "failed to load" not in shown.stderr + shown.stdout
+    return repo / "dvc_plots/index.html"
+
+
+def test_dvc_plots_show_writes_a_page_that_loads_nothing_from_the_network(page):
+    html = page.read_text(encoding="utf-8")
+    assert network_references(html) == []
+    assert html.count("window.vegaEmbed=") == 1  # the inlined bundle
+    assert html.count("vegaEmbed('#") == 2  # one per plot
+    for words in ("Training loss", "Optimizer step", "Confusion matrix, fine-tuned"):
+        assert words in html, words
+
+
+def non_white_fraction(png: bytes) -> float:
+    """The fraction of pixels of an 8-bit RGB/RGBA PNG that are not near-white (no PIL)."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, header = 8, b"", None
+    while pos < len(png):
+        length = int.from_bytes(png[pos : pos + 4], "big")
+        kind, body = png[pos + 4 : pos + 8], png[pos + 8 : pos + 8 + length]
+        header = body if kind == b"IHDR" else header
+        idat += body if kind == b"IDAT" else b""
+        pos += 12 + length
+    width, height = int.from_bytes(header[:4], "big"), int.from_bytes(header[4:8], "big")
+    depth, color = header[8], header[9]
+    assert depth == 8 and color in (2, 6), (depth, color)
+    channels = 3 if color == 2 else 4
+    raw, stride = zlib.decompress(idat), width * channels
+    previous, rows = bytearray(stride), []
+    for y in range(height):
+        line = raw[y * (stride + 1) : (y + 1) * (stride + 1)]
+        kind, data, row = line[0], line[1:], bytearray(stride)
+        for i in range(stride):
+            a = row[i - channels] if i >= channels else 0
+            b, c = previous[i], previous[i - channels] if i >= channels else 0
+            if kind == 0:
+                p = 0
+            elif kind == 1:
+                p = a
+            elif kind == 2:
+                p = b
+            elif kind == 3:
+                p = (a + b) // 2
+            else:
+                pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
+                p = a if pa <= pb and pa <= pc else b if pb <= pc else c
+            row[i] = (data[i] + p) & 0xFF
+        rows.append(row)
+        previous = row
+    dark = sum(
+        1 for row in rows for x in range(width) if min(row[x * channels : x * channels + 3]) < 200
+    )
+    return dark / (width * height)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no headless Chromium at /usr/bin/chromium")
+def test_a_screenshot_of_the_page_is_not_blank(page, tmp_path):
+    shot = tmp_path / "page.png"
+    subprocess.run(
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=800,600",
+            "--virtual-time-budget=5000",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    # Axes, lines and labels cover more than a sliver of the page; a page whose scripts
+    # failed to load is white.
+    assert non_white_fraction(shot.read_bytes()) > 0.005
+
+
+def test_the_blank_check_tells_a_chart_from_a_blank_page():
+    vlc = pytest.importorskip("vl_convert", reason="vl-convert-python renders the sample PNGs")
+    values = [{"step": 2, "loss": 2.5}, {"step": 4, "loss": 1.9}, {"step": 6, "loss": 1.2}]
+    chart = {
+        "data": {"values": values},
+        "mark": "line",
+        "encoding": {
+            "x": {"field": "step", "type": "quantitative"},
+            "y": {"field": "loss", "type": "quantitative"},
+        },
+        "background": "white",
+    }
+    blank = {
+        "data": {"values": []},
+        "mark": "point",
+        "width": 300,
+        "height": 200,
+        "background": "white",
+    }
+    assert non_white_fraction(vlc.vegalite_to_png(chart, vl_version="5.21")) > 0.005
+    assert non_white_fraction(vlc.vegalite_to_png(blank, vl_version="5.21")) < 0.005
