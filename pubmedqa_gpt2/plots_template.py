@@ -4,8 +4,11 @@ inlined, so the plots render with no network (DVC's own page loads them from a C
 The scripts are the bundle that the pinned vl-convert-python ships, with the vega-lite
 version dvc-render's templates declare (`$schema` .../vega-lite/v5.json). The page has DVC's
 `{plot_divs}` placeholder but no `{scripts}`: DVC puts its CDN script tags there. The bundle
-runs in a function of its own (it sets window.vega, vegaLite, vegaEmbed), so its top-level
-names never clash with the `var spec` of DVC's plot divs.
+runs in a function of its own, so its top-level names never clash with the `var spec` of DVC's
+plot divs; it sets window.vegaEmbed, all those divs call (in this release window.vega and
+window.vegaLite are null: vega-embed holds its own). vega-lite 5.21 compiles to Vega v5 specs
+and the bundle's vega is 6.2.0: vega-embed warns so in the browser console; vl-convert draws
+such specs with that same vega.
 
     python -m pubmedqa_gpt2.plots_template        # (re)writes reports/plots_template.html
 
