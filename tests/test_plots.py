@@ -1,10 +1,12 @@
 """`dvc plots show/diff` pages render with no network: the committed template inlines vega,
-.dvc/config names it, the page DVC writes from it loads nothing from the network, and (where a
-headless Chromium is installed) a screenshot of the page is not blank."""
+.dvc/config names it, the page DVC writes from it loads nothing from the network, its own
+scripts draw its plots (in Node, where installed), and (where a headless Chromium is
+installed) a screenshot of the page is not blank."""
 
 from __future__ import annotations
 
 import configparser
+import json
 import re
 import shutil
 import subprocess
@@ -156,6 +158,29 @@ def test_dvc_plots_show_writes_a_page_that_loads_nothing_from_the_network(page):
     assert html.count("vegaEmbed('#") == 2  # one per plot
     for words in ("Training loss", "Optimizer step", "Confusion matrix, fine-tuned"):
         assert words in html, words
+
+
+NODE = shutil.which("node")
+
+
+@pytest.mark.skipif(NODE is None, reason="no node to run the page's scripts")
+def test_the_page_s_own_scripts_draw_every_plot(page):
+    """The inlined vega draws both plots (tests/render_page.js: Node, a stub DOM, no network):
+    the curve's three points joined, the matrix's cells, the titles and labels in words."""
+    out = subprocess.run(
+        [NODE, str(ROOT / "tests/render_page.js"), str(page)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    plots = {p["title"]: p for p in map(json.loads, out.stdout.splitlines())}
+    assert sorted(plots) == ["Confusion matrix, fine-tuned", "Training loss"]
+    curve, matrix = plots["Training loss"], plots["Confusion matrix, fine-tuned"]
+    assert curve["line_vertices"] == 3
+    assert {"Optimizer step", "Cross-entropy loss"} <= set(curve["texts"])
+    assert matrix["rects"] >= 4
+    assert {"Actual answer", "Predicted answer", "maybe", "no", "yes"} <= set(matrix["texts"])
 
 
 def non_white_fraction(png: bytes) -> float:
