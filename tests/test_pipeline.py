@@ -215,17 +215,19 @@ def test_repro_from_nothing_produces_every_output_then_runs_nothing(smoke, pubme
     assert len(dev_loss) == 2 and dev_loss[-1] < dev_loss[0]  # smoke.yaml: 2 epochs
     assert ran_stages(sh(["dvc", "repro"], cwd=repo)) == []
     assert "up to date" in sh(["dvc", "status"], cwd=repo)
-    # `dvc plots show` renders both confusion matrices and the training curves.
-    sh(["dvc", "plots", "show", "-o", str(repo.parent / "plots")], cwd=repo)
+    # `dvc plots show` renders both confusion matrices and the training curves, titled in words.
+    shown = sh(["dvc", "plots", "show", "-o", str(repo.parent / "plots")], cwd=repo)
+    assert "failed to load" not in shown
     page = (repo.parent / "plots/index.html").read_text()
-    for plot in (
-        "eval_base_confusion_json",
-        "eval_finetuned_confusion_json",
-        "dvclive/plots/metrics/train/loss.tsv",
-        "dvclive/plots/metrics/eval/loss.tsv",
-        "dvclive/plots/metrics/eval/accuracy.tsv",
+    for plot, title in (
+        ("eval_base_confusion_json", "Confusion matrix, base"),
+        ("eval_finetuned_confusion_json", "Confusion matrix, fine-tuned"),
+        ("dvclive_plots_metrics_train_loss_tsv", "Training loss"),
+        ("dvclive_plots_metrics_eval_loss_tsv", "Dev loss"),
+        ("dvclive_plots_metrics_eval_accuracy_tsv", "Dev accuracy"),
     ):
-        assert plot in page, plot
+        assert f'<div id = "{plot}"' in page, plot
+        assert title in page, title
 
 
 def test_exp_run_set_param_reruns_only_train_and_its_evaluation(smoke, tmp_path):
