@@ -49,6 +49,7 @@ NO_TOKENIZER = (
     "GPT-2 tokenizer not found: set GPT2_TOKENIZER_DIR to a copy (../shared/gpt2-tokenizer), "
     "or leave it unset and run once with a network to fetch it"
 )
+NO_CHROMIUM = "no headless Chromium at /usr/bin/chromium"
 needs_pubmedqa = pytest.mark.skipif(PUBMEDQA_DIR is None, reason=NO_PUBMEDQA)
 needs_tokenizer = pytest.mark.skipif(TOKENIZER_DIR is None, reason=NO_TOKENIZER)
 

@@ -19,6 +19,8 @@ import yaml
 
 from pubmedqa_gpt2 import plots_template
 
+from .conftest import NO_CHROMIUM
+
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / plots_template.TEMPLATE
 CHROMIUM = Path("/usr/bin/chromium")
@@ -225,7 +227,7 @@ def non_white_fraction(png: bytes) -> float:
     return dark / (width * height)
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="no headless Chromium at /usr/bin/chromium")
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=NO_CHROMIUM)
 def test_a_screenshot_of_the_page_is_not_blank(page, tmp_path):
     shot = tmp_path / "page.png"
     subprocess.run(
