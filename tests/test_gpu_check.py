@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
 
 from bench import gpu_check, gpu_kit
 from pubmedqa_gpt2.config import load_params
@@ -247,6 +248,12 @@ def kit() -> Path:
     ).hexdigest()[:12]
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pubmedqa-gpt2"
     folder = cache / f"gpu-kit-{key}"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{folder}.lock"):  # pytest-xdist: one worker builds, the others wait
+        return _built_kit(folder)
+
+
+def _built_kit(folder: Path) -> Path:
     if not (folder / "requirements.txt").is_file():
         built = subprocess.run(
             [sys.executable, "-m", "bench.gpu_kit", str(folder)],

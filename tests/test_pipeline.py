@@ -162,14 +162,37 @@ def commit_all(repo: Path, message: str) -> None:
     sh(["git", "commit", "--quiet", "-m", message], cwd=repo)
 
 
-@pytest.fixture(scope="module")
+def once_per_session(tmp_path_factory, name: str, make) -> Path:
+    """`make(folder)` run once per test session, also under pytest-xdist: the first worker
+    that asks makes it under a file lock in the run's shared temporary folder; the others wait
+    for it and reuse it. Returns the folder, which its users only read (or copy)."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the folder every worker's own basetemp lies in
+    folder, done = shared / name, shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed attempt left
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
+@pytest.fixture(scope="session")
 def smoke(source, tmp_path_factory) -> tuple[Path, str]:
-    """`make smoke DIR=...` once for the module, from the code under test; the result is
-    committed in the clone."""
-    repo = tmp_path_factory.mktemp("smoke") / "repo"
-    output = sh(["make", "smoke", f"DIR={repo}"], cwd=source)
-    commit_all(repo, "smoke run")
-    return repo, output
+    """`make smoke DIR=...` once for the whole run, from the code under test; the result is
+    committed in the clone. Tests read it or work in a copy (`copy_of`), never in it."""
+
+    def make(folder: Path) -> None:
+        output = sh(["make", "smoke", f"DIR={folder / 'repo'}"], cwd=source)
+        commit_all(folder / "repo", "smoke run")
+        (folder / "output.txt").write_text(output)
+
+    folder = once_per_session(tmp_path_factory, "smoke", make)
+    return folder / "repo", (folder / "output.txt").read_text()
 
 
 def copy_of(smoke_repo: Path, dest: Path) -> Path:
@@ -178,8 +201,9 @@ def copy_of(smoke_repo: Path, dest: Path) -> Path:
     return dest
 
 
-def test_repro_from_nothing_produces_every_output_then_runs_nothing(smoke, pubmedqa_dir):
-    repo, output = smoke
+def test_repro_from_nothing_produces_every_output_then_runs_nothing(smoke, pubmedqa_dir, tmp_path):
+    output = smoke[1]
+    repo = copy_of(smoke[0], tmp_path / "repo")  # byte for byte; dvc runs here, not in smoke
     assert sorted(ran_stages(output)) == sorted(ALL_STAGES)
     for path in (
         "models/finetuned/model.safetensors",
@@ -536,6 +560,7 @@ def committed_json(repo: Path, rev: str, path: str) -> dict:
     return json.loads(sh(["git", "show", f"{rev}:{path}"], cwd=repo))
 
 
+@pytest.mark.xdist_group("seed_sweep")  # one sweep, made on one worker
 def test_seed_sweep_summary_equals_the_experiments_metrics_files(seed_sweep):
     repo = seed_sweep
     revs = experiment_revs(repo)
@@ -591,6 +616,7 @@ def readme_command(prefix: str) -> list[str]:
     raise AssertionError(f"README.md has no line starting with {prefix!r}")
 
 
+@pytest.mark.xdist_group("seed_sweep")  # one sweep, made on one worker
 def test_the_readme_experiments_table_fits_120_columns(seed_sweep):
     repo = seed_sweep
     command = readme_command("dvc exp show --drop")
