@@ -571,7 +571,8 @@ def test_seed_sweep_summary_equals_the_experiments_metrics_files(seed_sweep):
         assert (stats["min"], stats["max"]) == pytest.approx((min(values), max(values)))
     assert len(set(expected["accuracy"])) > 1  # the seeds did change the runs
     table = sh(["pubmedqa-gpt2", "summary", "--over", "train.seed"], cwd=repo)
-    assert "| n | accuracy |" in table and "| 3 |" in table
+    assert "| metric | n | mean | sd | min | max |" in table and "| accuracy | 3 |" in table
+    assert all(name in table for name in revs)  # each group names its experiments
     print(table)  # quoted in the issue note (pytest -s)
 
 
@@ -581,31 +582,55 @@ def committed_json_params(repo: Path, rev: str) -> dict:
     return yaml.safe_load(sh(["git", "show", f"{rev}:params.yaml"], cwd=repo))
 
 
-def readme_command(prefix: str) -> list[str]:
-    """The README's command line that starts with `prefix`, split as a shell would."""
-    import shlex
-
+def readme_line(prefix: str) -> str:
+    """The README's command line that starts with `prefix`, less its comment."""
     for line in (ROOT / "README.md").read_text().splitlines():
         if line.startswith(prefix):
-            return shlex.split(line.split("  #")[0])
+            return line.split("  #")[0].strip()
     raise AssertionError(f"README.md has no line starting with {prefix!r}")
 
 
-def test_the_readme_experiments_table_fits_120_columns(seed_sweep):
+def test_the_readme_experiments_table_fits_100_columns(seed_sweep):
+    """The README's `dvc exp show` line on three experiments: within 100 columns, nothing cut
+    short, columns in reading order (value, change, interval, p), accuracy to 3 significant
+    digits and McNemar's p to 2; and plain `dvc exp show` names no experiment at 160 columns,
+    as the README says."""
     repo = seed_sweep
-    command = readme_command("dvc exp show --drop")
-    shown = sh(command, cwd=repo, env={"COLUMNS": "120"})
+    shown = sh(readme_line("dvc exp show --csv"), cwd=repo, env={"COLUMNS": "100"})
+    print(shown)  # quoted in the issue note (pytest -s)
     lines = [line for line in shown.splitlines() if line.strip()]
-    assert max(len(line) for line in lines) <= 120, shown
+    assert max(len(line) for line in lines) <= 100, shown
     assert "…" not in shown, shown  # no column cut short
-    for column in ("Experiment", "accuracy.tuned", "accuracy.diff", "accuracy.low", "mcnemar.p"):
-        assert column in shown, column
-    for name, rev in experiment_revs(repo).items():
-        (row,) = [line for line in lines if f"[{name}]" in line]
+    header = lines[0].split()
+    order = ["accuracy.tuned", "accuracy.diff", "accuracy.low", "accuracy.high", "mcnemar.p"]
+    assert header == ["Experiment", "rev", *order], header
+    revs = experiment_revs(repo)
+    for name, rev in revs.items():
+        (row,) = [line.split() for line in lines if line.startswith(name + " ")]
         compare = committed_json(repo, rev, "metrics/compare.json")
-        accuracy = compare["accuracy"]
-        for value in (accuracy["tuned"], accuracy["diff"], accuracy["low"], accuracy["high"]):
-            assert f"{value:.5g}" in row, (value, row)
+        accuracy, p = compare["accuracy"], compare["mcnemar"]["p"]
+        assert p == float(f"{p:.2g}"), p  # stored to 2 significant digits
+        expected = [accuracy[k] for k in ("tuned", "diff", "low", "high")] + [p]
+        assert [float(cell) for cell in row[2:]] == [float(f"{v:.3g}") for v in expected], row
+    plain = sh(["dvc", "exp", "show", "--no-pager"], cwd=repo, env={"COLUMNS": "160"})
+    assert not any(name in plain for name in revs), plain  # the README's reason to use --keep
+
+    # `dvc metrics diff` of the baseline commit and an experiment, as the README writes it.
+    name = sorted(revs)[0]
+    command = readme_line("dvc metrics diff").replace("lr-1e-5", name)
+    diff = sh(command, cwd=repo, env={"COLUMNS": "100"})
+    print(diff)
+    assert "failed to load" not in diff and "accuracy.diff" in diff, diff
+    assert max(len(line) for line in diff.splitlines()) <= 100, diff
+    plots = sh(readme_line("dvc plots diff").replace("lr-1e-5", name), cwd=repo)
+    assert "failed to load" not in plots and "index.html" in plots, plots
+
+    # `summary`'s text: within 120 columns, naming each group's experiments.
+    text = sh(["pubmedqa-gpt2", "summary", "--over", "train.seed"], cwd=repo)
+    print(text)
+    assert max(len(line) for line in text.splitlines()) <= 120, text
+    assert "3 experiments: " in text and all(name in text for name in revs), text
+    assert "| accuracy | 3 |" in text, text
 
 
 # ---- Training learns: 450 questions, a small model, through the pipeline ----
