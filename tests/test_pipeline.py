@@ -132,6 +132,26 @@ def test_a_changed_official_file_is_an_error(source, tmp_path):
     assert "not the official ori_pqal.json" in out
 
 
+def test_offline_without_the_local_copy_fails_at_once_pointing_to_make_offline_data(
+    source, tmp_path
+):
+    """`dvc repro` offline (HF_HUB_OFFLINE=1) in a fresh clone without `make offline-data`:
+    it fails within seconds with one line naming `make offline-data` and HF_HUB_OFFLINE,
+    without trying the network (here an address that never answers)."""
+    repo = tmp_path / "repo"
+    sh(["git", "clone", "--quiet", str(source), str(repo)], cwd=tmp_path)
+    sh([sys.executable, "-c", SET_PARAM, "data.url", "http://10.255.255.1/ori_pqal.json"], cwd=repo)
+    started = time.monotonic()
+    output = sh(["dvc", "repro"], cwd=repo, check=False)
+    elapsed = time.monotonic() - started
+    print(f"{elapsed:.1f} s:", output)  # quoted in the issue note (pytest -s)
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output
+    assert "no local copy, and HF_HUB_OFFLINE is set" in errors[0]
+    assert "make offline-data" in errors[0]
+    assert "Traceback" not in output and elapsed < 30, (elapsed, output)
+
+
 # ---- The smoke pipeline: dvc repro, experiments, commits, queues, remotes ----
 
 
@@ -181,6 +201,20 @@ def copy_of(smoke_repo: Path, dest: Path) -> Path:
 def test_repro_from_nothing_produces_every_output_then_runs_nothing(smoke, pubmedqa_dir):
     repo, output = smoke
     assert sorted(ran_stages(output)) == sorted(ALL_STAGES)
+    # A quiet console: the Trainer's figures in its bar, not as dict lines; the dev
+    # evaluation's bars; neither known-harmless transformers warning.
+    assert "{'loss'" not in output and "{'eval_loss'" not in output
+    assert "dev accuracy: " in output and "loss=" in output
+    assert "missing keys" not in output and "loss_type" not in output
+    # The closing hint names every file the run changed that git keeps (the smoke fixture
+    # committed exactly those), and DVC's own hint, which named dvc.lock alone, is gone.
+    assert "To track the changes with git" not in output
+    (add,) = [line.strip() for line in output.splitlines() if line.strip().startswith("git add")]
+    named = add.removeprefix("git add ").split()
+    changed = sh(["git", "diff", "--name-only", "HEAD~1", "HEAD"], cwd=repo).split()
+    assert "dvc.lock" in changed and "metrics/compare.json" in changed
+    for path in changed:
+        assert any(path == n or path.startswith(n + "/") for n in named), (path, add)
     for path in (
         "models/finetuned/model.safetensors",
         "models/finetuned/README.md",
@@ -403,10 +437,29 @@ def test_push_to_a_local_remote_then_pull_into_a_fresh_clone(smoke, tmp_path):
     sh(["dvc", "push"], cwd=repo)
     fresh = tmp_path / "fresh"
     sh(["git", "clone", "--quiet", str(repo), str(fresh)], cwd=tmp_path)
+    # The model registry: a version of the fine-tuned model is a git tag in GTO's form, and
+    # `dvc artifacts get` fetches it by name from the DVC remote (the fresh clone has no cache).
+    sh(["git", "tag", "-a", "pubmedqa-gpt2@v0.1.0", "-m", "smoke model"], cwd=fresh)
+    (declared,) = [a for a in read_artifacts(fresh) if a.path == "models/finetuned"]
+    assert declared.type == "model" and declared.desc
+    assert {"base=gpt2", "data=pubmedqa-pqa-l", "lora=false"} <= set(declared.labels)
+    got = tmp_path / "got"
+    sh(["dvc", "artifacts", "get", str(fresh), "pubmedqa-gpt2", "-o", str(got)], cwd=tmp_path)
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "README.md"):
+        assert (got / name).read_bytes() == (repo / "models/finetuned" / name).read_bytes()
+    assert not (fresh / ".dvc/cache").exists()  # it came from the remote
     sh(["dvc", "pull"], cwd=fresh)
     assert "up to date" in sh(["dvc", "status"], cwd=fresh)
     assert ran_stages(sh(["dvc", "repro"], cwd=fresh)) == []
     assert metrics_of(fresh) == metrics_of(repo)
+
+
+def read_artifacts(repo: Path) -> list:
+    """The artifacts dvc.yaml declares, as DVC reads them (params interpolated)."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc:
+        return list(dvc.artifacts.read()["dvc.yaml"].values())
 
 
 def test_two_smoke_runs_from_scratch_give_identical_metrics(smoke, source, tmp_path):
