@@ -45,10 +45,11 @@ def atomic_file(target: Path | str, mode: str = "w") -> Iterator[Any]:
     os.replace(tmp, target)
 
 
-def write_json(path: Path | str, data: Any) -> None:
-    """Pretty, key-sorted JSON, written atomically (metrics, predictions)."""
+def write_json(path: Path | str, data: Any, sort_keys: bool = True) -> None:
+    """Pretty JSON, keys sorted unless `sort_keys` is False (then in `data`'s order), written
+    atomically (metrics, predictions)."""
     with atomic_file(path) as f:
-        json.dump(data, f, indent=2, sort_keys=True, ensure_ascii=False)
+        json.dump(data, f, indent=2, sort_keys=sort_keys, ensure_ascii=False)
         f.write("\n")
 
 

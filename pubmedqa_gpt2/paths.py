@@ -30,14 +30,15 @@ FINETUNED = Path("models/finetuned")
 CHECKPOINTS = Path("models/checkpoints")  # not a DVC output: DVC never deletes it
 DVCLIVE = Path("dvclive")
 TRAIN_METRICS = METRICS_DIR / "train.json"
-TRAIN_PERF = Path("perf/train.json")  # timings, devices, memory: an output, not a metric
+PERF_DIR = Path("perf")
+TRAIN_PERF = PERF_DIR / "train.json"  # timings, devices, memory: an output, not a metric
 
 # pretrain (phase 1)
 PHASE1_MODEL = Path("models/phase1")
 PHASE1_CHECKPOINTS = Path("models/checkpoints-phase1")
 PHASE1_DVCLIVE = Path("dvclive-pretrain")
 PRETRAIN_METRICS = METRICS_DIR / "pretrain.json"
-PRETRAIN_PERF = Path("perf/pretrain.json")
+PRETRAIN_PERF = PERF_DIR / "pretrain.json"
 
 # evaluate, compare, report
 EVAL_DIR = Path("eval")
@@ -59,3 +60,8 @@ COMPARE_SENTENCE = EVAL_DIR / "compare.txt"
 REFERENCE_FILE = Path("reports/reference.yaml")
 RESULTS_FILE = Path("reports/results.md")
 README = Path("README.md")
+
+# What git keeps of a run (the rest is in DVC's cache): the lock, the params it ran with, and
+# every `cache: false` output of dvc.yaml (metrics, perf, reports). The report stage's closing
+# hint names them.
+KEPT_IN_GIT = (Path("dvc.lock"), PARAMS_FILE, METRICS_DIR, PERF_DIR, Path("reports"))

@@ -3,7 +3,8 @@
 A sweep of seeds (or dev folds) is a set of DVC experiments that differ only in the swept
 params. This reads the experiments (`dvc exp show --json`), groups them by every param except
 the swept ones, and gives per group the number of runs and the mean, standard deviation
-(n - 1), min and max of each headline metric: a Markdown table for people, JSON for machines.
+(n - 1), min and max of each headline metric: Markdown for people (a table per group, its
+experiments named, within 120 columns), JSON for machines.
 
     dvc exp run --queue -S train.seed=0,1,2 && dvc queue start
     pubmedqa-gpt2 summary --over train.seed
@@ -15,6 +16,7 @@ import json
 import math
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -124,28 +126,25 @@ def summarize(experiments: Sequence[Experiment], over: Iterable[str]) -> list[di
     return out
 
 
+WIDTH = 120  # the text output fits a terminal this wide
+
+
 def markdown(groups: Sequence[dict[str, Any]], over: Sequence[str]) -> str:
-    """The groups as a Markdown table: one row per group, `mean ± sd (min–max)` per metric."""
-    param_keys = sorted({k for g in groups for k in g["params"]})
-    columns = [c for c, _, _ in HEADLINE if any(c in g["metrics"] for g in groups)]
-    header = [*param_keys, "n", *columns]
-    lines = [
-        f"Groups of experiments over {', '.join(over)}: mean ± sd (min–max) of n runs",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    for group in groups:
-        cells = [str(group["params"][k]) for k in param_keys] + [str(group["n"])]
-        for column in columns:
-            s = group["metrics"].get(column)
-            if s is None:
-                cells.append("")
-            elif s["sd"] is None:
-                cells.append(f"{s['mean']:.4f}")
-            else:
-                cells.append(f"{s['mean']:.4f} ± {s['sd']:.4f} ({s['min']:.4f}–{s['max']:.4f})")
-        lines.append("| " + " | ".join(cells) + " |")
+    """The groups in Markdown, one after the other, each a heading line (the params that set it
+    apart), the experiments it holds, and a table of one row per metric: n, mean, sd, min,
+    max. Lines stay within WIDTH columns, however many groups and metrics."""
+    lines = [f"Experiments over {', '.join(over)}, grouped by every other param"]
+    for number, group in enumerate(groups, start=1):
+        apart = ", ".join(f"{k}={v}" for k, v in group["params"].items())
+        lines += ["", f"## Group {number}" + (f": {apart}" if apart else "")]
+        names = f"{group['n']} experiments: " + ", ".join(group["experiments"])
+        lines += ["", *textwrap.wrap(names, WIDTH, break_on_hyphens=False)]
+        lines += ["", "| metric | n | mean | sd | min | max |", "|---|---|---|---|---|---|"]
+        for column, stats in group["metrics"].items():
+            sd = "" if stats["sd"] is None else f"{stats['sd']:.4f}"
+            figures = (f"{stats[k]:.4f}" for k in ("mean", "min", "max"))
+            mean, low, high = figures
+            lines.append(f"| {column} | {stats['n']} | {mean} | {sd} | {low} | {high} |")
     return "\n".join(lines)
 
 

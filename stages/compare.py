@@ -1,11 +1,18 @@
 """Stage `compare`: the fine-tuned model against the base model on the same test questions
-(`pubmedqa_gpt2/evaluation/compare.py`) -> `metrics/compare.json`, `eval/compare.txt`."""
+(`pubmedqa_gpt2/evaluation/compare.py`) -> `metrics/compare.json`, `eval/compare.txt` (the
+sentence and the method of its intervals)."""
 
 from __future__ import annotations
 
 from pubmedqa_gpt2.config import load_params
 from pubmedqa_gpt2.errors import run_stage
-from pubmedqa_gpt2.evaluation.compare import compare, pair_samples, read_samples, sentence
+from pubmedqa_gpt2.evaluation.compare import (
+    compare,
+    method,
+    pair_samples,
+    read_samples,
+    sentence,
+)
 from pubmedqa_gpt2.io import atomic_file, write_json
 from pubmedqa_gpt2.paths import COMPARE_METRICS, COMPARE_SENTENCE, EVALUATED, samples_file
 
@@ -13,9 +20,10 @@ from pubmedqa_gpt2.paths import COMPARE_METRICS, COMPARE_SENTENCE, EVALUATED, sa
 def main() -> None:
     settings = load_params().evaluate
     base, tuned = pair_samples(*(read_samples(samples_file(m)) for m in EVALUATED))
-    result = compare(base, tuned, settings.bootstrap_samples, settings.bootstrap_seed)
-    text = sentence(result)
-    write_json(COMPARE_METRICS, result)
+    n, seed = settings.bootstrap_samples, settings.bootstrap_seed
+    result = compare(base, tuned, n, seed)
+    text = sentence(result) + "\n" + method(n, seed, len(base))
+    write_json(COMPARE_METRICS, result, sort_keys=False)  # reading order, for `dvc exp show`
     with atomic_file(COMPARE_SENTENCE) as f:
         f.write(text + "\n")
     print(text)

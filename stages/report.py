@@ -2,6 +2,9 @@
 
 python -m stages.report             # writes reports/results.md
 python -m stages.report --readme    # also puts the table into README.md between its markers
+
+The last stage, so it closes `dvc repro` with the hint naming every file git keeps of the run
+(.dvc/config's core.autostage stages dvc.lock and silences DVC's own hint, which named it alone).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import sys
 
 from pubmedqa_gpt2.config import load_params
 from pubmedqa_gpt2.errors import run_stage
-from pubmedqa_gpt2.evaluation.report import render, replace_block
+from pubmedqa_gpt2.evaluation.report import commit_hint, render, replace_block
 from pubmedqa_gpt2.io import atomic_file
 from pubmedqa_gpt2.paths import README, RESULTS_FILE
 
@@ -24,6 +27,7 @@ def main() -> None:
         with atomic_file(README) as f:
             f.write(updated)
     print(table)
+    print(commit_hint())
 
 
 if __name__ == "__main__":

@@ -346,11 +346,17 @@ def test_every_aggregate_recomputes_from_the_samples_file_alone(eval_workdir, mo
     )
     assert metrics["bleu"] == pytest.approx(min(bleu.score / 100, 1.0))
 
-    # The intervals: scipy's percentile bootstrap with the params' resamples and seed.
-    assert metrics["ci_method"] == (
+    # The intervals: scipy's percentile bootstrap with the params' resamples and seed, said
+    # in details.json; the metrics file holds numbers only (`dvc metrics diff` stays narrow).
+    assert read_json("eval/base/details.json")["ci_method"] == (
         "95% percentile bootstrap (scipy.stats.bootstrap) over the 12 test questions, "
         "1000 resamples, seed 0"
     )
+    assert "ci_method" not in metrics
+    numbers = [v for k, v in metrics.items() if k != "ci95"] + [
+        v for ci in metrics["ci95"].values() for v in ci.values()
+    ]
+    assert all(isinstance(v, int | float) for v in numbers), metrics
 
     def interval(data, statistic, vectorized=True):
         result = stats.bootstrap(

@@ -229,11 +229,30 @@ def test_local_copy_of_official_file_is_verified(tmp_path, pubmedqa_dir):
         ensure_official_file("http://127.0.0.1:9/unused", md5, target)
 
 
-def test_download_failure_writes_nothing(tmp_path):
+def test_download_failure_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     target = tmp_path / "ori_pqal.json"
     # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
-    with pytest.raises(StageError, match="cannot download.*offline, copy"):
+    with pytest.raises(StageError, match="cannot download.*offline, run `make offline-data`"):
         ensure_official_file("http://127.0.0.1:9/ori_pqal.json", "0" * 32, target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_offline_without_a_local_copy_fails_at_once_without_the_network(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE set and no local copy: one line naming `make offline-data` and
+    HF_HUB_OFFLINE, and no request at all (a name that never resolves would hang)."""
+    from pubmedqa_gpt2.data import download
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was tried")
+
+    monkeypatch.setattr(download.urllib.request, "urlopen", no_network)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    target = tmp_path / "ori_pqal.json"
+    with pytest.raises(StageError) as raised:
+        ensure_official_file("https://example.org/ori_pqal.json", "0" * 32, target)
+    message = str(raised.value)
+    assert "\n" not in message and "make offline-data" in message and "HF_HUB_OFFLINE" in message
     assert list(tmp_path.iterdir()) == []
 
 

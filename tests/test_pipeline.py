@@ -132,6 +132,26 @@ def test_a_changed_official_file_is_an_error(source, tmp_path):
     assert "not the official ori_pqal.json" in out
 
 
+def test_offline_without_the_local_copy_fails_at_once_pointing_to_make_offline_data(
+    source, tmp_path
+):
+    """`dvc repro` offline (HF_HUB_OFFLINE=1) in a fresh clone without `make offline-data`:
+    it fails within seconds with one line naming `make offline-data` and HF_HUB_OFFLINE,
+    without trying the network (here an address that never answers)."""
+    repo = tmp_path / "repo"
+    sh(["git", "clone", "--quiet", str(source), str(repo)], cwd=tmp_path)
+    sh([sys.executable, "-c", SET_PARAM, "data.url", "http://10.255.255.1/ori_pqal.json"], cwd=repo)
+    started = time.monotonic()
+    output = sh(["dvc", "repro"], cwd=repo, check=False)
+    elapsed = time.monotonic() - started
+    print(f"{elapsed:.1f} s:", output)  # quoted in the issue note (pytest -s)
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output
+    assert "no local copy, and HF_HUB_OFFLINE is set" in errors[0]
+    assert "make offline-data" in errors[0]
+    assert "Traceback" not in output and elapsed < 30, (elapsed, output)
+
+
 # ---- The smoke pipeline: dvc repro, experiments, commits, queues, remotes ----
 
 
@@ -205,6 +225,20 @@ def test_repro_from_nothing_produces_every_output_then_runs_nothing(smoke, pubme
     output = smoke[1]
     repo = copy_of(smoke[0], tmp_path / "repo")  # byte for byte; dvc runs here, not in smoke
     assert sorted(ran_stages(output)) == sorted(ALL_STAGES)
+    # A quiet console: the Trainer's figures in its bar, not as dict lines; the dev
+    # evaluation's bars; neither known-harmless transformers warning.
+    assert "{'loss'" not in output and "{'eval_loss'" not in output
+    assert "dev accuracy: " in output and "loss=" in output
+    assert "missing keys" not in output and "loss_type" not in output
+    # The closing hint names every file the run changed that git keeps (the smoke fixture
+    # committed exactly those), and DVC's own hint, which named dvc.lock alone, is gone.
+    assert "To track the changes with git" not in output
+    (add,) = [line.strip() for line in output.splitlines() if line.strip().startswith("git add")]
+    named = add.removeprefix("git add ").split()
+    changed = sh(["git", "diff", "--name-only", "HEAD~1", "HEAD"], cwd=repo).split()
+    assert "dvc.lock" in changed and "metrics/compare.json" in changed
+    for path in changed:
+        assert any(path == n or path.startswith(n + "/") for n in named), (path, add)
     for path in (
         "models/finetuned/model.safetensors",
         "models/finetuned/README.md",
@@ -427,10 +461,29 @@ def test_push_to_a_local_remote_then_pull_into_a_fresh_clone(smoke, tmp_path):
     sh(["dvc", "push"], cwd=repo)
     fresh = tmp_path / "fresh"
     sh(["git", "clone", "--quiet", str(repo), str(fresh)], cwd=tmp_path)
+    # The model registry: a version of the fine-tuned model is a git tag in GTO's form, and
+    # `dvc artifacts get` fetches it by name from the DVC remote (the fresh clone has no cache).
+    sh(["git", "tag", "-a", "pubmedqa-gpt2@v0.1.0", "-m", "smoke model"], cwd=fresh)
+    (declared,) = [a for a in read_artifacts(fresh) if a.path == "models/finetuned"]
+    assert declared.type == "model" and declared.desc
+    assert {"base=gpt2", "data=pubmedqa-pqa-l", "lora=false"} <= set(declared.labels)
+    got = tmp_path / "got"
+    sh(["dvc", "artifacts", "get", str(fresh), "pubmedqa-gpt2", "-o", str(got)], cwd=tmp_path)
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "README.md"):
+        assert (got / name).read_bytes() == (repo / "models/finetuned" / name).read_bytes()
+    assert not (fresh / ".dvc/cache").exists()  # it came from the remote
     sh(["dvc", "pull"], cwd=fresh)
     assert "up to date" in sh(["dvc", "status"], cwd=fresh)
     assert ran_stages(sh(["dvc", "repro"], cwd=fresh)) == []
     assert metrics_of(fresh) == metrics_of(repo)
+
+
+def read_artifacts(repo: Path) -> list:
+    """The artifacts dvc.yaml declares, as DVC reads them (params interpolated)."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc:
+        return list(dvc.artifacts.read()["dvc.yaml"].values())
 
 
 def test_two_smoke_runs_from_scratch_give_identical_metrics(smoke, source, tmp_path):
@@ -596,7 +649,8 @@ def test_seed_sweep_summary_equals_the_experiments_metrics_files(seed_sweep):
         assert (stats["min"], stats["max"]) == pytest.approx((min(values), max(values)))
     assert len(set(expected["accuracy"])) > 1  # the seeds did change the runs
     table = sh(["pubmedqa-gpt2", "summary", "--over", "train.seed"], cwd=repo)
-    assert "| n | accuracy |" in table and "| 3 |" in table
+    assert "| metric | n | mean | sd | min | max |" in table and "| accuracy | 3 |" in table
+    assert all(name in table for name in revs)  # each group names its experiments
     print(table)  # quoted in the issue note (pytest -s)
 
 
@@ -606,32 +660,56 @@ def committed_json_params(repo: Path, rev: str) -> dict:
     return yaml.safe_load(sh(["git", "show", f"{rev}:params.yaml"], cwd=repo))
 
 
-def readme_command(prefix: str) -> list[str]:
-    """The README's command line that starts with `prefix`, split as a shell would."""
-    import shlex
-
+def readme_line(prefix: str) -> str:
+    """The README's command line that starts with `prefix`, less its comment."""
     for line in (ROOT / "README.md").read_text().splitlines():
         if line.startswith(prefix):
-            return shlex.split(line.split("  #")[0])
+            return line.split("  #")[0].strip()
     raise AssertionError(f"README.md has no line starting with {prefix!r}")
 
 
 @pytest.mark.xdist_group("seed_sweep")  # one sweep, made on one worker
-def test_the_readme_experiments_table_fits_120_columns(seed_sweep):
+def test_the_readme_experiments_table_fits_100_columns(seed_sweep):
+    """The README's `dvc exp show` line on three experiments: within 100 columns, nothing cut
+    short, columns in reading order (value, change, interval, p), accuracy to 3 significant
+    digits and McNemar's p to 2; and plain `dvc exp show` names no experiment at 160 columns,
+    as the README says."""
     repo = seed_sweep
-    command = readme_command("dvc exp show --drop")
-    shown = sh(command, cwd=repo, env={"COLUMNS": "120"})
+    shown = sh(readme_line("dvc exp show --csv"), cwd=repo, env={"COLUMNS": "100"})
+    print(shown)  # quoted in the issue note (pytest -s)
     lines = [line for line in shown.splitlines() if line.strip()]
-    assert max(len(line) for line in lines) <= 120, shown
+    assert max(len(line) for line in lines) <= 100, shown
     assert "…" not in shown, shown  # no column cut short
-    for column in ("Experiment", "accuracy.tuned", "accuracy.diff", "accuracy.low", "mcnemar.p"):
-        assert column in shown, column
-    for name, rev in experiment_revs(repo).items():
-        (row,) = [line for line in lines if f"[{name}]" in line]
+    header = lines[0].split()
+    order = ["accuracy.tuned", "accuracy.diff", "accuracy.low", "accuracy.high", "mcnemar.p"]
+    assert header == ["Experiment", "rev", *order], header
+    revs = experiment_revs(repo)
+    for name, rev in revs.items():
+        (row,) = [line.split() for line in lines if line.startswith(name + " ")]
         compare = committed_json(repo, rev, "metrics/compare.json")
-        accuracy = compare["accuracy"]
-        for value in (accuracy["tuned"], accuracy["diff"], accuracy["low"], accuracy["high"]):
-            assert f"{value:.5g}" in row, (value, row)
+        accuracy, p = compare["accuracy"], compare["mcnemar"]["p"]
+        assert p == float(f"{p:.2g}"), p  # stored to 2 significant digits
+        expected = [accuracy[k] for k in ("tuned", "diff", "low", "high")] + [p]
+        assert [float(cell) for cell in row[2:]] == [float(f"{v:.3g}") for v in expected], row
+    plain = sh(["dvc", "exp", "show", "--no-pager"], cwd=repo, env={"COLUMNS": "160"})
+    assert not any(name in plain for name in revs), plain  # the README's reason to use --keep
+
+    # `dvc metrics diff` of the baseline commit and an experiment, as the README writes it.
+    name = sorted(revs)[0]
+    command = readme_line("dvc metrics diff").replace("lr-1e-5", name)
+    diff = sh(command, cwd=repo, env={"COLUMNS": "100"})
+    print(diff)
+    assert "failed to load" not in diff and "accuracy.diff" in diff, diff
+    assert max(len(line) for line in diff.splitlines()) <= 100, diff
+    plots = sh(readme_line("dvc plots diff").replace("lr-1e-5", name), cwd=repo)
+    assert "failed to load" not in plots and "index.html" in plots, plots
+
+    # `summary`'s text: within 120 columns, naming each group's experiments.
+    text = sh(["pubmedqa-gpt2", "summary", "--over", "train.seed"], cwd=repo)
+    print(text)
+    assert max(len(line) for line in text.splitlines()) <= 120, text
+    assert "3 experiments: " in text and all(name in text for name in revs), text
+    assert "| accuracy | 3 |" in text, text
 
 
 # ---- Training learns: 450 questions, a small model, through the pipeline ----

@@ -70,3 +70,31 @@ def test_readme_markers_are_required():
         report.replace_block("no markers here", "table")
     text = f"a\n{report.BEGIN}\nold\n{report.END}\nb"
     assert report.replace_block(text, "new\n") == f"a\n{report.BEGIN}\nnew\n{report.END}\nb"
+
+
+def test_the_closing_hint_names_every_file_git_keeps_of_a_run():
+    """Every `cache: false` output of dvc.yaml (metrics, perf, reports), dvc.lock and
+    params.yaml are under a path of the report stage's `git add` hint, and DVC's own hint
+    (dvc.lock alone) is off: .dvc/config stages dvc.lock itself (core.autostage)."""
+    import configparser
+
+    import yaml
+
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    kept = {"dvc.lock", "params.yaml"}
+    for stage in pipeline["stages"].values():
+        stage = stage.get("do", stage)
+        for entry in stage.get("outs", []) + stage.get("metrics", []):
+            if isinstance(entry, dict):
+                ((path, options),) = entry.items()
+                if options.get("cache") is False:
+                    kept.add(path.replace("${key}", "base"))
+    assert len(kept) > 10
+    hint = report.commit_hint()
+    (add,) = [line.strip() for line in hint.splitlines() if "git add" in line]
+    named = add.removeprefix("git add ").split()
+    for path in sorted(kept):
+        assert any(path == n or path.startswith(n + "/") for n in named), (path, add)
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".dvc/config")
+    assert config["core"]["autostage"] == "true"

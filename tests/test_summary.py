@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics as py_stats
 
 import pytest
@@ -70,11 +71,30 @@ def test_markdown_and_json_through_the_cli(tmp_path, capsys):
     saved.write_text(json.dumps(EXP_SHOW))
     cli.main(["summary", "--over", "train.seed", "--input", str(saved)])
     table = capsys.readouterr().out.splitlines()
-    assert table[0] == "Groups of experiments over train.seed: mean ± sd (min–max) of n runs"
-    assert table[2].startswith("| train.learning_rate | n | accuracy | macro_f1 |")
-    assert table[4].startswith("| 0.001 | 3 | 0.5300 ± 0.0300 (0.5000–0.5600) |")
+    assert table[0] == "Experiments over train.seed, grouped by every other param"
+    assert table[2:7] == [
+        "## Group 1: train.learning_rate=0.001",
+        "",
+        "3 experiments: a0, a1, a2",
+        "",
+        "| metric | n | mean | sd | min | max |",
+    ]
+    assert "| accuracy | 3 | 0.5300 | 0.0300 | 0.5000 | 0.5600 |" in table
+    assert "## Group 2: train.learning_rate=0.0005" in table and "2 experiments: b0, b1" in table
+    assert max(len(line) for line in table) <= 120
     cli.main(["summary", "--over", "train.seed", "--input", str(saved), "--json"])
     assert [g["n"] for g in json.loads(capsys.readouterr().out)] == [3, 2]
+
+
+def test_the_text_fits_120_columns_however_many_experiments():
+    names = [f"seed-sweep-run-{i}" for i in range(40)]
+    many = [
+        {"rev": "c0", "experiments": [experiment(n, 1e-3, i, 0.5) for i, n in enumerate(names)]}
+    ]
+    (group,) = summary.summarize(summary.experiments_of(many), ["train.seed"])
+    text = summary.markdown([group], ["train.seed"])
+    assert max(len(line) for line in text.splitlines()) <= 120, text
+    assert re.findall(r"seed-sweep-run-\d+", text) == names  # every experiment, named once
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,9 @@
 The URL names a fixed commit of the benchmark's repository and the md5 is the file's; a
 download whose md5 differs (the upstream changed) is an error, not a new experiment. The
 output is `persist`ed by DVC, so a local copy of the official file placed at
-`data/external/ori_pqal.json` (offline machines) is checked and used instead of the network.
+`data/external/ori_pqal.json` (offline machines: `make offline-data`) is checked and used
+instead of the network. With HF_HUB_OFFLINE set (the offline setting) and no local copy, the
+stage fails at once, without trying the network, where a name that never resolves would hang.
 """
 
 from __future__ import annotations
@@ -16,6 +18,13 @@ from pathlib import Path
 from pubmedqa_gpt2.errors import StageError
 from pubmedqa_gpt2.io import md5_of
 from pubmedqa_gpt2.paths import OFFICIAL_FILE
+
+OFFLINE_HINT = "offline, run `make offline-data` (the official copy from PUBMEDQA_DIR)"
+
+
+def offline_requested() -> bool:
+    """HF_HUB_OFFLINE set true, as huggingface_hub reads it (1, ON, YES, TRUE)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
 def download_verified(
@@ -35,8 +44,7 @@ def download_verified(
         os.replace(tmp, target)
     except OSError as exc:  # URLError, timeouts and HTTP errors are OSErrors
         raise StageError(
-            f"{url}: cannot download ({exc}); offline, copy the official {target.name} "
-            f"to {target} (see README)"
+            f"{url}: cannot download ({exc}); {OFFLINE_HINT}, and set HF_HUB_OFFLINE=1"
         ) from None
     finally:
         if os.path.exists(tmp):
@@ -56,5 +64,7 @@ def ensure_official_file(
                 f"{target.name}; delete it to download the official one"
             )
         return f"{target}: local copy, md5 {md5} verified"
+    if offline_requested() and not url.startswith("file:"):  # a file: URL needs no network
+        raise StageError(f"{target}: no local copy, and HF_HUB_OFFLINE is set; {OFFLINE_HINT}")
     download_verified(url, md5, target, pin=pin)
     return f"{target}: downloaded from {url}, md5 {md5} verified"

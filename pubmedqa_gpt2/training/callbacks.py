@@ -1,11 +1,14 @@
-"""The Trainer callbacks of a phase: step checkpoints, the dvclive curves, a step count."""
+"""The Trainer callbacks of a phase: step checkpoints, the dvclive curves, a step count, and
+the progress bar with the logged figures in its postfix."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from dvclive import Live
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 
 def curve_name(key: str) -> str:
@@ -79,6 +82,38 @@ class LiveCurves(TrainerCallback):
             if curve_wanted(key):
                 self.live.log_metric(curve_name(key), value)
         self.live.make_summary()
+
+
+class PostfixProgress(ProgressCallback):
+    """The Trainer's progress bars, named ("train", "dev loss"), with the last logged figures
+    in the training bar's postfix: the Trainer's own prints each log as a dict line
+    ({'loss': '10.81', ...}) through the bar. Every figure still goes to dvclive."""
+
+    SHOWN = {"loss": "loss", "eval_loss": "dev_loss", "eval_accuracy": "dev_acc"}
+
+    def __init__(self):
+        super().__init__()
+        self.postfix: dict[str, str] = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description("train")
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        if state.is_world_process_zero and self.prediction_bar is None:
+            self.prediction_bar = tqdm(
+                total=len(eval_dataloader), desc="dev loss", leave=False, dynamic_ncols=True
+            )
+        super().on_prediction_step(args, state, control, eval_dataloader, **kwargs)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.training_bar is None:
+            return
+        for key, name in self.SHOWN.items():
+            if isinstance((logs or {}).get(key), int | float):
+                self.postfix[name] = f"{logs[key]:.4g}"
+        self.training_bar.set_postfix(self.postfix)
 
 
 def phase_callbacks(save_steps: int | None, dvclive: Path) -> list[TrainerCallback]:

@@ -168,10 +168,15 @@ def starting_model(params: Params, phase: Phase):
 
 
 def prepare_for_training(model, pad_id: int) -> None:
-    """Set the pad token, and no KV cache: the Trainer's forward passes (training and dev
-    loss) never decode, and a cache of GPT-2 Large at 16 x 1024 holds about 6 GB in fp32."""
+    """Set the pad token, no KV cache (the Trainer's forward passes, training and dev loss,
+    never decode, and a cache of GPT-2 Large at 16 x 1024 holds about 6 GB in fp32), and the
+    loss by name."""
     model.config.pad_token_id = model.generation_config.pad_token_id = pad_id
     model.config.use_cache = False
+    # The loss transformers falls back to for GPT2LMHeadModel (whose class name maps to no
+    # loss type), named so that it no longer warns "`loss_type=None` was set in the config
+    # but it is unrecognized. Using the default loss: `ForCausalLMLoss`": the same loss.
+    model.loss_type = "ForCausalLM"
 
 
 def checkpoint_to_resume(params: Params, phase: Phase, args: TrainingArguments) -> str | None:

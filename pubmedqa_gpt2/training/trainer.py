@@ -1,21 +1,47 @@
 """The Trainer of both phases: Hugging Face's, with the dev decisions' accuracy added to each
-evaluation, read the way the evaluate stage reads decisions."""
+evaluation, read the way the evaluate stage reads decisions, and a quiet console: the logged
+figures in the progress bar's postfix, and one known-harmless warning silenced."""
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from transformers import Trainer
+from transformers.trainer_callback import ProgressCallback
 
 from pubmedqa_gpt2.model.scoring import score_decisions
 from pubmedqa_gpt2.prompt import Encoded
+from pubmedqa_gpt2.training.callbacks import PostfixProgress
+
+# Harmless: GPT-2's lm_head is tied to the token embeddings (one tensor), so safetensors stores
+# it once, under transformer.wte.weight, and loading the best checkpoint at the end of training
+# restores the head with it. The Trainer (transformers 5) still warns that lm_head.weight is
+# missing. Only this exact message is dropped; any other missing or unexpected key is reported.
+TIED_HEAD_MISSING = "There were missing keys in the checkpoint model loaded: ['lm_head.weight']."
+
+
+class TiedHeadIsNotMissing(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != TIED_HEAD_MISSING
+
+
+TIED_HEAD_FILTER = TiedHeadIsNotMissing()
 
 
 def decision_accuracy(
-    model, examples: list[Encoded], label_ids: list[int], batch_size: int, pad_id: int
+    model,
+    examples: list[Encoded],
+    label_ids: list[int],
+    batch_size: int,
+    pad_id: int,
+    progress: str | None = None,
 ) -> float:
-    """Share of examples whose most likely decision token is the gold one."""
+    """Share of examples whose most likely decision token is the gold one; `progress` names
+    a progress bar (None: none)."""
+    prompts = [ex.prompt_ids for ex in examples]
     probabilities = score_decisions(
-        model, [ex.prompt_ids for ex in examples], label_ids, batch_size=batch_size, pad_id=pad_id
+        model, prompts, label_ids, batch_size=batch_size, pad_id=pad_id, progress=progress
     )
     gold = torch.tensor([label_ids.index(ex.completion_ids[0]) for ex in examples])
     return (probabilities.argmax(dim=1) == gold).float().mean().item()
@@ -28,6 +54,10 @@ class DecisionTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.dev_examples = dev_examples
         self.label_ids = label_ids
+        if self.pop_callback(ProgressCallback) is not None:
+            self.add_callback(PostfixProgress())
+        if getattr(self.model.config, "tie_word_embeddings", False):
+            logging.getLogger("transformers.trainer").addFilter(TIED_HEAD_FILTER)
 
     def evaluation_loop(
         self,
@@ -52,5 +82,6 @@ class DecisionTrainer(Trainer):
                 self.label_ids,
                 self.args.eval_batch_size,
                 self.processing_class.pad_token_id,
+                progress="dev accuracy" if self.is_world_process_zero() else None,
             )
         return output
