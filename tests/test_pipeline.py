@@ -162,12 +162,33 @@ def commit_all(repo: Path, message: str) -> None:
     sh(["git", "commit", "--quiet", "-m", message], cwd=repo)
 
 
+QUICKSTART_MARK = "<!-- offline quickstart:"
+# The README's placeholders for the offline copies, and what the fixture puts in their place.
+PLACEHOLDERS = {"/path/to/pubmedqa": PUBMEDQA_DIR, "/path/to/gpt2-tokenizer": TOKENIZER_DIR}
+
+
+def readme_quickstart(readme: str) -> str:
+    """The fenced bash block that follows the README's offline-quickstart mark."""
+    assert readme.count(QUICKSTART_MARK) == 1, f"README.md needs {QUICKSTART_MARK!r} once"
+    after = readme.split(QUICKSTART_MARK)[1].split("\n", 1)[1]
+    assert after.startswith("```bash\n"), "the mark must be right above a ```bash block"
+    return after.removeprefix("```bash\n").split("\n```\n")[0]
+
+
 @pytest.fixture(scope="module")
 def smoke(source, tmp_path_factory) -> tuple[Path, str]:
-    """`make smoke DIR=...` once for the module, from the code under test; the result is
-    committed in the clone."""
+    """The README's offline quickstart, run once for the module as written (the placeholder
+    paths aside) in a fresh clone of the code under test, in one shell that stops at the first
+    failing command; the result is committed in the clone."""
     repo = tmp_path_factory.mktemp("smoke") / "repo"
-    output = sh(["make", "smoke", f"DIR={repo}"], cwd=source)
+    sh(["git", "clone", "--quiet", str(source), str(repo)], cwd=repo.parent)
+    commands = readme_quickstart((source / "README.md").read_text())
+    for placeholder, path in PLACEHOLDERS.items():
+        assert placeholder in commands, placeholder
+        commands = commands.replace(placeholder, str(path))
+    # Unset here: the quickstart has to set them itself.
+    unset = {"PUBMEDQA_DIR": "", "GPT2_TOKENIZER_DIR": "", "HF_HUB_OFFLINE": ""}
+    output = sh(["bash", "-e", "-o", "pipefail", "-c", commands], cwd=repo, env=unset)
     commit_all(repo, "smoke run")
     return repo, output
 
