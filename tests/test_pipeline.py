@@ -431,8 +431,11 @@ def test_push_to_a_local_remote_then_pull_into_a_fresh_clone(smoke, tmp_path):
 
 
 def test_two_smoke_runs_from_scratch_give_identical_metrics(smoke, source, tmp_path):
+    """`make smoke DIR=...` and the README's quickstart (the `smoke` fixture): the same
+    params, the same metrics."""
     second = tmp_path / "second"
     sh(["make", "smoke", f"DIR={second}"], cwd=source)
+    assert (second / "params.yaml").read_text() == (smoke[0] / "params.yaml").read_text()
     assert metrics_of(second) == metrics_of(smoke[0])
     assert set(metrics_of(second)) == {
         "data.json",
