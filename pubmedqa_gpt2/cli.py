@@ -1,16 +1,20 @@
 """`pubmedqa-gpt2`: ask a saved model a PubMedQA question; summarize a sweep of experiments.
 
     pubmedqa-gpt2 ask --question "Do statins reduce ...?" --context "BACKGROUND: ..."
+    pubmedqa-gpt2 ask --question "Do statins reduce ...?" --no-context   # no abstract, knowingly
     pubmedqa-gpt2 ask --pmid 12377809          # a question of data/prepared/test.parquet
     pubmedqa-gpt2 ask --model DIR ... --json   # one JSON object, for machines
     pubmedqa-gpt2 summary --over train.seed    # mean, sd, min, max of each group of runs
 
 `ask` prints the decision with the probabilities of yes / no / maybe, then the greedy long
-answer. It goes through the code the evaluate stage uses (template, scoring, generation), so
-a question gets the answer it gets there; its decoding settings are params.yaml's `evaluate`
-section (`--params`), each one overridable by its flag. `summary` is described in
-`pubmedqa_gpt2/summary.py`.
-Bad input is a one-line `error: ...` and exit 1.
+answer; `--json` prints one object with the same keys whatever the input (`ANSWER_KEYS`, null
+where the input has none, e.g. no gold decision for --question). It goes through the code the
+evaluate stage uses (template, scoring, generation), so a question gets the answer it gets
+there; its decoding settings are params.yaml's `evaluate` section (`--params`), each one
+overridable by its flag. `summary` is described in `pubmedqa_gpt2/summary.py`.
+Bad input is a one-line `error: ...` and exit 1, and so is usage that would silently answer
+something else than asked: --question without --context (the model reads an abstract; say
+--no-context to ask without one), or --context beside --pmid (whose context is the test set's).
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ from pubmedqa_gpt2.paths import FINETUNED, PARAMS_FILE, TEST_FILE
 
 DECODING = ("max_new_tokens", "repetition_penalty", "no_repeat_ngram_size")
 SAVED_FILES = ("config.json", "tokenizer_config.json")  # what save_pretrained writes
+ANSWER_KEYS = (
+    "pmid", "question", "gold_decision", "reference_answer", "context_shortened",
+    "decision", "probabilities", "long_answer",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     ask = commands.add_parser("ask", help="answer one question with a saved model")
     ask.add_argument("--model", type=Path, default=FINETUNED, help="a from_pretrained dir")
-    ask.add_argument("--question", help="the question")
-    ask.add_argument("--context", default="", help="the abstract the question is about")
+    ask.add_argument("--question", help="the question (with --context or --no-context)")
+    ask.add_argument("--context", help="the abstract the question is about")
+    ask.add_argument("--no-context", action="store_true", help="ask --question without an abstract")
     ask.add_argument("--pmid", help="take question and prompt from the prepared test set")
     ask.add_argument("--data", type=Path, default=TEST_FILE, help="where --pmid is looked up")
     ask.add_argument(
@@ -84,14 +93,33 @@ def find_test_example(path: Path, pmid: str):
     raise StageError(f"--pmid {pmid}: not in {path}")
 
 
-def ask(args: argparse.Namespace) -> dict[str, Any]:
-    """Answer the question `args` describe; the answer as a JSON-ready dict."""
+def check_question(args: argparse.Namespace) -> None:
+    """Refuse a combination of --question, --context, --no-context and --pmid that would
+    answer something other than what was meant."""
     if args.pmid is not None and args.question is not None:
         raise StageError("give either --question (with --context) or --pmid, not both")
     if args.pmid is None and args.question is None:
         raise StageError("give --question (with --context) or --pmid")
-    if args.question is not None and not args.question.strip():
+    if args.pmid is not None:
+        if args.context is not None or args.no_context:
+            raise StageError("--pmid takes its context from the test set: drop --context")
+        return
+    if not args.question.strip():
         raise StageError("--question is empty")
+    if args.context is not None and args.no_context:
+        raise StageError("give --context or --no-context, not both")
+    if args.context is None and not args.no_context:
+        raise StageError(
+            "--question needs --context (the abstract it is about), or --no-context to ask "
+            "without one"
+        )
+    if args.context is not None and not args.context.strip():
+        raise StageError("--context is empty (--no-context asks without one)")
+
+
+def ask(args: argparse.Namespace) -> dict[str, Any]:
+    """Answer the question `args` describe; the answer as a JSON-ready dict of ANSWER_KEYS."""
+    check_question(args)
     if not args.model.is_dir():
         raise StageError(f"--model {args.model}: no such directory")
     for name in SAVED_FILES:
@@ -105,7 +133,7 @@ def ask(args: argparse.Namespace) -> dict[str, Any]:
     from pubmedqa_gpt2.model.loading import inference_dtype, load_model, load_tokenizer, pick_device
     from pubmedqa_gpt2.prompt import TooLongError, encode_example
 
-    answer: dict[str, Any] = {}
+    answer: dict[str, Any] = dict.fromkeys(ANSWER_KEYS)
     prompt = None
     if args.pmid is not None:
         example = find_test_example(args.data, args.pmid)
@@ -115,6 +143,7 @@ def ask(args: argparse.Namespace) -> dict[str, Any]:
             question=example.question,
             gold_decision=example.decision,
             reference_answer=example.long_answer,
+            context_shortened=example.shortened,
         )
     logging.disable_progress_bar()  # "Loading weights" would go to the user's terminal
     device = pick_device()
@@ -129,7 +158,7 @@ def ask(args: argparse.Namespace) -> dict[str, Any]:
             encoded = encode_example(
                 tokenizer,
                 args.question.strip(),
-                [args.context.strip()] if args.context.strip() else [],
+                [] if args.no_context else [args.context.strip()],
                 max_length=limit - decision_room - settings.max_new_tokens,
             )
         except TooLongError:
@@ -171,7 +200,7 @@ def render(answer: dict[str, Any]) -> str:
         f"Decision: {answer['decision']}  ({probabilities})",
         f"Answer: {answer['long_answer']}",
     ]
-    if "gold_decision" in answer:
+    if answer["gold_decision"] is not None:
         lines += [
             f"Gold decision: {answer['gold_decision']}",
             f"Reference answer: {answer['reference_answer']}",

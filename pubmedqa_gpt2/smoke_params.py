@@ -22,7 +22,8 @@ SMOKE_FILE = Path(__file__).resolve().parent.parent / "smoke.yaml"
 
 
 def expand_env(value):
-    """Replace ${VAR} in strings (recursively) with the environment's absolute path/value."""
+    """Replace ${VAR} in strings (recursively) with the environment's value; a *_DIR variable
+    must name an existing directory and becomes its absolute path."""
     if isinstance(value, dict):
         return {k: expand_env(v) for k, v in value.items()}
     if not isinstance(value, str):
@@ -32,7 +33,14 @@ def expand_env(value):
         name = match.group(1)
         if not os.environ.get(name):
             raise StageError(f"smoke.yaml: environment variable {name} is not set")
-        return str(Path(os.environ[name]).resolve()) if name.endswith("_DIR") else os.environ[name]
+        if not name.endswith("_DIR"):
+            return os.environ[name]
+        # A folder that is not there would be taken for a hub id later (prepare's confusing
+        # "Repo id must be in the form ..."): refuse it here, params.yaml untouched.
+        folder = Path(os.environ[name]).resolve()
+        if not folder.is_dir():
+            raise StageError(f"smoke.yaml: {name}={folder}: no such directory")
+        return str(folder)
 
     return re.sub(r"\$\{(\w+)\}", lookup, value)
 

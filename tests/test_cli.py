@@ -15,7 +15,7 @@ from pubmedqa_gpt2 import cli
 from pubmedqa_gpt2.prompt import LABELS
 from stages import evaluate as stage
 
-from .conftest import EVAL_MODEL_DIR, ROOT
+from .conftest import EVAL_MODEL_DIR, EVAL_TEST_FILE, ROOT
 
 
 def ask(capsys, *args: str) -> str:
@@ -72,27 +72,73 @@ def test_json_answer_is_the_evaluate_stage_answer(eval_workdir, capsys, monkeypa
     ("args", "message"),
     [
         (
-            ["--model", "no/such/dir", "--question", "Why?"],
+            ["--model", "no/such/dir", "--question", "Why?", "--no-context"],
             "--model no/such/dir: no such directory",
         ),
         (["--question", "   ", "--context", "Some text."], "--question is empty"),
         (["--context", "Some text."], r"give --question \(with --context\) or --pmid"),
         (["--question", "Why?", "--pmid", "2000"], "not both"),
+        # A question without its abstract is refused unless asked for by name.
+        (["--question", "Why?"], "--question needs --context .* or --no-context"),
+        (["--question", "Why?", "--context", "  "], "--context is empty"),
+        (["--question", "Why?", "--context", "Text.", "--no-context"], "not both"),
+        (["--pmid", "2000", "--context", "Text."], "--pmid takes its context from the test"),
+        (["--pmid", "2000", "--no-context"], "--pmid takes its context from the test"),
         (["--pmid", "1"], "--pmid 1: not in data/prepared/test.parquet"),
-        (["--model", ".", "--question", "Why?"], r"--model \.: no config\.json"),
-        (["--question", "Why?", "--max-new-tokens", "0"], "--max-new-tokens: .*greater than"),
-        (["--question", "Why?", "--max-new-tokens", "1023"], "too long for the model's 1024"),
+        (["--model", ".", "--question", "Why?", "--no-context"], r"--model \.: no config\.json"),
+        (
+            ["--question", "Why?", "--no-context", "--max-new-tokens", "0"],
+            "--max-new-tokens: .*greater than",
+        ),
+        (
+            ["--question", "Why?", "--no-context", "--max-new-tokens", "1023"],
+            "too long for the model's 1024",
+        ),
     ],
 )
 def test_bad_input_is_a_one_line_error(eval_workdir, capsys, args, message) -> None:
     assert re.search(message, failure(capsys, *args))
 
 
+def test_no_context_asks_the_question_alone(eval_workdir, capsys) -> None:
+    out = ask(capsys, "--question", "Do statins reduce mortality?", "--no-context")
+    assert out.splitlines()[0] == "Question: Do statins reduce mortality?"
+    assert out.splitlines()[1].startswith("Decision: ")
+
+
+# Every key of `ask --json`, whatever the input (null where the input has none).
+ANSWER_KEYS = {
+    "pmid", "question", "gold_decision", "reference_answer", "context_shortened",
+    "decision", "probabilities", "long_answer",
+}  # fmt: skip
+
+
+def test_json_has_the_same_keys_whatever_the_input(eval_workdir, capsys) -> None:
+    import pyarrow.parquet as pq
+
+    # The asked test question's context was shortened by prepare: --pmid reports it.
+    table = pq.read_table(EVAL_TEST_FILE)
+    rows = table.to_pylist()
+    rows[0]["shortened"] = True
+    pq.write_table(table.from_pylist(rows, schema=table.schema), EVAL_TEST_FILE)
+    pmid = rows[0]["pmid"]
+    by_pmid = json.loads(ask(capsys, "--pmid", pmid, "--json"))
+    with_context = json.loads(ask(capsys, "--question", "Why?", "--context", "Text.", "--json"))
+    alone = json.loads(ask(capsys, "--question", "Why?", "--no-context", "--json"))
+    for answer in (by_pmid, with_context, alone):
+        assert set(answer) == ANSWER_KEYS, answer
+    assert by_pmid["pmid"] == pmid and by_pmid["context_shortened"] is True
+    assert with_context["context_shortened"] is False and alone["context_shortened"] is False
+    for key in ("pmid", "gold_decision", "reference_answer"):
+        assert with_context[key] is None and alone[key] is None
+    assert "(the context was shortened to fit the model)" in ask(capsys, "--pmid", pmid)
+
+
 def test_console_entry_point_fails_without_a_traceback(tmp_path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
         [sys.executable, "-m", "pubmedqa_gpt2.cli", "ask", "--model", "missing",
-         "--question", "Why?"],
+         "--question", "Why?", "--no-context"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 1

@@ -201,14 +201,37 @@ def once_per_session(tmp_path_factory, name: str, make) -> Path:
     return folder
 
 
+QUICKSTART_MARK = "<!-- offline quickstart:"
+# The README's placeholders for the offline copies, and what the fixture puts in their place.
+PLACEHOLDERS = {"/path/to/pubmedqa": PUBMEDQA_DIR, "/path/to/gpt2-tokenizer": TOKENIZER_DIR}
+
+
+def readme_quickstart(readme: str) -> str:
+    """The fenced bash block that follows the README's offline-quickstart mark."""
+    assert readme.count(QUICKSTART_MARK) == 1, f"README.md needs {QUICKSTART_MARK!r} once"
+    after = readme.split(QUICKSTART_MARK)[1].split("\n", 1)[1]
+    assert after.startswith("```bash\n"), "the mark must be right above a ```bash block"
+    return after.removeprefix("```bash\n").split("\n```\n")[0]
+
+
 @pytest.fixture(scope="session")
 def smoke(source, tmp_path_factory) -> tuple[Path, str]:
-    """`make smoke DIR=...` once for the whole run, from the code under test; the result is
-    committed in the clone. Tests read it or work in a copy (`copy_of`), never in it."""
+    """The README's offline quickstart, run as written (the placeholder paths aside) in a
+    fresh clone of the code under test, in one shell that stops at the first failing command;
+    the result is committed in the clone. Once for the whole run, also under pytest-xdist:
+    tests read it or work in a copy (`copy_of`), never in it."""
 
     def make(folder: Path) -> None:
-        output = sh(["make", "smoke", f"DIR={folder / 'repo'}"], cwd=source)
-        commit_all(folder / "repo", "smoke run")
+        repo = folder / "repo"
+        sh(["git", "clone", "--quiet", str(source), str(repo)], cwd=folder)
+        commands = readme_quickstart((source / "README.md").read_text())
+        for placeholder, path in PLACEHOLDERS.items():
+            assert placeholder in commands, placeholder
+            commands = commands.replace(placeholder, str(path))
+        # Unset here: the quickstart has to set them itself.
+        unset = {"PUBMEDQA_DIR": "", "GPT2_TOKENIZER_DIR": "", "HF_HUB_OFFLINE": ""}
+        output = sh(["bash", "-e", "-o", "pipefail", "-c", commands], cwd=repo, env=unset)
+        commit_all(repo, "smoke run")
         (folder / "output.txt").write_text(output)
 
     folder = once_per_session(tmp_path_factory, "smoke", make)
@@ -487,8 +510,11 @@ def read_artifacts(repo: Path) -> list:
 
 
 def test_two_smoke_runs_from_scratch_give_identical_metrics(smoke, source, tmp_path):
+    """`make smoke DIR=...` and the README's quickstart (the `smoke` fixture): the same
+    params, the same metrics."""
     second = tmp_path / "second"
     sh(["make", "smoke", f"DIR={second}"], cwd=source)
+    assert (second / "params.yaml").read_text() == (smoke[0] / "params.yaml").read_text()
     assert metrics_of(second) == metrics_of(smoke[0])
     assert set(metrics_of(second)) == {
         "data.json",

@@ -9,7 +9,15 @@ from pubmedqa_gpt2.data.prepared import read_prepared
 from pubmedqa_gpt2.errors import StageError
 from pubmedqa_gpt2.prompt import LABELS
 
-COLUMNS = ("pmid", "question", "decision", "long_answer", "prompt_ids", "completion_ids")
+COLUMNS = (
+    "pmid",
+    "question",
+    "decision",
+    "long_answer",
+    "prompt_ids",
+    "completion_ids",
+    "shortened",
+)
 
 
 @dataclass(frozen=True)
@@ -23,6 +31,8 @@ class TestExample:
     prompt_ids: list[int]
     completion_ids: list[int]
     """Gold decision + long answer + end-of-text, as `decision_text` and the template encode."""
+    shortened: bool
+    """The context was shortened to fit `prepare.max_length`."""
 
 
 def read_test(path: Path) -> list[TestExample]:
