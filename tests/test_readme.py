@@ -40,7 +40,11 @@ def test_the_cpu_build_of_torch_is_installed_before_the_project() -> None:
     torch = next(i for i, line in enumerate(lines) if line.startswith("pip install torch"))
     project = next(i for i, line in enumerate(lines) if line.startswith('pip install -e ".[dev]"'))
     assert torch < project
-    assert "download.pytorch.org/whl/cpu" in lines[torch]
+    # The command .ci/run types, and PyTorch's CPU index where pip would bring the CUDA build.
+    ci = (ROOT / ".ci/run").read_text()
+    (pin,) = re.findall(r"torch==[\w.]+", lines[torch].split("#")[0])
+    assert f"pip install --quiet {pin}\n" in ci, pin
+    assert "--index-url https://download.pytorch.org/whl/cpu" in lines[torch]
 
 
 def anchor(heading: str) -> str:
