@@ -107,6 +107,7 @@ def test_synthetic_examples_have_the_asked_shape():
     assert all(0 <= t < 50 for e in examples for t in e.prompt_ids + e.completion_ids)
 
 
+@pytest.mark.e2e
 def test_gpu_script_runs_tiny_on_cpu_and_writes_every_figure(tmp_path, capsys):
     out = tmp_path / "gpu.json"
     gpu.main(["--tiny", "--steps", "1", "--fused-adamw", "--out", str(out)])
@@ -153,6 +154,7 @@ def test_gpu_script_runs_tiny_on_cpu_and_writes_every_figure(tmp_path, capsys):
         assert field in printed
 
 
+@pytest.mark.e2e
 @needs_pubmedqa
 @needs_tokenizer
 def test_cpu_training_benchmark_prints_the_ratio(capsys):
@@ -162,6 +164,7 @@ def test_cpu_training_benchmark_prints_the_ratio(capsys):
     assert "notebook: pad to 1024" in printed and "ratio project/notebook" in printed
 
 
+@pytest.mark.e2e
 @needs_pubmedqa
 @needs_tokenizer
 def test_cpu_prepare_benchmark_runs_the_stage_on_every_record(capsys):
@@ -186,6 +189,7 @@ def test_cpu_evaluation_benchmark_compares_batched_and_single(capsys):
     assert "same decisions" in printed
 
 
+@pytest.mark.e2e
 @needs_pubmedqa
 @needs_tokenizer
 def test_cpu_pipeline_benchmark_times_a_noop_repro_and_imports(capsys):

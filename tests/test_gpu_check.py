@@ -273,6 +273,7 @@ def _built_kit(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.e2e
 @needs_pubmedqa
 @needs_tokenizer
 @needs_image_list
@@ -288,6 +289,7 @@ def test_every_requirement_of_every_kit_wheel_is_met_by_a_pin_or_the_image(kit):
     assert "pydantic: typing-inspection>=0.4.4 (neither pinned nor on the image)" in unmet
 
 
+@pytest.mark.e2e
 @needs_pubmedqa
 @needs_tokenizer
 @needs_image_list
@@ -377,6 +379,7 @@ def test_the_tiny_check_runs_the_pipeline_and_the_benchmark_and_reports_them(
     )
 
 
+@pytest.mark.e2e
 @needs_pubmedqa
 @needs_tokenizer
 def test_a_failing_stage_stops_the_pipeline_but_the_summary_is_written(tmp_path, tokenizer_dir):
@@ -485,6 +488,7 @@ def test_results_hold_the_summary_and_one_archive_cut_to_16_mib(tmp_path):
     assert len(json.loads((out / "summary.json").read_text())["steps"]) == 2
 
 
+@pytest.mark.e2e
 @needs_pubmedqa
 @needs_tokenizer
 def test_a_check_killed_from_outside_leaves_a_summary_of_how_far_it_got(

@@ -27,7 +27,7 @@ from .conftest import (
     write_synthetic_pqa_a,
 )
 
-pytestmark = [needs_pubmedqa, needs_tokenizer]
+pytestmark = [needs_pubmedqa, needs_tokenizer, pytest.mark.e2e]
 
 
 # Absolute paths: commands run inside temporary clones.

@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import NO_CHROMIUM, NO_PUBMEDQA, NO_TOKENIZER, ROOT
 
 THIS_FILE = Path(__file__).relative_to(ROOT)
 
 
+@pytest.mark.e2e
 def test_the_suite_passes_without_the_data_the_tokenizer_or_a_network(tmp_path):
     for name in ("pubmedqa", "gpt2-tokenizer", "cache"):
         (tmp_path / name).mkdir()
