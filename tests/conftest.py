@@ -229,18 +229,18 @@ def write_synthetic_pqa_a(path: Path, official: dict, n: int, shared: int = 0) -
 # ---- Order: the longest tests first, so that the pytest-xdist workers end together ----
 
 
-def _start_rank(item) -> int:
-    """0: a group of tests that share one worker (the seed sweep, which also makes the smoke
-    run); 1: the long tests that need no smoke run (while one worker makes it, the other runs
-    these); 2: the tests that read or copy the smoke run; 3: the rest, short, in file order."""
-    if item.get_closest_marker("xdist_group"):
-        return 0
-    uses_smoke = "smoke" in item.fixturenames
-    long_file = item.path.name in ("test_pipeline.py", "test_without_data.py")
-    if not uses_smoke and (long_file or item.get_closest_marker("e2e")):
-        return 1
-    return 2 if uses_smoke else 3
-
-
 def pytest_collection_modifyitems(config, items) -> None:
-    items.sort(key=_start_rank)  # stable: file order within each rank
+    """0: the first seed-sweep test (its worker makes the smoke run, then the sweep); 1: the
+    long tests that need no smoke run (the other worker runs them meanwhile); 2: the tests
+    that copy the smoke run; 3: the other sweep tests (the sweep is made by then); 4: the
+    rest, short. File order within each rank."""
+    sweep = [item for item in items if "seed_sweep" in item.fixturenames]
+
+    def rank(item) -> int:
+        if item in sweep:
+            return 0 if item is sweep[0] else 3
+        if "smoke" in item.fixturenames:
+            return 2
+        return 1 if item.get_closest_marker("e2e") else 4
+
+    items.sort(key=rank)

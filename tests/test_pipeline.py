@@ -607,20 +607,31 @@ def test_cli_answers_a_test_question_with_the_finetuned_model(smoke):
 # ---- A seed sweep through DVC's queue: the summary and the readable table ----
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def seed_sweep(smoke, tmp_path_factory) -> Path:
-    """Three queued experiments of the smoke run with train.seed 0, 1 and 2, run by a worker."""
-    repo = copy_of(smoke[0], tmp_path_factory.mktemp("sweep") / "repo")
-    sh(["dvc", "exp", "run", "--queue", "-S", "train.seed=0,1,2"], cwd=repo)
-    sh(["dvc", "queue", "start", "--jobs", "1"], cwd=repo)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        status = sh(["dvc", "queue", "status"], cwd=repo)
-        if status.count("Success") == 3 or "Failed" in status:
-            break
-        time.sleep(5)
-    assert status.count("Success") == 3, status
-    return repo
+    """Three queued experiments of the smoke run with train.seed 0, 1 and 2, run by a worker:
+    made once for the whole run (`once_per_session`); each test gets its own copy."""
+
+    def make(folder: Path) -> None:
+        repo = copy_of(smoke[0], folder / "repo")
+        sh(["dvc", "exp", "run", "--queue", "-S", "train.seed=0,1,2"], cwd=repo)
+        sh(["dvc", "queue", "start", "--jobs", "1"], cwd=repo)
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            status = sh(["dvc", "queue", "status"], cwd=repo)
+            if status.count("Success") == 3 or "Failed" in status:
+                break
+            time.sleep(5)
+        assert status.count("Success") == 3, status
+        sh(["dvc", "queue", "stop", "--kill"], cwd=repo, check=False)  # no worker left behind
+
+    return once_per_session(tmp_path_factory, "sweep", make) / "repo"
+
+
+@pytest.fixture
+def sweep_copy(seed_sweep, tmp_path) -> Path:
+    """A copy of the seed sweep (git with its experiment refs, DVC cache, outputs)."""
+    return copy_of(seed_sweep, tmp_path / "sweep")
 
 
 def experiment_revs(repo: Path) -> dict[str, str]:
@@ -639,9 +650,8 @@ def committed_json(repo: Path, rev: str, path: str) -> dict:
     return json.loads(sh(["git", "show", f"{rev}:{path}"], cwd=repo))
 
 
-@pytest.mark.xdist_group("seed_sweep")  # one sweep, made on one worker
-def test_seed_sweep_summary_equals_the_experiments_metrics_files(seed_sweep):
-    repo = seed_sweep
+def test_seed_sweep_summary_equals_the_experiments_metrics_files(sweep_copy):
+    repo = sweep_copy
     revs = experiment_revs(repo)
     assert len(revs) == 3
     seeds = {name: committed_json_params(repo, rev)["train"]["seed"] for name, rev in revs.items()}
@@ -694,13 +704,12 @@ def readme_line(prefix: str) -> str:
     raise AssertionError(f"README.md has no line starting with {prefix!r}")
 
 
-@pytest.mark.xdist_group("seed_sweep")  # one sweep, made on one worker
-def test_the_readme_experiments_table_fits_100_columns(seed_sweep):
+def test_the_readme_experiments_table_fits_100_columns(sweep_copy):
     """The README's `dvc exp show` line on three experiments: within 100 columns, nothing cut
     short, columns in reading order (value, change, interval, p), accuracy to 3 significant
     digits and McNemar's p to 2; and plain `dvc exp show` names no experiment at 160 columns,
     as the README says."""
-    repo = seed_sweep
+    repo = sweep_copy
     shown = sh(readme_line("dvc exp show --csv"), cwd=repo, env={"COLUMNS": "100"})
     print(shown)  # quoted in the issue note (pytest -s)
     lines = [line for line in shown.splitlines() if line.strip()]
