@@ -21,6 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
+# Under pytest-xdist, each worker's torch (and the stages it runs) gets its share of the cores:
+# n workers of all-core torch on the same cores slowed test_train + test_evaluate by a third.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
+    _share = (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _share))
+
 TEST_DATA = locate_for_this_run(SHARED)
 PUBMEDQA_DIR = TEST_DATA.pubmedqa
 TOKENIZER_DIR = TEST_DATA.tokenizer
