@@ -268,9 +268,8 @@ def biased_model(params, token_id: int):
 def test_a_model_biased_toward_one_label_predicts_it_and_generates_after_it(
     eval_workdir, monkeypatch, tokenizer, tiny_model_params, label
 ) -> None:
-    from pubmedqa_gpt2.prompt import label_token_ids
-
-    token = label_token_ids(tokenizer)[LABELS.index(label)]
+    # The label's token in GPT-2's vocabulary (vocab.json), not from the code under test.
+    token = {"yes": 3763, "no": 645, "maybe": 3863}[label]
     assert tokenizer.decode([token]) == f" {label}"
     biased_model(tiny_model_params, token).save_pretrained(paths.FINETUNED)
     prompts_generated: list[list[int]] = []

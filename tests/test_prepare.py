@@ -12,7 +12,7 @@ import pytest
 from pubmedqa_gpt2.data.records import Record
 from pubmedqa_gpt2.data.split import official_split, overlapping_pmids
 from pubmedqa_gpt2.paths import SPLITS
-from pubmedqa_gpt2.prompt import LABELS, encode_example, label_token_ids
+from pubmedqa_gpt2.prompt import LABELS, encode_example
 
 from .conftest import needs_pubmedqa, needs_tokenizer
 from .official_split_script import official_folds
@@ -79,7 +79,7 @@ def test_fold_zero_label_counts(official):
 
     def count(pmids):
         labels = Counter(official[p]["final_decision"] for p in pmids)
-        return [labels[label] for label in LABELS]
+        return [labels[label] for label in ("yes", "no", "maybe")]
 
     assert (len(train), len(dev)) == (450, 50)
     assert count(train) == [249, 152, 49]
@@ -120,8 +120,9 @@ def test_prompt_has_question_and_context_but_never_the_long_answer(tokenizer):
     assert "Is X safe?" in prompt and "METHODS: X was given." in prompt
     assert "not safe" not in prompt
     assert completion == " no. X was not safe.<|endoftext|>"
-    # The first completion token is the decision, scored at the last prompt position.
-    assert enc.completion_ids[0] == label_token_ids(tokenizer)[LABELS.index("no")]
+    # The first completion token is the decision, scored at the last prompt position: " no" is
+    # 645 in GPT-2's vocabulary (its vocab.json), not whatever label_token_ids says.
+    assert enc.completion_ids[0] == 645
     assert enc.completion_ids[-1] == tokenizer.eos_token_id
 
 

@@ -105,3 +105,108 @@ def test_no_finished_experiments_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["summary", "--over", "train.seed", "--input", str(saved)])
     assert "no finished experiments" in capsys.readouterr().err
+
+
+def entry(name, params: dict, metrics: dict | None, error=None, rev="f" * 40) -> dict:
+    """A `dvc exp show --json` rev with the given params.yaml tree and metrics files."""
+    files = {path: {"data": data} for path, data in (metrics or {}).items()}
+    return {"rev": rev, "name": name, "error": error,
+            "data": {"params": {"params.yaml": {"data": params}}, "metrics": files}}  # fmt: skip
+
+
+def tuned(accuracy: float) -> dict:
+    return {"metrics/eval_finetuned.json": {"accuracy": accuracy}}
+
+
+def test_experiments_whose_params_differ_in_which_keys_they_have():
+    """A param only some experiments have (LoRA's rank, added later) sets them apart: the
+    others count as lacking it (None), and grouping never mixes the two."""
+    plain = {"train": {"seed": 0, "learning_rate": 1e-3}}
+    with_rank = {"train": {"seed": 0, "learning_rate": 1e-3, "lora": {"r": 8}}}
+    exp_show = [{"rev": "abc", "experiments": [{"revs": [
+        entry("p0", plain, tuned(0.5)),
+        entry("p1", {"train": {**plain["train"], "seed": 1}}, tuned(0.7)),
+        entry("r0", with_rank, tuned(0.9)),
+        entry("r1", {"train": {**with_rank["train"], "seed": 1}}, tuned(0.8)),
+        # a param tree without the swept key: in its own group, and --over still accepted
+        entry("noseed", {"train": {"learning_rate": 5e-4}}, tuned(0.1)),
+    ]}]}]  # fmt: skip
+    groups = summary.summarize(summary.experiments_of(exp_show), ["train.seed"])
+    assert [(g["params"], g["experiments"], g["n"]) for g in groups] == [
+        ({"train.learning_rate": 1e-3, "train.lora.r": None}, ["p0", "p1"], 2),
+        ({"train.learning_rate": 1e-3, "train.lora.r": 8}, ["r0", "r1"], 2),
+        ({"train.learning_rate": 5e-4, "train.lora.r": None}, ["noseed"], 1),
+    ]
+    assert groups[0]["swept"] == {"train.seed": ["0", "1"]}
+    assert groups[2]["swept"] == {"train.seed": ["null"]}
+    assert groups[1]["metrics"]["accuracy"] == pytest.approx(
+        {"mean": 0.85, "sd": 0.0707107, "min": 0.8, "max": 0.9, "n": 2}, abs=1e-6
+    )  # sd by hand: |0.9 - 0.8| / sqrt(2)
+    assert groups[2]["metrics"]["accuracy"] == {"mean": 0.1, "sd": None, "min": 0.1,
+                                                "max": 0.1, "n": 1}  # fmt: skip
+    table = summary.markdown(groups, ["train.seed"]).splitlines()
+    assert table[2] == "| train.learning_rate | train.lora.r | n | accuracy |"
+    assert table[3] == "|---|---|---|---|"
+    assert table[4] == "| 0.001 | None | 2 | 0.6000 ± 0.1414 (0.5000–0.7000) |"
+    assert table[6] == "| 0.0005 | None | 1 | 0.1000 |"  # one run: no sd, no range
+
+
+def test_failed_and_unfinished_experiments_are_left_out():
+    """A failed experiment is left out even when DVC shows metrics for it (those of the
+    commit it started from); a queued one has none. A nameless one goes by its short rev."""
+    params = {"train": {"seed": 0}}
+    exp_show = [{"rev": "abc", "experiments": [
+        {"revs": [entry("failed", params, tuned(0.9), error={"type": "failed"})]},
+        {"revs": [entry("queued", params, None)]},
+        {"revs": [entry(None, params, tuned(0.4), rev="1234567" + "0" * 33)]},
+        {"revs": None},
+    ]}, {"rev": "workspace", "experiments": None}]  # fmt: skip
+    (only,) = summary.experiments_of(exp_show)
+    assert only == summary.Experiment(
+        name="1234567", params={"train.seed": 0}, metrics={"accuracy": 0.4}
+    )
+
+
+def test_headline_metrics_are_read_from_their_files_by_dotted_key():
+    metrics = {
+        "metrics/eval_finetuned.json": {"accuracy": 0.6, "macro_f1": 0.5, "rougeL": 0.2,
+                                        "meteor": 0.3, "ci95": {"accuracy": 1}},
+        "metrics/train.json": {"dev_accuracy": 0.7},
+        "metrics/compare.json": {"accuracy": {"diff": 0.1}, "macro_f1": {"diff": -0.2},
+                                 "mcnemar": {"p": 0.04}},
+    }  # fmt: skip
+    experiment = summary.read_experiment(entry("e", {"a": {"b": {}}}, metrics))
+    assert experiment.metrics == {
+        "accuracy": 0.6, "macro_f1": 0.5, "rougeL": 0.2, "meteor": 0.3, "dev_accuracy": 0.7,
+        "accuracy_diff": 0.1, "macro_f1_diff": -0.2, "mcnemar_p": 0.04,
+    }  # fmt: skip
+    assert experiment.params == {"a.b": {}}  # an empty section is a value, not dropped
+    assert summary.flatten({"a": {"b": 1, "c": {"d": None}}, "e": 2}) == {
+        "a.b": 1, "a.c.d": None, "e": 2,
+    }  # fmt: skip
+
+
+def test_dvc_exp_show_output_is_read_after_any_warnings(monkeypatch):
+    import subprocess
+
+    calls = []
+
+    def fake_run(args, **kwargs):
+        calls.append(args)
+        return subprocess.CompletedProcess(args, 0, 'WARNING: something\n[{"rev": "x"}]\n', "")
+
+    monkeypatch.setattr(summary.subprocess, "run", fake_run)
+    assert summary.exp_show_json() == [{"rev": "x"}]
+    assert calls[0][1:] == ["-m", "dvc", "exp", "show", "--json"]
+
+    def failing(args, **kwargs):
+        return subprocess.CompletedProcess(args, 255, "", "ERROR: first\nERROR: not a repo\n")
+
+    monkeypatch.setattr(summary.subprocess, "run", failing)
+    with pytest.raises(summary.StageError, match=r"^dvc exp show --json failed: ERROR: not a "):
+        summary.exp_show_json()
+    monkeypatch.setattr(
+        summary.subprocess, "run", lambda a, **k: subprocess.CompletedProcess(a, 1, "", "")
+    )
+    with pytest.raises(summary.StageError, match=r"failed: \(no output\)$"):
+        summary.exp_show_json()
