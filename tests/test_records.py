@@ -119,9 +119,8 @@ def test_official_records_normalize_in_file_order(tmp_path):
 
 def hub_row(pubid, **changes) -> dict:
     context = {"contexts": GOOD["CONTEXTS"], "labels": GOOD["LABELS"], "meshes": GOOD["MESHES"]}
-    row = {"pubid": pubid, "question": GOOD["QUESTION"], "context": context,
-           "long_answer": GOOD["LONG_ANSWER"], "final_decision": GOOD["final_decision"]}  # fmt: skip
-    return row | changes
+    row = {"pubid": pubid, "question": GOOD["QUESTION"], "context": context}
+    return row | {"long_answer": GOOD["LONG_ANSWER"], "final_decision": "yes"} | changes
 
 
 def test_hub_rows_give_the_same_records_as_the_official_file():
@@ -163,9 +162,12 @@ def test_jsonl_is_sorted_keys_utf8_and_reads_back(tmp_path):
     assert write_jsonl(path, [EXPECTED, record]) == 2
     lines = path.read_bytes().split(b"\n")
     assert lines[2] == b"" and len(lines) == 3
-    assert lines[1] == (
-        '{"contexts": ["c"], "final_decision": "no", "labels": [], "long_answer": "Sí.", '
-        '"meshes": [], "pmid": "5", "question": "Café?"}'
-    ).encode()
+    assert (
+        lines[1]
+        == (
+            '{"contexts": ["c"], "final_decision": "no", "labels": [], "long_answer": "Sí.", '
+            '"meshes": [], "pmid": "5", "question": "Café?"}'
+        ).encode()
+    )
     assert list(iter_jsonl(path)) == [EXPECTED, record]
     assert json.loads(lines[0])["pmid"] == "123"
