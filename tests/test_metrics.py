@@ -113,3 +113,64 @@ def test_wordnet_dir_override(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None
     monkeypatch.setenv(metrics.WORDNET_ENV, str(tmp_path))
     with pytest.raises(ValueError, match=metrics.WORDNET_ENV):
         load_wordnet()
+
+
+def test_meteor_sees_words_and_punctuation_apart_and_any_case() -> None:
+    """METEOR's input: words and single punctuation marks (so "mortality." matches
+    "mortality"), case left to METEOR, which lower-cases. Checked against nltk's METEOR on
+    tokens written by hand, without WordNet (a stand-in that knows no synonyms)."""
+    from nltk.translate.meteor_score import meteor_score
+
+    class NoSynonyms:
+        def synsets(self, *args, **kwargs):
+            return []
+
+    assert metrics.tokenize("Does X-ray help? Yes, in 95% of cases.") == [
+        "Does", "X", "-", "ray", "help", "?", "Yes", ",", "in", "95", "%", "of", "cases", ".",
+    ]  # fmt: skip
+    reference = "The drug reduced mortality. Trials are needed."
+    prediction = "the drug reduced MORTALITY and trials are needed"
+    by_hand = meteor_score(
+        [["The", "drug", "reduced", "mortality", ".", "Trials", "are", "needed", "."]],
+        ["the", "drug", "reduced", "MORTALITY", "and", "trials", "are", "needed"],
+        wordnet=NoSynonyms(),
+    )
+    on_whitespace = meteor_score(
+        [reference.split()], prediction.split(), wordnet=NoSynonyms()
+    )  # "mortality." and "needed." would not match
+    assert by_hand > on_whitespace + 0.05
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(metrics, "load_wordnet", lambda: (None, "none (test)"))
+        (scores,), key, source = metrics.generation_scores([reference], [prediction])
+    assert (key, source) == ("meteor_no_synonyms", "none (test)")
+    assert scores["meteor_no_synonyms"] == pytest.approx(by_hand, abs=1e-12)
+
+
+def test_rouge_is_rouge_score_s_on_the_raw_texts_and_lsum_on_sentences() -> None:
+    """ROUGE-1/2/L from the rouge-score package on the texts as they are (Porter stemming);
+    ROUGE-Lsum with one sentence a line, as that package expects for it."""
+    from rouge_score import rouge_scorer
+
+    reference = "Aspirin lowered the risk. Bleeding rose in 3 patients."
+    prediction = "Bleeding rose slightly. Aspirin lowers risk in older patients."
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], True)
+    plain = scorer.score(reference, prediction)
+    by_line = scorer.score(
+        "Aspirin lowered the risk.\nBleeding rose in 3 patients.",
+        "Bleeding rose slightly.\nAspirin lowers risk in older patients.",
+    )
+    (scores,), _, _ = metrics.generation_scores([reference], [prediction])
+    for key in ("rouge1", "rouge2", "rougeL"):
+        assert scores[key] == pytest.approx(plain[key].fmeasure, abs=1e-12), key
+    assert scores["rougeLsum"] == pytest.approx(by_line["rougeLsum"].fmeasure, abs=1e-12)
+    assert by_line["rougeLsum"].fmeasure > plain["rougeLsum"].fmeasure  # the lines matter
+
+
+def test_corpus_bleu_is_sacrebleu_s_over_all_answers() -> None:
+    import sacrebleu
+
+    references = ["the cat sat on the mat today", "a dog barked at night in town"]
+    predictions = ["the cat sat on a mat today", "a dog barked loudly at night"]
+    _, result = generation_metrics(references, predictions)
+    expected = sacrebleu.corpus_bleu(predictions, [references]).score / 100
+    assert result["bleu"] == pytest.approx(expected, abs=1e-12) and 0 < expected < 1
