@@ -116,3 +116,25 @@ def test_rejects_prompts_that_do_not_fit(model) -> None:
         generate_greedy(model, [[1], [1] * 49], max_new_tokens=3, eos_id=NO_EOS, pad_id=PAD)
     with pytest.raises(ValueError, match="prompt 0 has 0 tokens"):
         generate_greedy(model, [[]], max_new_tokens=3, eos_id=NO_EOS, pad_id=PAD)
+
+
+def test_rows_stop_where_hugging_face_stops_at_end_of_text(model) -> None:
+    """End-of-text set to a token the rows do generate: each row ends where Hugging Face's
+    `generate` ends it (without the token), in one batch whose rows stop at different steps,
+    and a row whose first token is end-of-text is empty."""
+    prompts = random_rows((5, 17, 9, 30, 12), seed=5)
+    free = generate_greedy(model, prompts, max_new_tokens=12, eos_id=NO_EOS, pad_id=PAD)
+    for eos in (free[0][3], free[1][0]):
+        expected = []
+        for prompt in prompts:
+            ids = torch.tensor([prompt])
+            out = model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                pad_token_id=PAD, eos_token_id=eos,
+            )[0, len(prompt):].tolist()  # fmt: skip
+            expected.append(out[:-1] if out and out[-1] == eos else out)
+        got = generate_greedy(model, prompts, max_new_tokens=12, eos_id=eos, pad_id=PAD)
+        assert got == expected
+        assert len({len(row) for row in got}) > 1  # rows of the batch stop at different steps
+    assert got[1] == []  # its first token was end-of-text
+    assert len(generate_greedy(model, prompts[:1], 12, free[0][3], PAD)[0]) <= 3
