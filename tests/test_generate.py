@@ -138,3 +138,12 @@ def test_rows_stop_where_hugging_face_stops_at_end_of_text(model) -> None:
         assert len({len(row) for row in got}) > 1  # rows of the batch stop at different steps
     assert got[1] == []  # its first token was end-of-text
     assert len(generate_greedy(model, prompts[:1], 12, free[0][3], PAD)[0]) <= 3
+
+
+def test_ngram_blocker_at_the_length_boundaries() -> None:
+    blocker = NgramBlocker(2, [[1]])
+    blocker.append(0, 2)  # the row's first bigram, "1 2", ends here
+    blocker.append(0, 1)
+    assert blocker.banned(0) == [2]
+    assert NgramBlocker(2, [[5, 5]]).banned(0) == [5]  # a row exactly n long
+    assert NgramBlocker(3, [[4, 4, 4]]).banned(0) == [4]

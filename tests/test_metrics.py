@@ -174,3 +174,17 @@ def test_corpus_bleu_is_sacrebleu_s_over_all_answers() -> None:
     _, result = generation_metrics(references, predictions)
     expected = sacrebleu.corpus_bleu(predictions, [references]).score / 100
     assert result["bleu"] == pytest.approx(expected, abs=1e-12) and 0 < expected < 1
+
+
+def test_a_label_absent_from_gold_and_predictions_counts_as_zero_in_macro_f1() -> None:
+    # No "maybe" anywhere: scikit-learn over the three labels gives (1 + 1 + 0) / 3, not 1.
+    result = decision_metrics(["yes", "no"], ["yes", "no"])
+    assert result["macro_f1"] == pytest.approx(2 / 3)
+    assert result["per_class"]["maybe"] == {"precision": 0, "recall": 0, "f1": 0, "support": 0}
+    with pytest.raises(ValueError, match="^no labels to score$"):
+        decision_metrics([], [])
+
+
+def test_bleu_of_identical_texts_is_exactly_one() -> None:
+    _, result = generation_metrics([TEXT], [TEXT])
+    assert result["bleu"] == 1.0  # sacrebleu says 100.00000000000004

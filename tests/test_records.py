@@ -171,3 +171,63 @@ def test_jsonl_is_sorted_keys_utf8_and_reads_back(tmp_path):
     )
     assert list(iter_jsonl(path)) == [EXPECTED, record]
     assert json.loads(lines[0])["pmid"] == "123"
+
+
+def test_messages_that_name_the_type_the_origin_and_a_pmid_written_twice(tmp_path):
+    write_official(tmp_path, {"123": "text"})
+    with pytest.raises(StageError) as error:
+        read_official_json(tmp_path / OFFICIAL)
+    assert str(error.value) == f"{tmp_path / OFFICIAL}: record 123: expected an object, got str"
+    write_official(tmp_path, {"123": {k: v for k, v in GOOD.items() if k != "QUESTION"}})
+    with pytest.raises(StageError) as error:
+        read_official_json(tmp_path / OFFICIAL)
+    assert str(error.value) == f"{tmp_path / OFFICIAL}: record 123: field QUESTION: missing"
+    write_official(tmp_path, {"123": GOOD, "0123": GOOD})  # two keys, one PMID
+    with pytest.raises(StageError) as error:
+        read_official_json(tmp_path / OFFICIAL)
+    assert str(error.value) == f"{tmp_path / OFFICIAL}: record 123: PMID occurs more than once"
+
+
+def test_a_bad_parquet_row_is_named_by_the_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "pqa.parquet"
+    pq.write_table(pa.Table.from_pylist([hub_row(123, final_decision="perhaps")]), path)
+    with pytest.raises(StageError) as error:
+        read_hub_parquet(path)
+    assert str(error.value) == (
+        f"{path}: record 123: field final_decision: 'perhaps' is not one of yes, no, maybe"
+    )
+
+
+def test_the_hub_is_read_through_datasets_with_the_pinned_revision(monkeypatch):
+    import datasets
+
+    from pubmedqa_gpt2.data.records import read_hub
+
+    calls = []
+
+    def load_dataset(hub_id, config, split, revision):
+        calls.append((hub_id, config, split, revision))
+        return [hub_row(123), hub_row(7)]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    assert [r.pmid for r in read_hub("org/pubmed_qa", "pqa_labeled", "abc")] == ["123", "7"]
+    read_hub("org/pubmed_qa", "pqa_artificial", "abc", limit=5)
+    assert calls == [
+        ("org/pubmed_qa", "pqa_labeled", "train", "abc"),
+        ("org/pubmed_qa", "pqa_artificial", "train[:5]", "abc"),
+    ]
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: [hub_row(1, question="")])
+    with pytest.raises(StageError) as error:
+        read_hub("org/pubmed_qa", "pqa_labeled", "abc")
+    assert str(error.value) == "org/pubmed_qa/pqa_labeled: record 1: field question: empty"
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(StageError) as error:
+        read_hub("org/pubmed_qa", "pqa_labeled", "abc")
+    assert str(error.value) == "data.hub_id: cannot load org/pubmed_qa (pqa_labeled): no network"
