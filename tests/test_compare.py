@@ -240,8 +240,8 @@ def test_pairing_is_by_pmid_and_refuses_other_questions_or_labels():
 
 
 def test_figures_are_rounded_to_six_places_and_answer_scores_compared_where_both_have_them():
-    assert stage.figure(0.1234564, 0.2, {"low": -0.00000049, "high": 1 / 3}) == {
-        "base": 0.123456, "tuned": 0.2, "diff": 0.076544, "low": -0.0, "high": 0.333333,
+    assert stage.figure(0.1234564, 0.2000007, {"low": -0.00000049, "high": 1 / 3}) == {
+        "base": 0.123456, "tuned": 0.200001, "diff": 0.076544, "low": -0.0, "high": 0.333333,
     }  # fmt: skip
     gold = [LABELS[i % 3] for i in range(12)]
     base = samples([(g, g) for g in gold], [0.2] * 12)
@@ -261,6 +261,13 @@ def test_figures_are_rounded_to_six_places_and_answer_scores_compared_where_both
         "paired 95% percentile bootstrap (scipy.stats.bootstrap) over the 12 test questions, "
         "200 resamples, seed 0"
     )
+    assert stage.compare(base, tuned, 200, 0) == result  # the seed decides the resamples
+    varied = samples(
+        [(g, g if i % 2 else "yes") for i, g in enumerate(gold)], [0.1 * i for i in range(12)]
+    )
+    again = [stage.compare(base, varied, 200, 0) for _ in range(2)]
+    assert again[0] == again[1] and again[0]["accuracy"]["low"] < again[0]["accuracy"]["high"]
+    assert again[0]["macro_f1"]["low"] < again[0]["macro_f1"]["high"]
     none = stage.compare(samples([("yes", "yes")] * 3), samples([("yes", "no")] * 3), 200, 0)
     assert none["n_generated"] == 0 and "rouge1" not in none
     assert none["accuracy"] == {"base": 1.0, "tuned": 0.0, "diff": -1.0, "low": -1.0, "high": -1.0}

@@ -210,3 +210,37 @@ def test_dvc_exp_show_output_is_read_after_any_warnings(monkeypatch):
     )
     with pytest.raises(summary.StageError, match=r"failed: \(no output\)$"):
         summary.exp_show_json()
+
+
+def test_the_table_leaves_a_metric_a_group_lacks_empty_and_names_every_swept_param():
+    exp_show = [{"rev": "abc", "experiments": [{"revs": [
+        entry("a", {"train": {"seed": 0, "lr": 1}, "prepare": {"fold": 0}}, tuned(0.5)),
+        entry("b", {"train": {"seed": 0, "lr": 2}, "prepare": {"fold": 0}},
+              {**tuned(0.6), "metrics/train.json": {"dev_accuracy": 0.7}}),
+    ]}]}]  # fmt: skip
+    over = ["train.seed", "prepare.fold"]
+    table = summary.run(over, as_json=False, exp_show=exp_show).splitlines()
+    assert table[:4] == [
+        "Groups of experiments over train.seed, prepare.fold: mean ± sd (min–max) of n runs",
+        "",
+        "| train.lr | n | accuracy | dev_accuracy |",
+        "|---|---|---|---|",
+    ]
+    assert table[4:] == ["| 1 | 1 | 0.5000 |  |", "| 2 | 1 | 0.6000 | 0.7000 |"]
+    text = summary.run(over, as_json=True, exp_show=exp_show)
+    assert text.startswith('[\n  {\n    "params": {\n      "train.lr": 1\n    },')
+    with pytest.raises(summary.StageError) as error:
+        summary.summarize(summary.experiments_of(exp_show), ["train.sed", "prepare.fld"])
+    assert str(error.value) == "--over prepare.fld, train.sed: not a param of these experiments"
+
+
+def test_run_reads_dvc_only_without_given_experiments(monkeypatch):
+    monkeypatch.setattr(summary, "exp_show_json", lambda: EXP_SHOW)
+    assert summary.run(["train.seed"], as_json=False) == summary.run(
+        ["train.seed"], as_json=False, exp_show=EXP_SHOW
+    )
+    monkeypatch.setattr(summary, "exp_show_json", lambda: [])
+    assert summary.run(["train.seed"], as_json=True, exp_show=EXP_SHOW).startswith("[")
+    with pytest.raises(summary.StageError) as error:
+        summary.run(["train.seed"], as_json=False)
+    assert str(error.value) == "no finished experiments; run some with `dvc exp run` first"
