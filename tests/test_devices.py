@@ -168,12 +168,13 @@ def test_visible_devices_are_the_candidates_and_odd_names_are_safe_lock_files(
     assert devices.candidate_gpus({"CUDA_VISIBLE_DEVICES": " 2, 3 ,"}) == ["2", "3"]
     assert devices.candidate_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
     assert devices.candidate_gpus({}) == ["0", "1", "2", "3"]
-    env = {"CUDA_VISIBLE_DEVICES": "GPU-ab/c:1", devices.LOCK_DIR_ENV: str(tmp_path / "new")}
+    locks = tmp_path / "new" / "locks"
+    env = {"CUDA_VISIBLE_DEVICES": "GPU-ab/c:1", devices.LOCK_DIR_ENV: str(locks)}
     try:
         assert devices.claim_gpus(1, env) == ["GPU-ab/c:1"]
     finally:
         devices.release_gpus()
-    assert [p.name for p in (tmp_path / "new").iterdir()] == ["gpu-GPU-ab_c_1.lock"]
+    assert [p.name for p in locks.iterdir()] == ["gpu-GPU-ab_c_1.lock"]
 
 
 def test_physical_gpus_are_counted_from_the_driver_folder(monkeypatch, tmp_path):
@@ -182,3 +183,22 @@ def test_physical_gpus_are_counted_from_the_driver_folder(monkeypatch, tmp_path)
     for bus in ("0000:17:00.0", "0000:65:00.0"):
         (tmp_path / "gpus" / bus).mkdir(parents=True)
     assert devices.physical_gpus() == ["0", "1"]
+
+
+def test_a_second_claim_sets_the_devices_it_holds_and_the_defaults_are_used(monkeypatch, tmp_path):
+    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1", "2"])
+    monkeypatch.setattr(devices, "DEFAULT_LOCK_DIR", str(tmp_path / "default" / "locks"))
+    monkeypatch.delenv(devices.LOCK_DIR_ENV, raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    old_umask = os.umask(0o022)
+    try:
+        assert devices.claim_gpus(2) == ["0", "1"]  # os.environ, the default folder
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
+        env = {"CUDA_VISIBLE_DEVICES": "2"}
+        assert devices.claim_gpus(1, env) == ["0", "1"] and env["CUDA_VISIBLE_DEVICES"] == "0,1"
+    finally:
+        devices.release_gpus()
+        os.umask(old_umask)
+    locks = sorted((tmp_path / "default" / "locks").iterdir())
+    assert [p.name for p in locks] == ["gpu-0.lock", "gpu-1.lock"]
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in locks)  # 0o666 less the umask
