@@ -283,3 +283,9 @@ def test_the_sentence_in_full():
         "fine-tuning changed accuracy by -2.4 points (95% CI -7.6 to +3.0; McNemar exact "
         "p = 0.41; 83 questions fixed, 95 broken; 500 test questions)"
     )
+
+
+def test_mcnemar_refuses_answers_of_different_questions():
+    with pytest.raises(ValueError) as error:
+        statistics.mcnemar_exact([True, False], [True])
+    assert str(error.value) == "2 base but 1 tuned answers"

@@ -82,3 +82,8 @@ def test_out_of_memory_messages_say_what_was_asked_and_free():
     assert memory.EVALUATE_ADVICE == (
         "lower evaluate.batch_size and evaluate.generation_batch_size, or prepare.max_length"
     )
+
+
+def test_gigabytes_are_decimal_rounded_to_one_place():
+    assert memory.gb(1_050_000_000) == "1.1 GB"  # 1.05 x 10^9 bytes
+    assert memory.gb(12_384_481_280) == "12.4 GB"
