@@ -398,8 +398,8 @@ def test_cuda_out_of_memory_in_evaluation_is_one_line_with_advice(
 
 
 def test_the_evaluate_stage_claims_one_free_gpu_of_its_own_before_cuda(tmp_path, monkeypatch):
-    """On a machine with 2 GPUs, GPU 0 held by another run: evaluate locks GPU 1 and sees only
-    it before it picks its device, one GPU whatever train.num_processes says."""
+    """On a machine with 3 GPUs, GPU 0 held by another run: evaluate locks GPU 1 and sees only
+    it before it picks its device, one GPU whatever train.num_processes (2) says."""
     import fcntl
     import os
 
@@ -409,7 +409,7 @@ def test_the_evaluate_stage_claims_one_free_gpu_of_its_own_before_cuda(tmp_path,
 
     write_params(tmp_path, {"train": {"num_processes": 2}})
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1", "2"])
     monkeypatch.setenv(devices.LOCK_DIR_ENV, str(tmp_path / "locks"))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     (tmp_path / "locks").mkdir()
