@@ -289,3 +289,12 @@ def test_mcnemar_refuses_answers_of_different_questions():
     with pytest.raises(ValueError) as error:
         statistics.mcnemar_exact([True, False], [True])
     assert str(error.value) == "2 base but 1 tuned answers"
+
+
+def test_one_generated_answer_is_compared_alone():
+    base = samples([("yes", "yes"), ("no", "yes")], [0.2, 0.3])
+    tuned = samples([("yes", "yes"), ("no", "no")], [0.6, 0.9])
+    base[1]["generated_answer"] = None
+    result = stage.compare(base, tuned, 200, 0)
+    assert result["n_generated"] == 1
+    assert result["rouge1"] == {"base": 0.2, "tuned": 0.6, "diff": 0.4, "low": 0.4, "high": 0.4}

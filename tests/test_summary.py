@@ -244,3 +244,11 @@ def test_run_reads_dvc_only_without_given_experiments(monkeypatch):
     with pytest.raises(summary.StageError) as error:
         summary.run(["train.seed"], as_json=False)
     assert str(error.value) == "no finished experiments; run some with `dvc exp run` first"
+
+
+def test_an_experiment_without_params_yaml_has_no_params():
+    rev = {"rev": "a" * 40, "name": "e", "data": {"params": {"other.yaml": {"data": {"x": 1}}},
+           "metrics": {"metrics/train.json": {"data": {"dev_accuracy": 0.5}}}}}  # fmt: skip
+    assert summary.read_experiment(rev) == summary.Experiment("e", {}, {"dev_accuracy": 0.5})
+    rev["data"]["params"] = None
+    assert summary.read_experiment(rev).params == {}
