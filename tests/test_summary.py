@@ -252,3 +252,16 @@ def test_an_experiment_without_params_yaml_has_no_params():
     assert summary.read_experiment(rev) == summary.Experiment("e", {}, {"dev_accuracy": 0.5})
     rev["data"]["params"] = None
     assert summary.read_experiment(rev).params == {}
+
+
+def test_a_param_one_experiment_lacks_never_matches_another_s_value():
+    """{a: 1} and {b: 1}: not one group, though both list one param set to 1."""
+    exp_show = [{"rev": "abc", "experiments": [{"revs": [
+        entry("only_a", {"seed": 0, "a": 1}, tuned(0.5)),
+        entry("only_b", {"seed": 1, "b": 1}, tuned(0.6)),
+    ]}]}]  # fmt: skip
+    groups = summary.summarize(summary.experiments_of(exp_show), ["seed"])
+    assert [(g["params"], g["experiments"]) for g in groups] == [
+        ({"a": 1, "b": None}, ["only_a"]),
+        ({"a": None, "b": 1}, ["only_b"]),
+    ]
