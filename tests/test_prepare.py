@@ -278,3 +278,10 @@ def test_a_label_that_is_not_one_token_is_refused():
     with pytest.raises(ValueError) as error:
         label_token_ids(splitting_tokenizer)
     assert str(error.value) == "tokenizer splits ' maybe' into 2 tokens; need one"
+
+
+@needs_tokenizer
+def test_label_token_ids_are_gpt2_s(tokenizer):
+    from pubmedqa_gpt2.prompt import label_token_ids
+
+    assert label_token_ids(tokenizer) == [3763, 645, 3863]  # " yes", " no", " maybe" in vocab.json

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics as py_stats
+import sys
 
 import pytest
 
@@ -190,14 +191,24 @@ def test_dvc_exp_show_output_is_read_after_any_warnings(monkeypatch):
     import subprocess
 
     calls = []
+    shown = {"out": 'WARNING: something\n[{"rev": "x", "l": [1]}]\n'}
 
     def fake_run(args, **kwargs):
-        calls.append(args)
-        return subprocess.CompletedProcess(args, 0, 'WARNING: something\n[{"rev": "x"}]\n', "")
+        calls.append((args, kwargs))
+        return subprocess.CompletedProcess(args, 0, shown["out"], "")
 
     monkeypatch.setattr(summary.subprocess, "run", fake_run)
-    assert summary.exp_show_json() == [{"rev": "x"}]
-    assert calls[0][1:] == ["-m", "dvc", "exp", "show", "--json"]
+    assert summary.exp_show_json() == [{"rev": "x", "l": [1]}]
+    assert calls[0] == (
+        [sys.executable, "-m", "dvc", "exp", "show", "--json"],
+        {"capture_output": True, "text": True},
+    )
+    for out, expected in (
+        ('[{"rev": "y"}]', [{"rev": "y"}]),  # no warning before it
+        ('note\n{"a": {"b": 1}}', {"a": {"b": 1}}),  # an object, nested
+    ):
+        shown["out"] = out
+        assert summary.exp_show_json() == expected
 
     def failing(args, **kwargs):
         return subprocess.CompletedProcess(args, 255, "", "ERROR: first\nERROR: not a repo\n")
