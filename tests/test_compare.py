@@ -298,3 +298,12 @@ def test_one_generated_answer_is_compared_alone():
     result = stage.compare(base, tuned, 200, 0)
     assert result["n_generated"] == 1
     assert result["rouge1"] == {"base": 0.2, "tuned": 0.6, "diff": 0.4, "low": 0.4, "high": 0.4}
+
+
+def test_constant_scores_give_the_rounded_point_as_their_interval():
+    """Nothing varies (every question scores 1/3): no bootstrap, the point rounded to six
+    places, for one question as for five."""
+    for n in (1, 5):
+        assert statistics.mean_interval([1 / 3] * n, 100, 0) == {"low": 0.333333, "high": 0.333333}
+    varying = statistics.mean_interval([0.0, 1 / 3, 1 / 3, 1 / 3], 100, 0)
+    assert varying["low"] < varying["high"]
