@@ -17,6 +17,7 @@ SETTINGS = [
     {"repetition_penalty": 1.3},
     {"no_repeat_ngram_size": 2},
     {"repetition_penalty": 0.8, "no_repeat_ngram_size": 3},
+    {"repetition_penalty": 2.0, "no_repeat_ngram_size": 1},
 ]
 
 
@@ -147,3 +148,17 @@ def test_ngram_blocker_at_the_length_boundaries() -> None:
     assert blocker.banned(0) == [2]
     assert NgramBlocker(2, [[5, 5]]).banned(0) == [5]  # a row exactly n long
     assert NgramBlocker(3, [[4, 4, 4]]).banned(0) == [4]
+
+
+def test_the_last_positions_are_generated_as_hugging_face_does(model) -> None:
+    """Prompts 46 and 47 long (48 positions): 2 tokens and 1, the last one fed at position 47,
+    each equal to Hugging Face's `generate` with that budget."""
+    prompts = random_rows((46, 47), seed=6)
+    got = generate_greedy(model, prompts, max_new_tokens=5, eos_id=NO_EOS, pad_id=PAD)
+    for prompt, tokens, budget in zip(prompts, got, (2, 1), strict=True):
+        ids = torch.tensor([prompt])
+        expected = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=budget, do_sample=False,
+            pad_token_id=PAD, eos_token_id=None,
+        )[0, len(prompt):].tolist()  # fmt: skip
+        assert tokens == expected and len(tokens) == budget
