@@ -225,8 +225,9 @@ def test_dvc_exp_show_output_is_read_after_any_warnings(monkeypatch):
 
 def test_the_table_leaves_a_metric_a_group_lacks_empty_and_names_every_swept_param():
     exp_show = [{"rev": "abc", "experiments": [{"revs": [
-        entry("a", {"train": {"seed": 0, "lr": 1}, "prepare": {"fold": 0}}, tuned(0.5)),
-        entry("b", {"train": {"seed": 0, "lr": 2}, "prepare": {"fold": 0}},
+        entry("a", {"train": {"seed": 0, "lr": 1}, "prepare": {"fold": 0}, "m": "gpt2"},
+              tuned(0.5)),  # m: the same in every experiment, so not a column
+        entry("b", {"train": {"seed": 0, "lr": 2}, "prepare": {"fold": 0}, "m": "gpt2"},
               {**tuned(0.6), "metrics/train.json": {"dev_accuracy": 0.7}}),
     ]}]}]  # fmt: skip
     over = ["train.seed", "prepare.fold"]
