@@ -81,7 +81,7 @@ def test_disjoint_texts_score_zero() -> None:
 
 
 def test_generation_metrics_rejects_bad_input() -> None:
-    with pytest.raises(ValueError, match="no texts"):
+    with pytest.raises(ValueError, match="^no texts to score$"):
         generation_metrics([], [])
     with pytest.raises(ValueError, match="2 references but 1 predictions"):
         generation_metrics(["a", "b"], ["a"])
