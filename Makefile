@@ -6,7 +6,7 @@ GPT2_TOKENIZER_DIR ?= ../shared/gpt2-tokenizer
 export PUBMEDQA_DIR := $(abspath $(PUBMEDQA_DIR))
 export GPT2_TOKENIZER_DIR := $(abspath $(GPT2_TOKENIZER_DIR))
 
-.PHONY: test offline-data smoke-params smoke bench gpu-kit cpu-large plots-template
+.PHONY: test offline-data smoke-params smoke bench gpu-kit cpu-large plots-template mutate
 
 test:
 	$(PYTHON) -m pytest
@@ -31,6 +31,15 @@ smoke:
 # vl-convert-python (the dev extra) and commit it; .dvc/config names it.
 plots-template:
 	$(PYTHON) -m pubmedqa_gpt2.plots_template
+
+# Mutation testing (mutmut, the dev extra) of the modules listed under [tool.mutmut] in
+# pyproject.toml, with their fast unit tests; figures and run time: docs/TESTING.md. Resumes
+# where it stopped (mutants/ holds the state); `mutmut browse` shows the survivors.
+MUTATE_CHILDREN ?= 2
+mutate:
+	env -u PYTHONPATH OMP_NUM_THREADS=1 nice -n 15 $(PYTHON) -m mutmut run \
+		--max-children $(MUTATE_CHILDREN)
+	$(PYTHON) -m mutmut results
 
 bench:
 	$(PYTHON) -m bench.cpu

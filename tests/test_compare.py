@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
+from pubmedqa_gpt2.errors import StageError
 from pubmedqa_gpt2.evaluation import compare as stage
 from pubmedqa_gpt2.evaluation import statistics
 from pubmedqa_gpt2.paths import COMPARE_METRICS, COMPARE_SENTENCE, samples_file
@@ -190,3 +191,126 @@ def test_missing_and_broken_sample_files(tmp_path):
     (tmp_path / samples_file("finetuned")).write_text('{"pmid": "100"\n')
     proc = run_compare(tmp_path)
     assert proc.returncode == 1 and "finetuned/samples.jsonl: line 1: not JSON" in proc.stderr
+
+
+# ---- In-process (the tests above that run the stage as a command are out of `make mutate`) ----
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (['{"pmid": "1"'], "line 1: not JSON (Expecting ',' delimiter)"),
+        (['{"pmid": "1", "gold_decision": "yes", "predicted_decision": "no", "correct": false}'],
+         "line 1 (pmid 1): field 'generated_answer' is missing"),
+        (['{"gold_decision": "yes"}'], "line 1 (pmid None): field 'pmid' is missing"),
+        ([json.dumps(samples([("yes", "no")])[0]),
+          json.dumps({**samples([("no", "no")])[0], "gold_decision": "No"})],
+         "line 2 (pmid 100): gold_decision 'No' is not one of ['yes', 'no', 'maybe']"),
+        ([json.dumps({**samples([("no", "no")])[0], "predicted_decision": None})],
+         "line 1 (pmid 100): predicted_decision None is not one of ['yes', 'no', 'maybe']"),
+        ([], "no questions"),
+    ],
+)  # fmt: skip
+def test_read_samples_names_the_line_and_field(tmp_path, lines, message):
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    with pytest.raises(StageError) as error:
+        stage.read_samples(path)
+    assert str(error.value) == f"{path}: {message}"
+
+
+def test_read_samples_reads_every_line_and_names_a_missing_file(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    with pytest.raises(StageError) as error:
+        stage.read_samples(path)
+    assert str(error.value) == f"{path}: file not found; run the evaluate stage first (dvc repro)"
+    rows = samples([("yes", "no"), ("maybe", "maybe")], [0.5, 0.25])
+    write_samples(tmp_path, "base", rows)
+    assert stage.read_samples(tmp_path / samples_file("base")) == rows
+
+
+def test_pairing_is_by_pmid_and_refuses_other_questions_or_labels():
+    base = samples([("yes", "yes"), ("no", "yes"), ("maybe", "no")])
+    tuned = [base[2], base[0], {**base[1], "predicted_decision": "no", "correct": True}]
+    paired_base, aligned = stage.pair_samples(base, tuned)
+    assert paired_base == base
+    assert [s["pmid"] for s in aligned] == ["100", "101", "102"]
+    assert aligned[1]["correct"] is True
+    same = "eval/base/samples.jsonl and eval/finetuned/samples.jsonl do not hold the same "
+    for other in (tuned[:2], [*tuned, tuned[0]], [*tuned[:2], {**tuned[2], "pmid": "9"}]):
+        with pytest.raises(StageError) as error:
+            stage.pair_samples(base, other)
+        assert str(error.value) == same + "questions; rerun both evaluations (dvc repro)"
+    with pytest.raises(StageError) as error:
+        stage.pair_samples(base, [tuned[0], tuned[1], {**tuned[2], "gold_decision": "yes"}])
+    assert str(error.value) == "pmid 101: gold_decision differs between the two samples"
+
+
+def test_figures_are_rounded_to_six_places_and_answer_scores_compared_where_both_have_them():
+    assert stage.figure(0.1234564, 0.2000007, {"low": -0.00000049, "high": 1 / 3}) == {
+        "base": 0.123456, "tuned": 0.200001, "diff": 0.076544, "low": -0.0, "high": 0.333333,
+    }  # fmt: skip
+    gold = [LABELS[i % 3] for i in range(12)]
+    base = samples([(g, g) for g in gold], [0.2] * 12)
+    tuned = samples([(g, g) for g in gold], [0.5] * 12)
+    for rows in (base, tuned):
+        rows[0]["generated_answer"] = None  # not generated: left out of the answer scores
+        rows[0]["rouge1"] = 100.0
+    base[1]["generated_answer"] = None
+    for row in tuned:
+        row["meteor_no_synonyms"] = 0.7
+    result = stage.compare(base, tuned, 200, 0)
+    assert result["n_generated"] == 10
+    assert result["rouge1"] == {"base": 0.2, "tuned": 0.5, "diff": 0.3, "low": 0.3, "high": 0.3}
+    assert {"rougeL", "meteor"} <= result.keys() and "meteor_no_synonyms" not in result
+    assert result["macro_f1"] == {"base": 1.0, "tuned": 1.0, "diff": 0.0, "low": 0.0, "high": 0.0}
+    assert result["ci_method"] == (
+        "paired 95% percentile bootstrap (scipy.stats.bootstrap) over the 12 test questions, "
+        "200 resamples, seed 0"
+    )
+    assert stage.compare(base, tuned, 200, 0) == result  # the seed decides the resamples
+    varied = samples(
+        [(g, g if i % 2 else "yes") for i, g in enumerate(gold)], [0.1 * i for i in range(12)]
+    )
+    again = [stage.compare(base, varied, 200, 0) for _ in range(2)]
+    assert again[0] == again[1] and again[0]["accuracy"]["low"] < again[0]["accuracy"]["high"]
+    assert again[0]["macro_f1"]["low"] < again[0]["macro_f1"]["high"]
+    none = stage.compare(samples([("yes", "yes")] * 3), samples([("yes", "no")] * 3), 200, 0)
+    assert none["n_generated"] == 0 and "rouge1" not in none
+    assert none["accuracy"] == {"base": 1.0, "tuned": 0.0, "diff": -1.0, "low": -1.0, "high": -1.0}
+
+
+def test_the_sentence_in_full():
+    result = {
+        "n_test": 500,
+        "accuracy": {"diff": -0.0244, "low": -0.07601, "high": 0.0304},
+        "mcnemar": {"fixed": 83, "broken": 95, "p": 0.40969},
+    }
+    assert stage.sentence(result) == (
+        "fine-tuning changed accuracy by -2.4 points (95% CI -7.6 to +3.0; McNemar exact "
+        "p = 0.41; 83 questions fixed, 95 broken; 500 test questions)"
+    )
+
+
+def test_mcnemar_refuses_answers_of_different_questions():
+    with pytest.raises(ValueError) as error:
+        statistics.mcnemar_exact([True, False], [True])
+    assert str(error.value) == "2 base but 1 tuned answers"
+
+
+def test_one_generated_answer_is_compared_alone():
+    base = samples([("yes", "yes"), ("no", "yes")], [0.2, 0.3])
+    tuned = samples([("yes", "yes"), ("no", "no")], [0.6, 0.9])
+    base[1]["generated_answer"] = None
+    result = stage.compare(base, tuned, 200, 0)
+    assert result["n_generated"] == 1
+    assert result["rouge1"] == {"base": 0.2, "tuned": 0.6, "diff": 0.4, "low": 0.4, "high": 0.4}
+
+
+def test_constant_scores_give_the_rounded_point_as_their_interval():
+    """Nothing varies (every question scores 1/3): no bootstrap, the point rounded to six
+    places, for one question as for five."""
+    for n in (1, 5):
+        assert statistics.mean_interval([1 / 3] * n, 100, 0) == {"low": 0.333333, "high": 0.333333}
+    varying = statistics.mean_interval([0.0, 1 / 3, 1 / 3, 1 / 3], 100, 0)
+    assert varying["low"] < varying["high"]

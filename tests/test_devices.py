@@ -106,3 +106,99 @@ def test_no_gpu_no_claim(monkeypatch, tmp_path):
     monkeypatch.setattr(devices, "physical_gpus", lambda: [])
     env = {devices.LOCK_DIR_ENV: str(tmp_path)}
     assert devices.claim_gpus(1, env) == [] and "CUDA_VISIBLE_DEVICES" not in env
+
+
+def lock(lock_dir: Path, device: str) -> int:
+    """Hold a device's lock as another process would (flock is per open file)."""
+    import fcntl
+
+    fd = os.open(lock_dir / f"gpu-{device}.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def test_a_process_waiting_for_more_gpus_than_are_free_holds_none_of_them(
+    monkeypatch, tmp_path, capsys
+):
+    """Asking for 2 of 3 GPUs while 2 are taken: the one free GPU is not kept while waiting
+    (another run may take it), and both are claimed, in order, once they are free."""
+    import threading
+
+    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1", "2"])
+    env = {devices.LOCK_DIR_ENV: str(tmp_path)}
+    tmp_path.mkdir(exist_ok=True)
+    taken = [lock(tmp_path, "0"), lock(tmp_path, "2")]
+    got: list[list[str]] = []
+    claimer = threading.Thread(
+        target=lambda: got.append(devices.claim_gpus(2, env, poll=0.02)), daemon=True
+    )
+    claimer.start()
+    try:
+        free = 0
+        for _ in range(20):  # while it waits, GPU 1 stays free for anyone (but for the
+            time.sleep(0.02)  # moments its polls try it)
+            try:
+                os.close(lock(tmp_path, "1"))
+                free += 1
+            except BlockingIOError:
+                pass
+        assert free >= 10 and claimer.is_alive() and not got
+        assert "CUDA_VISIBLE_DEVICES" not in env
+        os.close(taken.pop())  # GPU 2 comes free: now two are
+        claimer.join(timeout=10)
+        assert got == [["1", "2"]] and env["CUDA_VISIBLE_DEVICES"] == "1,2"
+        with pytest.raises(BlockingIOError):
+            lock(tmp_path, "1")  # held by the claimer now
+    finally:
+        for fd in taken:
+            os.close(fd)
+        devices.release_gpus()
+    err = capsys.readouterr().err
+    assert err.count("waiting for 2 free GPU(s) of 0,1,2 (others are in use)") == 1, err
+    assert f"using GPU 1,2 (locked in {tmp_path})" in err
+    # released: GPU 1 and 2 free again, and the lock file names the process that held it
+    os.close(lock(tmp_path, "1"))
+    assert (tmp_path / "gpu-1.lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_visible_devices_are_the_candidates_and_odd_names_are_safe_lock_files(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1", "2", "3"])
+    assert devices.candidate_gpus({"CUDA_VISIBLE_DEVICES": " 2, 3 ,"}) == ["2", "3"]
+    assert devices.candidate_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert devices.candidate_gpus({}) == ["0", "1", "2", "3"]
+    locks = tmp_path / "new" / "locks"
+    env = {"CUDA_VISIBLE_DEVICES": "GPU-ab/c:1", devices.LOCK_DIR_ENV: str(locks)}
+    try:
+        assert devices.claim_gpus(1, env) == ["GPU-ab/c:1"]
+    finally:
+        devices.release_gpus()
+    assert [p.name for p in locks.iterdir()] == ["gpu-GPU-ab_c_1.lock"]
+
+
+def test_physical_gpus_are_counted_from_the_driver_folder(monkeypatch, tmp_path):
+    monkeypatch.setattr(devices, "NVIDIA_GPUS", tmp_path / "gpus")
+    assert devices.physical_gpus() == []
+    for bus in ("0000:17:00.0", "0000:65:00.0"):
+        (tmp_path / "gpus" / bus).mkdir(parents=True)
+    assert devices.physical_gpus() == ["0", "1"]
+
+
+def test_a_second_claim_sets_the_devices_it_holds_and_the_defaults_are_used(monkeypatch, tmp_path):
+    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1", "2"])
+    monkeypatch.setattr(devices, "DEFAULT_LOCK_DIR", str(tmp_path / "default" / "locks"))
+    monkeypatch.delenv(devices.LOCK_DIR_ENV, raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    old_umask = os.umask(0o022)
+    try:
+        assert devices.claim_gpus(2) == ["0", "1"]  # os.environ, the default folder
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
+        env = {"CUDA_VISIBLE_DEVICES": "2"}
+        assert devices.claim_gpus(1, env) == ["0", "1"] and env["CUDA_VISIBLE_DEVICES"] == "0,1"
+    finally:
+        devices.release_gpus()
+        os.umask(old_umask)
+    locks = sorted((tmp_path / "default" / "locks").iterdir())
+    assert [p.name for p in locks] == ["gpu-0.lock", "gpu-1.lock"]
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in locks)  # 0o666 less the umask

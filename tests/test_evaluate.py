@@ -268,9 +268,8 @@ def biased_model(params, token_id: int):
 def test_a_model_biased_toward_one_label_predicts_it_and_generates_after_it(
     eval_workdir, monkeypatch, tokenizer, tiny_model_params, label
 ) -> None:
-    from pubmedqa_gpt2.prompt import label_token_ids
-
-    token = label_token_ids(tokenizer)[LABELS.index(label)]
+    # The label's token in GPT-2's vocabulary (vocab.json), not from the code under test.
+    token = {"yes": 3763, "no": 645, "maybe": 3863}[label]
     assert tokenizer.decode([token]) == f" {label}"
     biased_model(tiny_model_params, token).save_pretrained(paths.FINETUNED)
     prompts_generated: list[list[int]] = []
@@ -402,3 +401,46 @@ def test_cuda_out_of_memory_in_evaluation_is_one_line_with_advice(
         "or prepare.max_length"
     )
     assert not Path("eval").exists() and not Path("metrics").exists()
+
+
+def test_the_evaluate_stage_claims_one_free_gpu_of_its_own_before_cuda(tmp_path, monkeypatch):
+    """On a machine with 3 GPUs, GPU 0 held by another run: evaluate locks GPU 1 and sees only
+    it before it picks its device, one GPU whatever train.num_processes (2) says."""
+    import fcntl
+    import os
+
+    from pubmedqa_gpt2 import devices
+
+    from .committed import write_params
+
+    write_params(tmp_path, {"train": {"num_processes": 2}})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1", "2"])
+    monkeypatch.setenv(devices.LOCK_DIR_ENV, str(tmp_path / "locks"))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    (tmp_path / "locks").mkdir()
+    other_run = os.open(tmp_path / "locks/gpu-0.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(other_run, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    monkeypatch.setattr(stage, "read_test", lambda path: [])
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def pick_device():
+        seen["visible"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise Stop
+
+    monkeypatch.setattr(stage, "pick_device", pick_device)
+    monkeypatch.setattr(sys, "argv", ["evaluate", "base"])
+    try:
+        with pytest.raises(Stop):
+            stage.main()
+        assert seen == {"visible": "1"}
+        with pytest.raises(BlockingIOError):  # held by this process until it ends
+            fcntl.flock(
+                os.open(tmp_path / "locks/gpu-1.lock", os.O_RDWR), fcntl.LOCK_EX | fcntl.LOCK_NB
+            )
+    finally:
+        devices.release_gpus()
+        os.close(other_run)

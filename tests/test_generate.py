@@ -17,6 +17,7 @@ SETTINGS = [
     {"repetition_penalty": 1.3},
     {"no_repeat_ngram_size": 2},
     {"repetition_penalty": 0.8, "no_repeat_ngram_size": 3},
+    {"repetition_penalty": 2.0, "no_repeat_ngram_size": 1},
 ]
 
 
@@ -116,3 +117,48 @@ def test_rejects_prompts_that_do_not_fit(model) -> None:
         generate_greedy(model, [[1], [1] * 49], max_new_tokens=3, eos_id=NO_EOS, pad_id=PAD)
     with pytest.raises(ValueError, match="prompt 0 has 0 tokens"):
         generate_greedy(model, [[]], max_new_tokens=3, eos_id=NO_EOS, pad_id=PAD)
+
+
+def test_rows_stop_where_hugging_face_stops_at_end_of_text(model) -> None:
+    """End-of-text set to a token the rows do generate: each row ends where Hugging Face's
+    `generate` ends it (without the token), in one batch whose rows stop at different steps,
+    and a row whose first token is end-of-text is empty."""
+    prompts = random_rows((5, 17, 9, 30, 12), seed=5)
+    free = generate_greedy(model, prompts, max_new_tokens=12, eos_id=NO_EOS, pad_id=PAD)
+    for eos in (free[0][3], free[1][0]):
+        expected = []
+        for prompt in prompts:
+            ids = torch.tensor([prompt])
+            out = model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                pad_token_id=PAD, eos_token_id=eos,
+            )[0, len(prompt):].tolist()  # fmt: skip
+            expected.append(out[:-1] if out and out[-1] == eos else out)
+        got = generate_greedy(model, prompts, max_new_tokens=12, eos_id=eos, pad_id=PAD)
+        assert got == expected
+        assert len({len(row) for row in got}) > 1  # rows of the batch stop at different steps
+    assert got[1] == []  # its first token was end-of-text
+    assert len(generate_greedy(model, prompts[:1], 12, free[0][3], PAD)[0]) <= 3
+
+
+def test_ngram_blocker_at_the_length_boundaries() -> None:
+    blocker = NgramBlocker(2, [[1]])
+    blocker.append(0, 2)  # the row's first bigram, "1 2", ends here
+    blocker.append(0, 1)
+    assert blocker.banned(0) == [2]
+    assert NgramBlocker(2, [[5, 5]]).banned(0) == [5]  # a row exactly n long
+    assert NgramBlocker(3, [[4, 4, 4]]).banned(0) == [4]
+
+
+def test_the_last_positions_are_generated_as_hugging_face_does(model) -> None:
+    """Prompts 46 and 47 long (48 positions): 2 tokens and 1, the last one fed at position 47,
+    each equal to Hugging Face's `generate` with that budget."""
+    prompts = random_rows((46, 47), seed=6)
+    got = generate_greedy(model, prompts, max_new_tokens=5, eos_id=NO_EOS, pad_id=PAD)
+    for prompt, tokens, budget in zip(prompts, got, (2, 1), strict=True):
+        ids = torch.tensor([prompt])
+        expected = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=budget, do_sample=False,
+            pad_token_id=PAD, eos_token_id=None,
+        )[0, len(prompt):].tolist()  # fmt: skip
+        assert tokens == expected and len(tokens) == budget

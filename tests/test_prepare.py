@@ -12,7 +12,7 @@ import pytest
 from pubmedqa_gpt2.data.records import Record
 from pubmedqa_gpt2.data.split import official_split, overlapping_pmids
 from pubmedqa_gpt2.paths import SPLITS
-from pubmedqa_gpt2.prompt import LABELS, encode_example, label_token_ids
+from pubmedqa_gpt2.prompt import LABELS, encode_example
 
 from .conftest import needs_pubmedqa, needs_tokenizer
 from .official_split_script import official_folds
@@ -79,7 +79,7 @@ def test_fold_zero_label_counts(official):
 
     def count(pmids):
         labels = Counter(official[p]["final_decision"] for p in pmids)
-        return [labels[label] for label in LABELS]
+        return [labels[label] for label in ("yes", "no", "maybe")]
 
     assert (len(train), len(dev)) == (450, 50)
     assert count(train) == [249, 152, 49]
@@ -120,8 +120,9 @@ def test_prompt_has_question_and_context_but_never_the_long_answer(tokenizer):
     assert "Is X safe?" in prompt and "METHODS: X was given." in prompt
     assert "not safe" not in prompt
     assert completion == " no. X was not safe.<|endoftext|>"
-    # The first completion token is the decision, scored at the last prompt position.
-    assert enc.completion_ids[0] == label_token_ids(tokenizer)[LABELS.index("no")]
+    # The first completion token is the decision, scored at the last prompt position: " no" is
+    # 645 in GPT-2's vocabulary (its vocab.json), not whatever label_token_ids says.
+    assert enc.completion_ids[0] == 645
     assert enc.completion_ids[-1] == tokenizer.eos_token_id
 
 
@@ -227,3 +228,60 @@ def test_prepare_with_another_fold_writes_that_fold_and_never_shows_the_answer(
             assert tokenizer.decode(row["completion_ids"]) == (
                 f" {record['final_decision']}. {record['LONG_ANSWER']}<|endoftext|>"
             )
+
+
+def test_contexts_are_joined_with_their_labels_only_when_every_one_has_one():
+    from pubmedqa_gpt2.prompt import format_context
+
+    assert format_context(["a b.", "c."], ["AIMS", "RESULTS"]) == " AIMS: a b. RESULTS: c."
+    assert format_context(["a b.", "c."], ["AIMS"]) == " a b. c."
+    assert format_context(["a b.", "c."]) == " a b. c."
+
+
+@needs_tokenizer
+def test_the_budget_is_met_exactly_and_one_token_less_is_refused(tokenizer):
+    from pubmedqa_gpt2.prompt import TooLongError, encode_examples
+
+    def count(text: str) -> int:  # by the tokenizer itself, not the code under test
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    fixed = count("Question: Is it?\nContext:") + count("\nAnswer:") + count(" yes. Because.") + 1
+    args = (["Is it?", "Is it?"], [["word"], ["word " * 50]], [[], []], ["yes", "yes"],
+            ["Because.", "Because."])  # fmt: skip
+    exact, cut = encode_examples(tokenizer, *args, max_length=fixed + count(" word"))
+    assert len(exact.prompt_ids) + len(exact.completion_ids) == fixed + 1 and not exact.shortened
+    assert len(cut.prompt_ids) + len(cut.completion_ids) == fixed + 1 and cut.shortened
+    (no_context,) = encode_examples(tokenizer, *(a[1:] for a in args), max_length=fixed)
+    assert no_context.shortened and tokenizer.decode(no_context.prompt_ids).endswith(
+        "Context:\nAnswer:"
+    )
+    with pytest.raises(TooLongError) as error:
+        encode_examples(tokenizer, *args, max_length=fixed - 1)
+    assert str(error.value) == f"example 0: {fixed} tokens without context, budget {fixed - 1}"
+    assert error.value.index == 0
+    with pytest.raises(ValueError):  # a batch whose lists disagree
+        encode_examples(tokenizer, args[0], args[1], [[]], *args[3:], max_length=100)
+
+
+@needs_tokenizer
+def test_the_default_budget_is_gpt2_s_1024_positions(tokenizer):
+    enc = encode_example(tokenizer, "Is it?", ["word " * 2000], [], "yes", "Because.")
+    assert enc.shortened and len(enc.prompt_ids) + len(enc.completion_ids) == 1024
+
+
+def test_a_label_that_is_not_one_token_is_refused():
+    from pubmedqa_gpt2.prompt import label_token_ids
+
+    def splitting_tokenizer(text, add_special_tokens):
+        return {"input_ids": [7] * len(text.split("a"))}  # " maybe" -> 2 pieces
+
+    with pytest.raises(ValueError) as error:
+        label_token_ids(splitting_tokenizer)
+    assert str(error.value) == "tokenizer splits ' maybe' into 2 tokens; need one"
+
+
+@needs_tokenizer
+def test_label_token_ids_are_gpt2_s(tokenizer):
+    from pubmedqa_gpt2.prompt import label_token_ids
+
+    assert label_token_ids(tokenizer) == [3763, 645, 3863]  # " yes", " no", " maybe" in vocab.json

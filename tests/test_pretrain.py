@@ -113,3 +113,116 @@ def test_phase_2_without_a_phase_1_model_says_what_to_run(phase_workdir, tiny):
     set_params(phase_workdir, phase_params(tiny, True))
     with pytest.raises(StageError, match="run the pretrain stage first"):
         train.main()
+
+
+# Phase 1's own settings, every one unlike train's (and unlike params.yaml's) so that a setting
+# read from the wrong section shows.
+PHASE1_SETTINGS = {
+    "epochs": 4,
+    "learning_rate": 3e-4,
+    "lr_scheduler": "cosine",
+    "warmup_ratio": 0.2,
+    "weight_decay": 0.01,
+    "batch_size": 2,
+    "gradient_accumulation_steps": 3,
+    "max_grad_norm": 0.5,
+    "seed": 7,
+    "precision": "fp32",
+    "gradient_checkpointing": True,
+    "loss_on": "all",
+    "best_metric": "dev_accuracy",
+    "eval_batch_size": 5,
+    "num_processes": 2,
+    "save_steps": 9,
+    "keep_checkpoints": True,
+    "resumable_checkpoints": True,
+    "logging_steps": 3,
+    "lora": {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0},
+}
+
+
+def test_phase_1_trains_with_its_own_section_and_never_train_s():
+    from pubmedqa_gpt2.training.phase import phase1_params
+    from tests.committed import committed_params
+
+    pretrain_section = {"enabled": True, "max_samples": 12, **PHASE1_SETTINGS}
+    params = committed_params({"data": {"artificial": True}, "pretrain": pretrain_section})
+    other_train = committed_params(
+        {"data": {"artificial": True}, "pretrain": pretrain_section,
+         "train": {"epochs": 9, "learning_rate": 0.1, "num_processes": 3, "seed": 1}}
+    )  # fmt: skip
+    for p in (params, other_train):
+        phase1 = phase1_params(p)
+        assert phase1.train.model_dump() == PHASE1_SETTINGS
+        assert phase1.model == p.model and phase1.pretrain == p.pretrain
+    assert params.train.model_dump() != PHASE1_SETTINGS  # the params themselves unchanged
+
+
+def test_phase_1_runs_in_its_own_number_of_processes(tmp_path, monkeypatch):
+    """pretrain.num_processes 2, train.num_processes 3: phase 1 claims 2 GPUs and launches
+    2 processes of the pretrain stage."""
+    from pubmedqa_gpt2.training import recipe
+
+    set_params(
+        tmp_path,
+        {"data": {"artificial": True}, "train": {"num_processes": 3},
+         "pretrain": {"enabled": True, "num_processes": 2}},
+    )  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    calls = []
+    monkeypatch.setattr(recipe, "claim_gpus", lambda n: calls.append(("claim", n)))
+    monkeypatch.setattr(recipe, "launch", lambda n, module: calls.append(("launch", n, module)))
+    monkeypatch.setattr(recipe, "train", lambda *a: calls.append(("train",)))
+    pretrain.main()
+    assert calls == [("claim", 2), ("launch", 2, "stages.pretrain")]
+    # Launched (WORLD_SIZE set by torch.distributed.run): each process trains, no claim.
+    calls.clear()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    pretrain.main()
+    assert calls == [("train",)]
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(StageError, match="is 2 but the launcher started 3 processes"):
+        pretrain.main()
+
+
+def test_phase_2_resumes_only_from_checkpoints_of_the_same_phase_1_model(tmp_path, monkeypatch):
+    """The resume fingerprint covers the model phase 2 starts from: when phase 1 ran again
+    (another model), phase 2's old checkpoints are another run's and are dropped."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from pubmedqa_gpt2.training import recipe
+    from pubmedqa_gpt2.training.checkpoints import STATE_FILE
+    from tests.committed import committed_params
+
+    monkeypatch.chdir(tmp_path)
+    params = committed_params(
+        {"data": {"artificial": True}, "pretrain": {"enabled": True},
+         "train": {"resumable_checkpoints": True}}
+    )  # fmt: skip
+    phase = phase2(params)
+    assert phase.start_from == PHASE1.output
+    for path in (phase.train_file, paths.DEV_FILE, PHASE1.output / "model.safetensors"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"first")
+    args = SimpleNamespace(process_index=0, main_process_first=lambda **kw: nullcontext())
+    checkpoint = phase.checkpoints / "checkpoint-2"
+
+    def resume_after_a_checkpoint(params=params):
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        (checkpoint / STATE_FILE).write_text("{}")
+        return recipe.checkpoint_to_resume(params, phase2(params), args)
+
+    assert recipe.checkpoint_to_resume(params, phase, args) is None  # records this run
+    assert resume_after_a_checkpoint() == str(checkpoint)  # the same run: resumed
+    (PHASE1.output / "model.safetensors").write_bytes(b"phase 1 ran again")
+    assert recipe.checkpoint_to_resume(params, phase, args) is None
+    assert not checkpoint.exists()
+    # Phase 1 off: phase 2 starts from the base model, and no phase-1 file counts.
+    off = committed_params({"train": {"resumable_checkpoints": True}})
+    assert phase2(off).start_from is None
+    assert recipe.checkpoint_to_resume(off, phase2(off), args) is None
+    assert resume_after_a_checkpoint(off) == str(checkpoint)
+    (PHASE1.output / "model.safetensors").write_bytes(b"changed, unused")
+    assert recipe.checkpoint_to_resume(off, phase2(off), args) == str(checkpoint)

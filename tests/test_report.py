@@ -98,3 +98,48 @@ def test_the_closing_hint_names_every_file_git_keeps_of_a_run():
     config = configparser.ConfigParser()
     config.read(ROOT / ".dvc/config")
     assert config["core"]["autostage"] == "true"
+
+
+def test_a_fine_tuned_row_a_lora_run_and_missing_figures(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reports").mkdir()
+    (tmp_path / REFERENCE_FILE).write_text("")  # no published rows
+    write(tmp_path / "metrics/eval_finetuned.json", {"accuracy": 0.5, "macro_f1": 0.25})
+    model = {"name": "gpt2", "init": "random", "overrides": {"n_layer": 2, "n_embd": 64}}
+    params = committed_params(
+        {"model": model, "train": {"epochs": 1, "lora": {"enabled": True}},
+         "prepare": {"max_train_samples": 8, "fold": 3}}
+    )  # fmt: skip
+    lines = report.render(params).splitlines()
+    setup = "`gpt2` (random init, n_layer=2, n_embd=64); 8 questions x 1 epochs, lr 2e-05, LoRA; dev fold 3"  # noqa: E501
+    assert lines[2] == f"| gpt2, base | {setup} | not run yet | | | | |"
+    assert (
+        lines[3]
+        == f"| gpt2, fine-tuned | {setup} | 50.0 | 25.0 |  |  | `metrics/eval_finetuned.json` |"
+    )  # noqa: E501
+    assert lines[4] == ""
+
+
+def test_broken_inputs_are_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reports").mkdir()
+    (tmp_path / REFERENCE_FILE).write_text("- {model: m, accuracy: 1, source: s}\n")
+    with pytest.raises(StageError) as error:
+        report.read_reference()
+    assert str(error.value) == f"{REFERENCE_FILE}: row 1 (m): no 'macro_f1'"
+    (tmp_path / REFERENCE_FILE).write_text(
+        "- {model: a, accuracy: 1, macro_f1: null, source: s}\n- {accuracy: 1}\n"
+    )
+    with pytest.raises(StageError) as error:
+        report.read_reference()
+    assert str(error.value) == f"{REFERENCE_FILE}: row 2 (None): no 'model'"
+    write(tmp_path / "metrics/eval_base.json", {})
+    (tmp_path / "metrics/eval_base.json").write_text("{")
+    with pytest.raises(StageError) as error:
+        report.read_metrics("eval_base")
+    assert str(error.value) == (
+        "metrics/eval_base.json: not JSON (Expecting property name enclosed in double quotes)"
+    )
+    for text in (f"{report.BEGIN}\nno end", f"no begin\n{report.END}"):
+        with pytest.raises(StageError, match="needs the markers"):
+            report.replace_block(text, "table")

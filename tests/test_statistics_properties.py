@@ -152,3 +152,27 @@ def test_mcnemar_is_scipys_binomial_test_on_the_discordant_questions(data):
         "broken": broken,
         "p": pytest.approx(expected, abs=1e-15),
     }
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.data(), st.sampled_from([50, 99]), SEEDS)
+def test_a_paired_macro_f1_interval_is_scipys_bootstrap_of_the_difference(data, n, seed):
+    """macro-F1(tuned) - macro-F1(base), both models resampled on the same questions: each
+    resample scored by scikit-learn, the resamples drawn by scipy."""
+    size = data.draw(st.integers(3, 27))
+    # every label in each vector: the three first, then random ones, in a random order
+    gold, base, tuned = (
+        data.draw(st.permutations(LABELS + data.draw(labels(size)))) for _ in "gbt"
+    )
+    codes = {label: i for i, label in enumerate(LABELS)}
+    g, b, t = ([codes[x] for x in labels_] for labels_ in (gold, base, tuned))
+    assume(sklearn_macro_f1(g, b) != sklearn_macro_f1(g, t))
+
+    def difference(g, b, t):
+        return sklearn_macro_f1(g, t) - sklearn_macro_f1(g, b)
+
+    got = statistics.paired_macro_f1_interval(gold, base, tuned, n, seed)
+    low, high = scipy_interval((g, b, t), difference, n, seed, vectorized=False)
+    assert (got["low"], got["high"]) == pytest.approx((low, high), abs=1e-12)
+    swapped = statistics.paired_macro_f1_interval(gold, tuned, base, n, seed)
+    assert (swapped["low"], swapped["high"]) == pytest.approx((-high, -low), abs=1e-12)
