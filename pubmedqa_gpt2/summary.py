@@ -137,7 +137,8 @@ def markdown(groups: Sequence[dict[str, Any]], over: Sequence[str]) -> str:
     for number, group in enumerate(groups, start=1):
         apart = ", ".join(f"{k}={v}" for k, v in group["params"].items())
         lines += ["", f"## Group {number}" + (f": {apart}" if apart else "")]
-        names = f"{group['n']} experiments: " + ", ".join(group["experiments"])
+        plural = "experiment" if group["n"] == 1 else "experiments"
+        names = f"{group['n']} {plural}: " + ", ".join(group["experiments"])
         lines += ["", *textwrap.wrap(names, WIDTH, break_on_hyphens=False)]
         lines += ["", "| metric | n | mean | sd | min | max |", "|---|---|---|---|---|---|"]
         for column, stats in group["metrics"].items():

@@ -264,9 +264,9 @@ def test_figures_are_rounded_to_six_places_and_answer_scores_compared_where_both
     assert result["rouge1"] == {"base": 0.2, "tuned": 0.5, "diff": 0.3, "low": 0.3, "high": 0.3}
     assert {"rougeL", "meteor"} <= result.keys() and "meteor_no_synonyms" not in result
     assert result["macro_f1"] == {"base": 1.0, "tuned": 1.0, "diff": 0.0, "low": 0.0, "high": 0.0}
-    assert result["ci_method"] == (
-        "paired 95% percentile bootstrap (scipy.stats.bootstrap) over the 12 test questions, "
-        "200 resamples, seed 0"
+    assert stage.method(200, 0, result["n_test"]) == (
+        "intervals: paired 95% percentile bootstrap (scipy.stats.bootstrap) over the 12 test "
+        "questions, 200 resamples, seed 0"
     )
     assert stage.compare(base, tuned, 200, 0) == result  # the seed decides the resamples
     varied = samples(

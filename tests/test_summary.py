@@ -165,11 +165,21 @@ def test_experiments_whose_params_differ_in_which_keys_they_have():
     )  # sd by hand: |0.9 - 0.8| / sqrt(2)
     assert groups[2]["metrics"]["accuracy"] == {"mean": 0.1, "sd": None, "min": 0.1,
                                                 "max": 0.1, "n": 1}  # fmt: skip
-    table = summary.markdown(groups, ["train.seed"]).splitlines()
-    assert table[2] == "| train.learning_rate | train.lora.r | n | accuracy |"
-    assert table[3] == "|---|---|---|---|"
-    assert table[4] == "| 0.001 | None | 2 | 0.6000 ± 0.1414 (0.5000–0.7000) |"
-    assert table[6] == "| 0.0005 | None | 1 | 0.1000 |"  # one run: no sd, no range
+    text = summary.markdown(groups, ["train.seed"])
+    assert (
+        "## Group 1: train.learning_rate=0.001, train.lora.r=None\n\n2 experiments: p0, p1\n"
+        in text
+    )
+    # sd by hand: |0.7 - 0.5| / sqrt(2) = 0.1414
+    assert "| accuracy | 2 | 0.6000 | 0.1414 | 0.5000 | 0.7000 |" in text
+    assert (
+        "## Group 2: train.learning_rate=0.001, train.lora.r=8\n\n2 experiments: r0, r1\n" in text
+    )
+    assert (
+        "## Group 3: train.learning_rate=0.0005, train.lora.r=None\n\n1 experiment: noseed\n"
+        in text
+    )
+    assert text.endswith("| accuracy | 1 | 0.1000 |  | 0.1000 | 0.1000 |")  # one run: no sd
 
 
 def test_failed_and_unfinished_experiments_are_left_out():
@@ -243,7 +253,7 @@ def test_dvc_exp_show_output_is_read_after_any_warnings(monkeypatch):
         summary.exp_show_json()
 
 
-def test_the_table_leaves_a_metric_a_group_lacks_empty_and_names_every_swept_param():
+def test_the_table_leaves_out_a_metric_a_group_lacks_and_names_every_swept_param():
     exp_show = [{"rev": "abc", "experiments": [{"revs": [
         entry("a", {"train": {"seed": 0, "lr": 1}, "prepare": {"fold": 0}, "m": "gpt2"},
               tuned(0.5)),  # m: the same in every experiment, so not a column
@@ -251,14 +261,19 @@ def test_the_table_leaves_a_metric_a_group_lacks_empty_and_names_every_swept_par
               {**tuned(0.6), "metrics/train.json": {"dev_accuracy": 0.7}}),
     ]}]}]  # fmt: skip
     over = ["train.seed", "prepare.fold"]
-    table = summary.run(over, as_json=False, exp_show=exp_show).splitlines()
-    assert table[:4] == [
-        "Groups of experiments over train.seed, prepare.fold: mean ± sd (min–max) of n runs",
-        "",
-        "| train.lr | n | accuracy | dev_accuracy |",
-        "|---|---|---|---|",
+    table = summary.run(over, as_json=False, exp_show=exp_show).split("\n\n")
+    head = "| metric | n | mean | sd | min | max |\n|---|---|---|---|---|---|\n"
+    assert table == [
+        "Experiments over train.seed, prepare.fold, grouped by every other param",
+        "## Group 1: train.lr=1",  # m is the same in every experiment: it sets none apart
+        "1 experiment: a",
+        head + "| accuracy | 1 | 0.5000 |  | 0.5000 | 0.5000 |",  # no dev_accuracy row
+        "## Group 2: train.lr=2",
+        "1 experiment: b",
+        head
+        + "| accuracy | 1 | 0.6000 |  | 0.6000 | 0.6000 |\n"
+        + "| dev_accuracy | 1 | 0.7000 |  | 0.7000 | 0.7000 |",
     ]
-    assert table[4:] == ["| 1 | 1 | 0.5000 |  |", "| 2 | 1 | 0.6000 | 0.7000 |"]
     text = summary.run(over, as_json=True, exp_show=exp_show)
     assert text.startswith('[\n  {\n    "params": {\n      "train.lr": 1\n    },')
     with pytest.raises(summary.StageError) as error:
