@@ -189,7 +189,8 @@ def test_a_second_claim_sets_the_devices_it_holds_and_the_defaults_are_used(monk
     monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1", "2"])
     monkeypatch.setattr(devices, "DEFAULT_LOCK_DIR", str(tmp_path / "default" / "locks"))
     monkeypatch.delenv(devices.LOCK_DIR_ENV, raising=False)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # so that the claim's own setting is undone
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # (delenv of an unset variable records nothing)
     old_umask = os.umask(0o022)
     try:
         assert devices.claim_gpus(2) == ["0", "1"]  # os.environ, the default folder

@@ -417,7 +417,8 @@ def test_the_evaluate_stage_claims_one_free_gpu_of_its_own_before_cuda(tmp_path,
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1", "2"])
     monkeypatch.setenv(devices.LOCK_DIR_ENV, str(tmp_path / "locks"))
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # so that the claim's own setting is undone
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # (delenv of an unset variable records nothing)
     (tmp_path / "locks").mkdir()
     other_run = os.open(tmp_path / "locks/gpu-0.lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(other_run, fcntl.LOCK_EX | fcntl.LOCK_NB)
