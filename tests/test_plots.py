@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -249,7 +250,10 @@ def test_a_screenshot_of_the_page_is_not_blank(page, tmp_path):
         capture_output=True,
         timeout=120,
         check=True,
-    )
+        # Chromium's own caches and settings (dconf, ...) in the test's folder, not the user's
+        env={**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+             "XDG_CONFIG_HOME": str(tmp_path / "config")},
+    )  # fmt: skip
     # Axes, lines and labels cover more than a sliver of the page; a page whose scripts
     # failed to load is white.
     assert non_white_fraction(shot.read_bytes()) > 0.005
