@@ -143,8 +143,7 @@ def markdown(groups: Sequence[dict[str, Any]], over: Sequence[str]) -> str:
         lines += ["", "| metric | n | mean | sd | min | max |", "|---|---|---|---|---|---|"]
         for column, stats in group["metrics"].items():
             sd = "" if stats["sd"] is None else f"{stats['sd']:.4f}"
-            figures = (f"{stats[k]:.4f}" for k in ("mean", "min", "max"))
-            mean, low, high = figures
+            mean, low, high = (f"{stats[k]:.4f}" for k in ("mean", "min", "max"))
             lines.append(f"| {column} | {stats['n']} | {mean} | {sd} | {low} | {high} |")
     return "\n".join(lines)
 

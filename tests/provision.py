@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+from pubmedqa_gpt2.data import download
 from pubmedqa_gpt2.data.download import ensure_official_file
 from pubmedqa_gpt2.io import atomic_dir
 
@@ -90,10 +91,7 @@ def cache_root(environ: dict | None = None) -> Path:
 
 
 def offline_requested(environ: dict | None = None) -> bool:
-    environ = os.environ if environ is None else environ
-    return any(
-        environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE") for v in OFFLINE_VARIABLES
-    )
+    return download.offline_requested(environ, OFFLINE_VARIABLES)
 
 
 def network_reachable(

@@ -455,6 +455,19 @@ yaml.dump(doc, open("params.yaml", "w"))
 """
 
 
+def run_queue(repo: Path, n: int) -> str:
+    """Start one queue worker and wait (15 min at most) until its `n` experiments succeeded or
+    one failed; returns the last `dvc queue status`."""
+    sh(["dvc", "queue", "start", "--jobs", "1"], cwd=repo)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = sh(["dvc", "queue", "status"], cwd=repo)
+        if status.count("Success") == n or "Failed" in status:
+            break
+        time.sleep(5)
+    return status
+
+
 def test_queued_experiments_run_to_completion(smoke, tmp_path):
     repo = copy_of(smoke[0], tmp_path / "repo")
     for lr in ("2e-4", "4e-4"):
@@ -462,13 +475,7 @@ def test_queued_experiments_run_to_completion(smoke, tmp_path):
             ["dvc", "exp", "run", "--queue", "--name", f"q{lr}", "-S", f"train.learning_rate={lr}"],
             cwd=repo,
         )
-    sh(["dvc", "queue", "start", "--jobs", "1"], cwd=repo)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        status = sh(["dvc", "queue", "status"], cwd=repo)
-        if status.count("Success") == 2 or "Failed" in status:
-            break
-        time.sleep(5)
+    status = run_queue(repo, 2)
     assert status.count("Success") == 2, status + sh(
         ["dvc", "queue", "logs", "q2e-4"], cwd=repo, check=False
     )
@@ -615,13 +622,7 @@ def seed_sweep(smoke, tmp_path_factory) -> Path:
     def make(folder: Path) -> None:
         repo = copy_of(smoke[0], folder / "repo")
         sh(["dvc", "exp", "run", "--queue", "-S", "train.seed=0,1,2"], cwd=repo)
-        sh(["dvc", "queue", "start", "--jobs", "1"], cwd=repo)
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            status = sh(["dvc", "queue", "status"], cwd=repo)
-            if status.count("Success") == 3 or "Failed" in status:
-                break
-            time.sleep(5)
+        status = run_queue(repo, 3)
         assert status.count("Success") == 3, status
         sh(["dvc", "queue", "stop", "--kill"], cwd=repo, check=False)  # no worker left behind
 

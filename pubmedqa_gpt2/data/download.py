@@ -22,9 +22,11 @@ from pubmedqa_gpt2.paths import OFFICIAL_FILE
 OFFLINE_HINT = "offline, run `make offline-data` (the official copy from PUBMEDQA_DIR)"
 
 
-def offline_requested() -> bool:
-    """HF_HUB_OFFLINE set true, as huggingface_hub reads it (1, ON, YES, TRUE)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+def offline_requested(environ=None, names: tuple[str, ...] = ("HF_HUB_OFFLINE",)) -> bool:
+    """One of `names` (default HF_HUB_OFFLINE) set true in `environ` (default the process's),
+    as huggingface_hub reads it: 1, ON, YES, TRUE."""
+    environ = os.environ if environ is None else environ
+    return any(environ.get(n, "").strip().upper() in ("1", "ON", "YES", "TRUE") for n in names)
 
 
 def download_verified(
