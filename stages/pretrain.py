@@ -18,7 +18,6 @@ from pubmedqa_gpt2.config import load_params
 from pubmedqa_gpt2.errors import StageError, run_stage
 from pubmedqa_gpt2.io import atomic_dir, write_json
 from pubmedqa_gpt2.training.phase import PHASE1, phase1, phase1_params
-from pubmedqa_gpt2.training.recipe import run_phase
 
 
 def write_disabled() -> None:
@@ -39,6 +38,9 @@ def main() -> None:
         return
     if not params.data.artificial:
         raise StageError("pretrain.enabled: phase 1 trains on PQA-A; set data.artificial: true")
+    # Imported here: torch and transformers take seconds to import, and phase 1 is mostly off.
+    from pubmedqa_gpt2.training.recipe import run_phase
+
     run_phase(phase1_params(params), phase1(params))
 
 

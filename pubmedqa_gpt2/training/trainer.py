@@ -13,6 +13,7 @@ from transformers.trainer_callback import ProgressCallback
 from pubmedqa_gpt2.model.scoring import score_decisions
 from pubmedqa_gpt2.prompt import Encoded
 from pubmedqa_gpt2.training.callbacks import PostfixProgress
+from pubmedqa_gpt2.training.loss import completion_loss, head_on_labelled_positions
 
 # Harmless: GPT-2's lm_head is tied to the token embeddings (one tensor), so safetensors stores
 # it once, under transformer.wte.weight, and loading the best checkpoint at the end of training
@@ -48,16 +49,22 @@ def decision_accuracy(
 
 
 class DecisionTrainer(Trainer):
-    """A Trainer whose evaluation also reports `<prefix>_accuracy` on the dev decisions."""
+    """A Trainer whose loss runs the LM head on the labelled positions only (`loss.py`) and
+    whose evaluation also reports `<prefix>_accuracy` on the dev decisions."""
 
     def __init__(self, *args, dev_examples: list[Encoded], label_ids: list[int], **kwargs):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, compute_loss_func=completion_loss, **kwargs)
         self.dev_examples = dev_examples
         self.label_ids = label_ids
         if self.pop_callback(ProgressCallback) is not None:
             self.add_callback(PostfixProgress())
         if getattr(self.model.config, "tie_word_embeddings", False):
             logging.getLogger("transformers.trainer").addFilter(TIED_HEAD_FILTER)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        with head_on_labelled_positions(head, inputs["labels"]):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def evaluation_loop(
         self,
