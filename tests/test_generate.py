@@ -18,6 +18,7 @@ SETTINGS = [
     {"no_repeat_ngram_size": 2},
     {"repetition_penalty": 0.8, "no_repeat_ngram_size": 3},
     {"repetition_penalty": 2.0, "no_repeat_ngram_size": 1},
+    {"repetition_penalty": 2.0},  # alone: with 1-gram blocking no seen token is left to penalise
 ]
 
 

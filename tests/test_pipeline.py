@@ -424,11 +424,16 @@ def read_json_text(text: str):
     return json.loads(text[min(i for i in (text.find("["), text.find("{")) if i >= 0) :])
 
 
-def test_metrics_params_and_plots_diff_between_two_commits(smoke, tmp_path):
-    repo = copy_of(smoke[0], tmp_path / "repo")
-    sh([sys.executable, "-c", SET_PARAM, "train.learning_rate", "3e-4"], cwd=repo)
-    assert sorted(ran_stages(sh(["dvc", "repro"], cwd=repo))) == AFTER_TRAIN
-    commit_all(repo, "lower learning rate")
+def test_metrics_params_and_plots_diff_between_two_commits(sweep_copy):
+    """An experiment of the seed sweep applied and committed on top of its baseline commit:
+    nothing is left to rerun; `dvc metrics diff` lists the fine-tuned model's figures, not the
+    base model's (unchanged); `dvc params diff` the seed; `dvc plots diff` draws both."""
+    repo = sweep_copy
+    name = sorted(experiment_revs(repo))[0]
+    seed = committed_json_params(repo, experiment_revs(repo)[name])["train"]["seed"]
+    sh(["dvc", "exp", "apply", name], cwd=repo)
+    commit_all(repo, f"experiment {name}")
+    assert ran_stages(sh(["dvc", "repro"], cwd=repo)) == []
     metrics = read_json_text(sh(["dvc", "metrics", "diff", "HEAD~1", "HEAD", "--json"], cwd=repo))
     # Only changed metrics are listed: the fine-tuned model's, not the base model's.
     assert "perplexity" in metrics["metrics/eval_finetuned.json"]
@@ -436,8 +441,8 @@ def test_metrics_params_and_plots_diff_between_two_commits(smoke, tmp_path):
     assert "accuracy.diff" in metrics["metrics/compare.json"]
     assert "metrics/eval_base.json" not in metrics  # the base model did not change
     params = read_json_text(sh(["dvc", "params", "diff", "HEAD~1", "HEAD", "--json"], cwd=repo))
-    change = params["params.yaml"]["train.learning_rate"]
-    assert (change["old"], change["new"]) == (0.001, 0.0003)
+    change = params["params.yaml"]["train.seed"]
+    assert (change["old"], change["new"]) == (42, seed)  # 42: params.yaml's, smoke.yaml keeps it
     out = sh(["dvc", "plots", "diff", "HEAD~1", "HEAD", "-o", "plots"], cwd=repo)
     page = (repo / "plots/index.html").read_text()
     assert "file://" in out or "index.html" in out
@@ -468,20 +473,29 @@ def run_queue(repo: Path, n: int) -> str:
     return status
 
 
-def test_queued_experiments_run_to_completion(smoke, tmp_path):
-    repo = copy_of(smoke[0], tmp_path / "repo")
-    for lr in ("2e-4", "4e-4"):
-        sh(
-            ["dvc", "exp", "run", "--queue", "--name", f"q{lr}", "-S", f"train.learning_rate={lr}"],
-            cwd=repo,
-        )
-    status = run_queue(repo, 2)
-    assert status.count("Success") == 2, status + sh(
-        ["dvc", "queue", "logs", "q2e-4"], cwd=repo, check=False
-    )
+def test_queued_experiments_run_to_completion(sweep_copy):
+    """The seed sweep (`seed_sweep`: `dvc exp run --queue -S train.seed=0,1,2`, one queue
+    worker): the queue says all three succeeded, and `dvc exp show` lists each experiment with
+    its own seed and the metrics of its own commit."""
+    repo = sweep_copy
+    status = sh(["dvc", "queue", "status"], cwd=repo)
+    assert status.count("Success") == 3 and "Failed" not in status, status
     table = read_json_text(sh(["dvc", "exp", "show", "--json"], cwd=repo))
-    names = {exp.get("name") for rev in table for exp in rev.get("experiments") or []}
-    assert {"q2e-4", "q4e-4"} <= names
+    shown = {
+        rev["name"]: rev
+        for commit in table
+        for group in commit.get("experiments") or []
+        for rev in group["revs"]
+    }
+    assert len(shown) == 3 and all(name in status for name in shown), status
+    seeds = []
+    for rev in shown.values():
+        data = rev["data"]
+        seeds.append(data["params"]["params.yaml"]["data"]["train"]["seed"])
+        accuracy = data["metrics"]["metrics/eval_finetuned.json"]["data"]["accuracy"]
+        committed = committed_json(repo, rev["rev"], "metrics/eval_finetuned.json")
+        assert accuracy == committed["accuracy"]
+    assert sorted(seeds) == [0, 1, 2]
 
 
 def test_push_to_a_local_remote_then_pull_into_a_fresh_clone(smoke, tmp_path):
