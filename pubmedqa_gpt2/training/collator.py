@@ -15,6 +15,7 @@ class Collator:
     run from the position before the first label on: the batch carries `logits_to_keep` and
     labels cut to those positions, and the model's own loss shifts them as usual. With the
     loss on the completion this skips the prompt, most of each example; the loss is the same.
+    The Trainer's loss (`loss.py`) then narrows the head to the labelled positions alone.
     """
 
     def __init__(self, pad_id: int):
