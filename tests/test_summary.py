@@ -96,6 +96,10 @@ def test_the_text_fits_120_columns_however_many_experiments():
     text = summary.markdown([group], ["train.seed"])
     assert max(len(line) for line in text.splitlines()) <= 120, text
     assert re.findall(r"seed-sweep-run-\d+", text) == names  # every experiment, named once
+    # One group, nothing sets it apart: a bare heading. The names fill the width, not 70.
+    assert "## Group 1" in text.splitlines(), text
+    named = [line for line in text.splitlines() if "seed-sweep-run-" in line]
+    assert len(named) > 1 and all(len(line) > 100 for line in named[:-1]), text
 
 
 @pytest.mark.parametrize(
