@@ -429,8 +429,9 @@ def test_metrics_params_and_plots_diff_between_two_commits(sweep_copy):
     nothing is left to rerun; `dvc metrics diff` lists the fine-tuned model's figures, not the
     base model's (unchanged); `dvc params diff` the seed; `dvc plots diff` draws both."""
     repo = sweep_copy
-    name = sorted(experiment_revs(repo))[0]
-    seed = committed_json_params(repo, experiment_revs(repo)[name])["train"]["seed"]
+    revs = experiment_revs(repo)
+    name = sorted(revs)[0]
+    seed = committed_json_params(repo, revs[name])["train"]["seed"]
     sh(["dvc", "exp", "apply", name], cwd=repo)
     commit_all(repo, f"experiment {name}")
     assert ran_stages(sh(["dvc", "repro"], cwd=repo)) == []
@@ -480,13 +481,7 @@ def test_queued_experiments_run_to_completion(sweep_copy):
     repo = sweep_copy
     status = sh(["dvc", "queue", "status"], cwd=repo)
     assert status.count("Success") == 3 and "Failed" not in status, status
-    table = read_json_text(sh(["dvc", "exp", "show", "--json"], cwd=repo))
-    shown = {
-        rev["name"]: rev
-        for commit in table
-        for group in commit.get("experiments") or []
-        for rev in group["revs"]
-    }
+    shown = shown_experiments(repo)
     assert len(shown) == 3 and all(name in status for name in shown), status
     seeds = []
     for rev in shown.values():
@@ -649,15 +644,20 @@ def sweep_copy(seed_sweep, tmp_path) -> Path:
     return copy_of(seed_sweep, tmp_path / "sweep")
 
 
-def experiment_revs(repo: Path) -> dict[str, str]:
-    """{experiment name: its git commit} from `dvc exp show --json`."""
+def shown_experiments(repo: Path) -> dict[str, dict]:
+    """{experiment name: its entry (rev, params, metrics)} from `dvc exp show --json`."""
     table = read_json_text(sh(["dvc", "exp", "show", "--json"], cwd=repo))
     return {
-        rev["name"]: rev["rev"]
+        rev["name"]: rev
         for commit in table
         for group in commit.get("experiments") or []
         for rev in group["revs"]
     }
+
+
+def experiment_revs(repo: Path) -> dict[str, str]:
+    """{experiment name: its git commit} from `dvc exp show --json`."""
+    return {name: rev["rev"] for name, rev in shown_experiments(repo).items()}
 
 
 def committed_json(repo: Path, rev: str, path: str) -> dict:
