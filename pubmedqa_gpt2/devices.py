@@ -60,13 +60,17 @@ def _try_lock(path: Path) -> int | None:
 
 
 def claim_gpus(
-    n: int, environ: MutableMapping[str, str] | None = None, poll: float = POLL_SECONDS
+    n: int,
+    environ: MutableMapping[str, str] | None = None,
+    poll: float = POLL_SECONDS,
+    setting: str = "train.num_processes",
 ) -> list[str]:
     """Lock `n` free GPUs for this process, set CUDA_VISIBLE_DEVICES to them, return them.
 
     Returns [] (and changes nothing) on a machine without GPUs. Waits while fewer than `n`
     are free. Call it before anything starts CUDA in this process; a process that holds GPUs
-    already keeps those.
+    already keeps those. `setting` is the param that asked for them, named if too few are
+    visible.
     """
     environ = os.environ if environ is None else environ
     if _claimed:  # this process holds its GPUs already (a second lock would wait on itself)
@@ -77,8 +81,7 @@ def claim_gpus(
         return []
     if n > len(candidates):
         raise StageError(
-            f"train.num_processes: {n} GPUs asked for, {len(candidates)} visible "
-            f"({','.join(candidates)})"
+            f"{setting}: {n} GPUs asked for, {len(candidates)} visible ({','.join(candidates)})"
         )
     lock_dir = Path(environ.get(LOCK_DIR_ENV, DEFAULT_LOCK_DIR))
     lock_dir.mkdir(parents=True, exist_ok=True)

@@ -84,8 +84,12 @@ def test_a_killed_process_frees_its_gpus(tmp_path):
 
 def test_asking_for_more_gpus_than_visible_is_an_error(tmp_path):
     env = {"CUDA_VISIBLE_DEVICES": "4,5", devices.LOCK_DIR_ENV: str(tmp_path)}
-    with pytest.raises(StageError, match=r"3 GPUs asked for, 2 visible \(4,5\)"):
+    with pytest.raises(
+        StageError, match=r"^train.num_processes: 3 GPUs asked for, 2 visible \(4,5\)"
+    ):
         devices.claim_gpus(3, env)
+    with pytest.raises(StageError, match=r"^pretrain.num_processes: 3 GPUs asked for"):
+        devices.claim_gpus(3, env, setting="pretrain.num_processes")
 
 
 def test_a_process_keeps_the_gpus_it_holds(monkeypatch, tmp_path):

@@ -171,18 +171,24 @@ def test_phase_1_runs_in_its_own_number_of_processes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     calls = []
-    monkeypatch.setattr(recipe, "claim_gpus", lambda n: calls.append(("claim", n)))
-    monkeypatch.setattr(recipe, "launch", lambda n, module: calls.append(("launch", n, module)))
+    monkeypatch.setattr(
+        recipe, "claim_gpus", lambda n, setting: calls.append(("claim", n, setting))
+    )
+    monkeypatch.setattr(recipe, "launch", lambda *args: calls.append(("launch", *args)))
     monkeypatch.setattr(recipe, "train", lambda *a: calls.append(("train",)))
     pretrain.main()
-    assert calls == [("claim", 2), ("launch", 2, "stages.pretrain")]
+    # Its messages (too few GPUs, a launcher of another size) name the setting to change.
+    setting = "pretrain.num_processes"
+    assert calls == [("claim", 2, setting), ("launch", 2, "stages.pretrain", setting)]
     # Launched (WORLD_SIZE set by torch.distributed.run): each process trains, no claim.
     calls.clear()
     monkeypatch.setenv("WORLD_SIZE", "2")
     pretrain.main()
     assert calls == [("train",)]
     monkeypatch.setenv("WORLD_SIZE", "3")
-    with pytest.raises(StageError, match="is 2 but the launcher started 3 processes"):
+    with pytest.raises(
+        StageError, match="^pretrain.num_processes: is 2 but the launcher started 3 processes"
+    ):
         pretrain.main()
 
 

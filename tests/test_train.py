@@ -761,7 +761,7 @@ def test_a_data_parallel_run_claims_a_gpu_per_process(workdir, tiny, monkeypatch
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # restored after the test
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(recipe, "launch", lambda n, module: seen.update(os.environ, n=n))
+    monkeypatch.setattr(recipe, "launch", lambda n, *_: seen.update(os.environ, n=n))
     set_params(workdir, tiny(num_processes=2))
     try:
         stage.main()

@@ -11,12 +11,12 @@ from pubmedqa_gpt2.errors import StageError
 from pubmedqa_gpt2.memory import TRAIN_ADVICE, killed_message
 
 
-def launch(num_processes: int, module: str) -> None:
-    """Run the stage `module` in `num_processes` data-parallel processes and wait for them."""
+def launch(num_processes: int, module: str, setting: str = "train.num_processes") -> None:
+    """Run the stage `module` in `num_processes` data-parallel processes and wait for them.
+    `setting` is the param that asked for them, named if there are too few GPUs."""
     if torch.cuda.is_available() and num_processes > torch.cuda.device_count():
         raise StageError(
-            f"train.num_processes: {num_processes} processes but "
-            f"{torch.cuda.device_count()} GPU(s) visible"
+            f"{setting}: {num_processes} processes but {torch.cuda.device_count()} GPU(s) visible"
         )
     command = [
         sys.executable,

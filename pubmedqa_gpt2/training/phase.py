@@ -14,6 +14,7 @@ from pubmedqa_gpt2.config import Params
 class Phase:
     """One training phase's files; its settings are `params.train` (see `phase1_params`)."""
 
+    section: str  # the params.yaml section its settings come from, for messages
     module: str  # the stage's module, relaunched under torch.distributed.run
     data: str  # what it trains on, for the model card
     train_file: Path
@@ -32,6 +33,7 @@ class Phase:
 
 
 PHASE2 = Phase(
+    section="train",
     module="stages.train",
     data="PQA-L",
     train_file=paths.TRAIN_FILE,
@@ -43,6 +45,7 @@ PHASE2 = Phase(
 )
 
 PHASE1 = Phase(
+    section="pretrain",
     module="stages.pretrain",
     data="PQA-A, phase 1",
     train_file=paths.ARTIFICIAL_FILE,

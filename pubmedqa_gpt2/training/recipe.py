@@ -76,27 +76,29 @@ class Run:
 
 
 def run_phase(params: Params, phase: Phase) -> None:
-    """Run a training phase in `train.num_processes` processes (relaunching `phase.module`
-    under torch.distributed.run when more than one), each on a GPU of its own if any."""
+    """Run a training phase in `<section>.num_processes` processes (relaunching
+    `phase.module` under torch.distributed.run when more than one), each on a GPU of its own if
+    any. `params` are the phase's own: `params.train` holds phase 1's settings for pretrain."""
     processes = params.train.num_processes
+    setting = f"{phase.section}.num_processes"  # what the user sets, named in every message
     launched = "WORLD_SIZE" in os.environ  # by launch(), or by the user's own accelerate/torchrun
     if launched and int(os.environ["WORLD_SIZE"]) != processes:
         raise StageError(
-            f"train.num_processes: is {processes} but the launcher started "
+            f"{setting}: is {processes} but the launcher started "
             f"{os.environ['WORLD_SIZE']} processes; set it to match"
         )
     if not launched:
         # Before CUDA starts: lock free GPUs, one per process, and see only those. A single
         # process seeing several would be run with DataParallel by the Trainer.
-        claim_gpus(processes)
+        claim_gpus(processes, setting=setting)
     if processes > 1 and not launched:
-        launch(processes, phase.module)
+        launch(processes, phase.module, setting)
     else:
         train(params, phase)
 
 
 def train(params: Params, phase: Phase) -> None:
-    """Fine-tune in this process (one of `train.num_processes`) and, on the main one, save."""
+    """Fine-tune in this process (one of the phase's processes) and, on the main one, save."""
     run = setup(params, phase)
     result = fit(run)
     save(run, result)
@@ -118,8 +120,8 @@ def setup(params: Params, phase: Phase) -> Run:
         # One process driving several GPUs: the Trainer would wrap the model in DataParallel
         # (a batch of batch_size x GPUs, warmup computed for one, no bf16 autocast).
         raise StageError(
-            f"this process sees {args.n_gpu} GPUs; set train.num_processes to use several "
-            "(one process per GPU), or CUDA_VISIBLE_DEVICES to pick one"
+            f"this process sees {args.n_gpu} GPUs; set {phase.section}.num_processes to use "
+            "several (one process per GPU), or CUDA_VISIBLE_DEVICES to pick one"
         )
 
     model = starting_model(params, phase)
