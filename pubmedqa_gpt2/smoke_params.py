@@ -61,10 +61,13 @@ def apply_overrides(params_path: Path, overrides: dict) -> None:
     document = yaml.load(params_path.read_text())
     merge(document, overrides)
     tmp = params_path.with_suffix(".tmp")
-    with tmp.open("w") as f:
-        yaml.dump(document, f)
-    load_params(tmp)  # refuse to write a params file that does not validate
-    tmp.replace(params_path)
+    try:
+        with tmp.open("w") as f:
+            yaml.dump(document, f)
+        load_params(tmp)  # refuse to write a params file that does not validate
+        tmp.replace(params_path)
+    finally:
+        tmp.unlink(missing_ok=True)  # refused: nothing half-written left beside it
 
 
 def main() -> None:

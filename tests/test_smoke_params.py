@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from .conftest import ROOT
@@ -45,3 +46,15 @@ def test_an_existing_tokenizer_folder_is_written_as_an_absolute_path(tmp_path) -
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     assert params["model"]["tokenizer"] == str(tmp_path / "tok")
     assert params["model"]["init"] == "random"
+
+
+def test_overrides_that_do_not_validate_leave_the_params_file_as_it_was(tmp_path) -> None:
+    from pubmedqa_gpt2.errors import StageError
+    from pubmedqa_gpt2.smoke_params import apply_overrides
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    before = (tmp_path / "params.yaml").read_bytes()
+    with pytest.raises(StageError, match="train.epochs"):
+        apply_overrides(tmp_path / "params.yaml", {"train": {"epochs": 0}})
+    assert (tmp_path / "params.yaml").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no .tmp left
