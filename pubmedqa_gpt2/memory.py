@@ -14,11 +14,17 @@ from pathlib import Path
 
 from pubmedqa_gpt2.errors import StageError
 
-TRAIN_ADVICE = (
-    "lower train.batch_size and raise train.gradient_accumulation_steps by the same factor, "
-    "set train.gradient_checkpointing: true, set train.lora.enabled: true, "
-    "or lower prepare.max_length"
-)
+
+def train_advice(section: str = "train") -> str:
+    """What to change when training runs out of memory: the knobs of the phase's params
+    section (`train`, or `pretrain` for phase 1)."""
+    return (
+        f"lower {section}.batch_size and raise {section}.gradient_accumulation_steps by the same "
+        f"factor, set {section}.gradient_checkpointing: true, set {section}.lora.enabled: true, "
+        "or lower prepare.max_length"
+    )
+
+
 # The evaluate stage's own knobs; training's do not apply there.
 EVALUATE_ADVICE = (
     "lower evaluate.batch_size and evaluate.generation_batch_size, or prepare.max_length"
@@ -47,10 +53,11 @@ def gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
-def memory_line(total: int, trained: int, gpu_capacity: int | None) -> str:
+def memory_line(total: int, trained: int, gpu_capacity: int | None, section: str = "train") -> str:
     """What the weights, gradients and AdamW state need, against the GPU's memory (a
-    StageError when they do not fit: no batch size makes them fit, LoRA does) or, on a CPU
-    (`gpu_capacity` None), against the machine's available memory (said, not enforced)."""
+    StageError when they do not fit: no batch size makes them fit, LoRA does, set in the
+    phase's params `section`) or, on a CPU (`gpu_capacity` None), against the machine's
+    available memory (said, not enforced)."""
     need = training_state_bytes(total, trained)
     what = (
         f"weights, gradients and AdamW state need {gb(need)} ({total:,} parameters, "
@@ -61,7 +68,7 @@ def memory_line(total: int, trained: int, gpu_capacity: int | None) -> str:
         return what + (f"; {gb(available)} available on this machine" if available else "")
     if need > gpu_capacity:
         raise StageError(
-            f"{what}, more than the GPU's {gb(gpu_capacity)}: set train.lora.enabled: true "
+            f"{what}, more than the GPU's {gb(gpu_capacity)}: set {section}.lora.enabled: true "
             "(it trains few parameters), or use a GPU with more memory"
         )
     return f"{what}; the GPU has {gb(gpu_capacity)}"

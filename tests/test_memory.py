@@ -35,6 +35,8 @@ def test_a_state_that_just_fits_is_accepted_and_one_byte_more_is_not():
         "activations, more than the GPU's 0.0 GB: set train.lora.enabled: true (it trains few "
         "parameters), or use a GPU with more memory"
     )
+    with pytest.raises(StageError, match=r"GPU's 0.0 GB: set pretrain.lora.enabled: true \("):
+        memory.memory_line(100, 10, gpu_capacity=519, section="pretrain")  # phase 1's setting
 
 
 def test_on_a_cpu_the_machine_s_available_memory_is_said(monkeypatch):
@@ -78,7 +80,16 @@ def test_out_of_memory_messages_say_what_was_asked_and_free():
         "killed by signal 9: probably out of memory (the kernel's out-of-memory killer sends "
         "it); to fit: do less"
     )
-    assert memory.TRAIN_ADVICE.startswith("lower train.batch_size and raise train.gradient_")
+    assert memory.train_advice() == (
+        "lower train.batch_size and raise train.gradient_accumulation_steps by the same factor, "
+        "set train.gradient_checkpointing: true, set train.lora.enabled: true, "
+        "or lower prepare.max_length"
+    )
+    assert memory.train_advice("pretrain") == (  # phase 1's settings, never train's
+        "lower pretrain.batch_size and raise pretrain.gradient_accumulation_steps by the same "
+        "factor, set pretrain.gradient_checkpointing: true, set pretrain.lora.enabled: true, "
+        "or lower prepare.max_length"
+    )
     assert memory.EVALUATE_ADVICE == (
         "lower evaluate.batch_size and evaluate.generation_batch_size, or prepare.max_length"
     )

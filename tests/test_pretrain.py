@@ -109,6 +109,46 @@ def test_phase_1_needs_pqa_a(phase_workdir, tiny, capsys):
     assert not PHASE1.output.exists()
 
 
+def test_phase_1_s_messages_name_its_own_settings(phase_workdir, tiny, capsys):
+    """What phase 1 tells the user to change is in `pretrain`, never `train` (whose settings
+    phase 1 does not read): after a killed run, and for a precision this machine lacks."""
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid whose process has ended: the last run "was killed"
+    PHASE1.checkpoints.mkdir(parents=True)
+    PHASE1.running_file.write_text(json.dumps({"pid": gone.pid}))
+    set_params(phase_workdir, phase_params(tiny, True))
+    pretrain.main()
+    out = capsys.readouterr().out
+    assert f"the last training run here (pid {gone.pid}) did not finish" in out
+    assert "to fit: lower pretrain.batch_size and raise pretrain.gradient_accumulation_" in out
+
+    params = phase_params(tiny, True)
+    params["pretrain"]["precision"] = "fp16"  # needs CUDA; train.precision stays fp32
+    set_params(phase_workdir, params)
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(pretrain.main)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: pretrain.precision: fp16 needs a CUDA GPU" in err, err
+
+
+def test_the_launcher_names_the_settings_of_the_phase_it_launches(monkeypatch):
+    from pubmedqa_gpt2.training import launch
+
+    monkeypatch.setattr(launch.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(launch.torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(StageError, match=r"^pretrain.num_processes: 2 processes but 1 GPU\(s\)"):
+        launch.launch(2, "stages.pretrain", "pretrain")
+    monkeypatch.setattr(launch.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(launch.subprocess, "call", lambda command: -9)  # the OOM killer
+    with pytest.raises(StageError, match="to fit: lower pretrain.batch_size and raise pretrain"):
+        launch.launch(2, "stages.pretrain", "pretrain")
+    with pytest.raises(StageError, match="to fit: lower train.batch_size and raise train"):
+        launch.launch(2, "stages.train")
+
+
 def test_phase_2_without_a_phase_1_model_says_what_to_run(phase_workdir, tiny):
     set_params(phase_workdir, phase_params(tiny, True))
     with pytest.raises(StageError, match="run the pretrain stage first"):
@@ -178,8 +218,10 @@ def test_phase_1_runs_in_its_own_number_of_processes(tmp_path, monkeypatch):
     monkeypatch.setattr(recipe, "train", lambda *a: calls.append(("train",)))
     pretrain.main()
     # Its messages (too few GPUs, a launcher of another size) name the setting to change.
-    setting = "pretrain.num_processes"
-    assert calls == [("claim", 2, setting), ("launch", 2, "stages.pretrain", setting)]
+    assert calls == [
+        ("claim", 2, "pretrain.num_processes"),
+        ("launch", 2, "stages.pretrain", "pretrain"),
+    ]
     # Launched (WORLD_SIZE set by torch.distributed.run): each process trains, no claim.
     calls.clear()
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -343,6 +343,18 @@ def test_checkpoints_of_another_run_are_dropped(tmp_path):
     assert list(folder.glob("checkpoint-*")) == []
 
 
+def test_weights_only_checkpoints_are_dropped_naming_the_phase_s_setting(tmp_path, capsys):
+    folder = tmp_path / "checkpoints"
+    for section in ("train", "pretrain"):
+        reconcile_checkpoints(folder, "run-a")
+        (folder / "checkpoint-4").mkdir()
+        (folder / "checkpoint-4" / STATE_FILE).write_text("{}")
+        reconcile_checkpoints(folder, "run-a", resumable=False, section=section)
+        assert list(folder.glob("checkpoint-*")) == []
+        said = f"weights-only checkpoints ({section}.resumable_checkpoints: false); starting afresh"
+        assert said in capsys.readouterr().out
+
+
 def test_fingerprint_follows_params_and_data(tmp_path):
     data = tmp_path / "train.parquet"
     data.write_bytes(b"a")

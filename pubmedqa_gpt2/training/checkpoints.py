@@ -26,20 +26,23 @@ def run_fingerprint(params: Params, files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def reconcile_checkpoints(folder: Path, fingerprint: str, resumable: bool = True) -> None:
+def reconcile_checkpoints(
+    folder: Path, fingerprint: str, resumable: bool = True, section: str = "train"
+) -> None:
     """Keep the checkpoints in `folder` only when they belong to this run; drop partial ones.
 
     A checkpoint without its trainer state was cut off while being written and cannot be
     resumed from. Checkpoints of other params or data are removed: resuming from them would
     silently train a different experiment. Weights-only checkpoints (`resumable` False) hold
-    no optimizer state to resume from: they are removed too.
+    no optimizer state to resume from: they are removed too. `section`: the params section
+    that set `resumable`, named when it removes them.
     """
     run_file = folder / RUN_FILE
     recorded = json.loads(run_file.read_text()).get("fingerprint") if run_file.is_file() else None
     if folder.exists() and (recorded != fingerprint or not resumable):
         if any(folder.glob("checkpoint-*")):
             why = (
-                "weights-only checkpoints (train.resumable_checkpoints: false)"
+                f"weights-only checkpoints ({section}.resumable_checkpoints: false)"
                 if recorded == fingerprint
                 else "checkpoints of another run (params or data changed)"
             )

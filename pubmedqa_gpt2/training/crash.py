@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from pubmedqa_gpt2.io import write_json
-from pubmedqa_gpt2.memory import TRAIN_ADVICE, killed_message
+from pubmedqa_gpt2.memory import killed_message, train_advice
 
 
 def mark_running(marker: Path) -> None:
@@ -15,16 +15,17 @@ def mark_running(marker: Path) -> None:
     write_json(marker, {"pid": os.getpid()})
 
 
-def report_unfinished_run(marker: Path) -> None:
+def report_unfinished_run(marker: Path, section: str = "train") -> None:
     """Say so when the last run of this stage here ended without finishing (its marker is
-    still there and its process is gone): a SIGKILL, most often the out-of-memory killer."""
+    still there and its process is gone): a SIGKILL, most often the out-of-memory killer.
+    `section`: the params section whose settings would make it fit."""
     if not marker.is_file():
         return
     try:
         pid = int(json.loads(marker.read_text())["pid"])
         os.kill(pid, 0)
     except ProcessLookupError:
-        ended = killed_message(TRAIN_ADVICE)
+        ended = killed_message(train_advice(section))
         print(f"the last training run here (pid {pid}) did not finish; if it was {ended}")
     except (ValueError, KeyError, json.JSONDecodeError, PermissionError, OSError):
         return

@@ -8,15 +8,17 @@ import sys
 import torch
 
 from pubmedqa_gpt2.errors import StageError
-from pubmedqa_gpt2.memory import TRAIN_ADVICE, killed_message
+from pubmedqa_gpt2.memory import killed_message, train_advice
 
 
-def launch(num_processes: int, module: str, setting: str = "train.num_processes") -> None:
+def launch(num_processes: int, module: str, section: str = "train") -> None:
     """Run the stage `module` in `num_processes` data-parallel processes and wait for them.
-    `setting` is the param that asked for them, named if there are too few GPUs."""
+    `section`: the params section that asked for them (`pretrain` for phase 1), whose
+    settings the messages name."""
     if torch.cuda.is_available() and num_processes > torch.cuda.device_count():
         raise StageError(
-            f"{setting}: {num_processes} processes but {torch.cuda.device_count()} GPU(s) visible"
+            f"{section}.num_processes: {num_processes} processes but "
+            f"{torch.cuda.device_count()} GPU(s) visible"
         )
     command = [
         sys.executable,
@@ -29,6 +31,6 @@ def launch(num_processes: int, module: str, setting: str = "train.num_processes"
     ]
     code = subprocess.call(command)
     if code == -9:
-        raise StageError(f"training processes {killed_message(TRAIN_ADVICE)}")
+        raise StageError(f"training processes {killed_message(train_advice(section))}")
     if code != 0:
         raise StageError(f"training processes failed (exit status {code}); see their output above")

@@ -46,9 +46,9 @@ def gather_from_ranks(figures: dict) -> list[dict]:
     return out
 
 
-def memory_line(total: int, trained: int, cuda: bool) -> str:
+def memory_line(total: int, trained: int, cuda: bool, section: str = "train") -> str:
     """The training state's memory against this device's (`pubmedqa_gpt2.memory`)."""
+    capacity = None
     if cuda:
         capacity = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-        return memory.memory_line(total, trained, gpu_capacity=capacity)
-    return memory.memory_line(total, trained, gpu_capacity=None)
+    return memory.memory_line(total, trained, gpu_capacity=capacity, section=section)

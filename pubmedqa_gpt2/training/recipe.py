@@ -28,7 +28,7 @@ from pubmedqa_gpt2.data.prepared import check_fits
 from pubmedqa_gpt2.devices import claim_gpus
 from pubmedqa_gpt2.errors import StageError
 from pubmedqa_gpt2.io import write_json
-from pubmedqa_gpt2.memory import TRAIN_ADVICE, out_of_memory_message
+from pubmedqa_gpt2.memory import out_of_memory_message, train_advice
 from pubmedqa_gpt2.model.loading import build_model, load_model, load_tokenizer
 from pubmedqa_gpt2.paths import DEV_FILE
 from pubmedqa_gpt2.prompt import Encoded, label_token_ids
@@ -92,7 +92,7 @@ def run_phase(params: Params, phase: Phase) -> None:
         # process seeing several would be run with DataParallel by the Trainer.
         claim_gpus(processes, setting=setting)
     if processes > 1 and not launched:
-        launch(processes, phase.module, setting)
+        launch(processes, phase.module, phase.section)
     else:
         train(params, phase)
 
@@ -115,7 +115,9 @@ def setup(params: Params, phase: Phase) -> Run:
     dev_examples = read_split(DEV_FILE, label_ids)
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    precision, args = run_arguments(cfg, len(train_examples), world_size, phase.checkpoints)
+    precision, args = run_arguments(
+        cfg, len(train_examples), world_size, phase.checkpoints, phase.section
+    )
     if args.n_gpu > 1:
         # One process driving several GPUs: the Trainer would wrap the model in DataParallel
         # (a batch of batch_size x GPUs, warmup computed for one, no bf16 autocast).
@@ -134,8 +136,8 @@ def setup(params: Params, phase: Phase) -> Run:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     if args.process_index == 0:
-        report_unfinished_run(phase.running_file)
-        print(memory_line(total, trainable, torch.cuda.is_available()))
+        report_unfinished_run(phase.running_file, phase.section)
+        print(memory_line(total, trainable, torch.cuda.is_available(), phase.section))
 
     resume = checkpoint_to_resume(params, phase, args)
     set_seed(cfg.seed)
@@ -190,6 +192,7 @@ def checkpoint_to_resume(params: Params, phase: Phase, args: TrainingArguments) 
                 phase.checkpoints,
                 run_fingerprint(params, [phase.train_file, DEV_FILE, *phase_inputs(phase)]),
                 resumable=params.train.resumable_checkpoints,
+                section=phase.section,
             )
     resume = get_last_checkpoint(str(phase.checkpoints))
     if resume and args.process_index == 0:
@@ -207,7 +210,7 @@ def fit(run: Run):
     try:
         return run.trainer.train(resume_from_checkpoint=run.resume)
     except torch.OutOfMemoryError as exc:
-        raise StageError(out_of_memory_message(exc, TRAIN_ADVICE)) from None
+        raise StageError(out_of_memory_message(exc, train_advice(run.phase.section))) from None
     finally:
         if run.main_process:
             run.phase.running_file.unlink(missing_ok=True)

@@ -21,14 +21,15 @@ def optimizer_steps(n_examples: int, train: TrainParams, world_size: int) -> int
     return train.epochs * max(math.ceil(batches / train.gradient_accumulation_steps), 1)
 
 
-def resolve_precision(choice: str, cuda: bool, bf16_supported: bool) -> str:
-    """`auto` is bf16 where the GPU has it, else fp16 on a GPU, else fp32 (CPU)."""
+def resolve_precision(choice: str, cuda: bool, bf16_supported: bool, section: str = "train") -> str:
+    """`auto` is bf16 where the GPU has it, else fp16 on a GPU, else fp32 (CPU). `section`:
+    the params section the choice came from, named in the error."""
     if choice == "auto":
         return "bf16" if cuda and bf16_supported else "fp16" if cuda else "fp32"
     if choice == "fp16" and not cuda:
-        raise StageError("train.precision: fp16 needs a CUDA GPU; use auto, bf16 or fp32")
+        raise StageError(f"{section}.precision: fp16 needs a CUDA GPU; use auto, bf16 or fp32")
     if choice == "bf16" and cuda and not bf16_supported:
-        raise StageError("train.precision: this GPU has no bf16; use auto, fp16 or fp32")
+        raise StageError(f"{section}.precision: this GPU has no bf16; use auto, fp16 or fp32")
     return choice
 
 
@@ -87,10 +88,11 @@ def training_arguments(
 
 
 def run_arguments(
-    train: TrainParams, n_examples: int, world_size: int, output_dir: Path
+    train: TrainParams, n_examples: int, world_size: int, output_dir: Path, section: str = "train"
 ) -> tuple[str, TrainingArguments]:
-    """(precision, TrainingArguments) for this machine: precision resolved, warmup in steps."""
+    """(precision, TrainingArguments) for this machine: precision resolved, warmup in steps.
+    `section`: where `train` came from in params.yaml (`pretrain` for phase 1)."""
     cuda = torch.cuda.is_available()
-    precision = resolve_precision(train.precision, cuda, gpu_has_bf16())
+    precision = resolve_precision(train.precision, cuda, gpu_has_bf16(), section)
     warmup = math.ceil(optimizer_steps(n_examples, train, world_size) * train.warmup_ratio)
     return precision, training_arguments(train, precision, warmup, cuda, output_dir)
