@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pubmedqa_gpt2.model.scoring import continuation_nll, pad_right, score_decisions
+from pubmedqa_gpt2.model.scoring import (
+    HEAD_ROWS,
+    Fp32Head,
+    continuation_nll,
+    pad_right,
+    score_decisions,
+    token_nll,
+)
 
 LABEL_IDS = [3763, 645, 3863]  # " yes", " no", " maybe"
 LENGTHS = (7, 1, 23, 12, 40, 3)  # unsorted, so that batches reorder and pad
@@ -73,6 +80,32 @@ def test_continuation_nll_equals_full_forward_pass(model) -> None:
     torch.testing.assert_close(batched, alone, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(batched, expected, atol=1e-4, rtol=1e-5)
     assert batched[2] == 0.0
+
+
+def test_a_batch_of_more_tokens_than_one_chunk_of_logits_is_scored_whole(model) -> None:
+    """93 continuation tokens in one batch: the head's logits are made in three chunks of
+    rows (32, 32, 29), and every token still counts, against its own target."""
+    prompts = random_rows((3, 10, 5), seed=4)
+    continuations = random_rows((40, 33, 20), seed=5)
+    assert sum(map(len, continuations)) > 2 * HEAD_ROWS
+    batched = continuation_nll(model, prompts, continuations, batch_size=3, pad_id=50256)
+    expected = torch.tensor(
+        [full_forward_nll(model, p, c) for p, c in zip(prompts, continuations, strict=True)],
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(batched, expected, atol=1e-4, rtol=1e-5)
+
+
+def test_chunked_token_nll_is_the_one_shot_cross_entropy(model) -> None:
+    """To fp32 rounding: a product of fewer rows may be blocked differently by the BLAS."""
+    generator = torch.Generator().manual_seed(6)
+    hidden = torch.randn(2 * HEAD_ROWS + 5, 32, generator=generator)
+    targets = torch.randint(0, 50257, (len(hidden),), generator=generator)
+    head = Fp32Head(model)
+    with torch.no_grad():
+        one_shot = torch.nn.functional.cross_entropy(head(hidden), targets, reduction="none")
+        chunked = token_nll(head, hidden, targets)
+    torch.testing.assert_close(chunked, one_shot, atol=1e-6, rtol=1e-6)
 
 
 def test_continuation_nll_rejects_bad_input(model) -> None:
