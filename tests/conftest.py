@@ -255,12 +255,12 @@ def pytest_collection_modifyitems(config, items) -> None:
 # Seconds each took in a CI rehearsal (two workers): started first, they no longer end the run
 # alone on one worker while the other idles.
 LONGEST_SMOKE_TESTS = {
-    "test_training_on_the_real_questions_learns_what_a_small_model_can": 289,
-    "test_two_phases_rerun_what_their_params_touch": 195,
-    "test_experiments_from_two_machines_meet_in_a_third": 129,
-    "test_two_smoke_runs_from_scratch_give_identical_metrics": 85,
-    "test_exp_run_set_param_reruns_only_train_and_its_evaluation": 65,
-    "test_killed_training_resumes_from_its_last_checkpoint": 42,
+    "test_training_on_the_real_questions_learns_what_a_small_model_can": 223,
+    "test_two_phases_rerun_what_their_params_touch": 153,
+    "test_experiments_from_two_machines_meet_in_a_third": 100,
+    "test_two_smoke_runs_from_scratch_give_identical_metrics": 64,
+    "test_exp_run_set_param_reruns_only_train_and_its_evaluation": 44,
+    "test_killed_training_resumes_from_its_last_checkpoint": 29,
 }
 
 
