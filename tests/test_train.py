@@ -794,6 +794,25 @@ def test_a_process_that_sees_several_gpus_is_refused(workdir, tiny, monkeypatch)
     assert not (workdir / paths.FINETUNED).exists()
 
 
+def test_activation_checkpointing_is_asked_for_by_the_name_transformers_knows(tmp_path):
+    """On when train.gradient_checkpointing is, off otherwise, and without the deprecation
+    warning recent transformers prints for the old argument name."""
+    import warnings
+
+    from pubmedqa_gpt2.training.settings import training_arguments
+
+    for on in (True, False):
+        train = committed_params({"train": {"gradient_checkpointing": on}}).train
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            args = training_arguments(train, "fp32", 0, cuda=False, output_dir=tmp_path)
+        assert args.gradient_checkpointing is on  # transformers mirrors the two names
+        assert not [w for w in caught if "checkpointing" in str(w.message)]
+    train = committed_params({"train": {"gradient_checkpointing": True}}).train
+    args = training_arguments(train, "fp32", 0, cuda=False, output_dir=tmp_path)
+    assert args.gradient_checkpointing_kwargs == {"use_reentrant": False}
+
+
 def test_train_and_evaluate_refuse_emulated_bf16(monkeypatch):
     """A V100 or T4 runs bf16 only by emulation, slower than fp16: train, evaluate and the
     CLI all pick fp16 there, through the same function."""

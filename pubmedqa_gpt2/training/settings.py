@@ -3,6 +3,7 @@ of them from the phase's training params."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -33,6 +34,19 @@ def resolve_precision(choice: str, cuda: bool, bf16_supported: bool, section: st
     return choice
 
 
+def checkpointing_arguments() -> dict:
+    """TrainingArguments that turn activation checkpointing on, under the name this version of
+    transformers has: recent ones renamed `gradient_checkpointing` to
+    `activation_checkpointing` and warn on the old name; older ones know only the old name."""
+    names = {field.name for field in dataclasses.fields(TrainingArguments)}
+    name = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in names
+        else "gradient_checkpointing"
+    )
+    return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
+
+
 def training_arguments(
     train: TrainParams,
     precision: str,
@@ -42,12 +56,7 @@ def training_arguments(
 ) -> TrainingArguments:
     """The Trainer's arguments, every one of them from `train` params."""
     greater = train.best_metric == "dev_accuracy"
-    # Only named when on: recent transformers renames the option (activation_checkpointing).
-    checkpointing = (
-        {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
-        if train.gradient_checkpointing
-        else {}
-    )
+    checkpointing = checkpointing_arguments() if train.gradient_checkpointing else {}
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=train.epochs,
