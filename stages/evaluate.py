@@ -22,7 +22,6 @@ from pubmedqa_gpt2.devices import claim_gpus
 from pubmedqa_gpt2.errors import StageError, run_stage
 from pubmedqa_gpt2.evaluation.evaluate import evaluate_model, load_evaluated, write_outputs
 from pubmedqa_gpt2.evaluation.testset import read_test
-from pubmedqa_gpt2.malloc import keep_freed_memory
 from pubmedqa_gpt2.memory import EVALUATE_ADVICE, out_of_memory_message
 from pubmedqa_gpt2.model.loading import inference_dtype, pick_device
 from pubmedqa_gpt2.paths import EVALUATED, TEST_FILE
@@ -71,5 +70,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # a CPU run's tensors reuse freed memory (pubmedqa_gpt2/malloc.py)
     run_stage(main)

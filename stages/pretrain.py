@@ -17,7 +17,6 @@ from __future__ import annotations
 from pubmedqa_gpt2.config import load_params
 from pubmedqa_gpt2.errors import StageError, run_stage
 from pubmedqa_gpt2.io import atomic_dir, write_json
-from pubmedqa_gpt2.malloc import keep_freed_memory
 from pubmedqa_gpt2.training.phase import PHASE1, phase1, phase1_params
 
 
@@ -46,5 +45,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # a CPU run's tensors reuse freed memory (pubmedqa_gpt2/malloc.py)
     run_stage(main)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pubmedqa_gpt2.config import load_params
 from pubmedqa_gpt2.errors import run_stage
-from pubmedqa_gpt2.malloc import keep_freed_memory
 from pubmedqa_gpt2.training.phase import phase2
 from pubmedqa_gpt2.training.recipe import run_phase
 
@@ -24,5 +23,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # a CPU run's tensors reuse freed memory (pubmedqa_gpt2/malloc.py)
     run_stage(main)

@@ -25,7 +25,7 @@ LAYERS = [
     ["training", "evaluation", "summary", "smoke_params", "plots_template"],
     ["data", "model"],
     ["config", "prompt", "devices", "memory"],
-    ["errors", "io", "paths", "malloc"],
+    ["errors", "io", "paths"],
 ]
 
 
