@@ -5,13 +5,16 @@
     pubmedqa-gpt2 ask --pmid 12377809          # a question of data/prepared/test.parquet
     pubmedqa-gpt2 ask --model DIR ... --json   # one JSON object, for machines
     pubmedqa-gpt2 summary --over train.seed    # mean, sd, min, max of each group of runs
+    pubmedqa-gpt2 slurm submit -S train.seed=0,1,2   # a sweep as one SLURM job array
+    pubmedqa-gpt2 slurm status                 # its experiments: pending, running, done, failed
 
 `ask` prints the decision with the probabilities of yes / no / maybe, then the greedy long
 answer; `--json` prints one object with the same keys whatever the input (`ANSWER_KEYS`, null
 where the input has none, e.g. no gold decision for --question). It goes through the code the
 evaluate stage uses (template, scoring, generation), so a question gets the answer it gets
 there; its decoding settings are params.yaml's `evaluate` section (`--params`), each one
-overridable by its flag. `summary` is described in `pubmedqa_gpt2/summary.py`.
+overridable by its flag. `summary` is described in `pubmedqa_gpt2/summary.py`, `slurm` in
+`pubmedqa_gpt2/slurm/` and docs/CLUSTER.md.
 Bad input is a one-line `error: ...` and exit 1, and so is usage that would silently answer
 something else than asked: --question without --context (the model reads an abstract; say
 --no-context to ask without one), or --context beside --pmid (whose context is the test set's).
@@ -28,6 +31,7 @@ from typing import Any
 from pubmedqa_gpt2.config import EvaluateParams, load_section
 from pubmedqa_gpt2.errors import StageError, run_stage
 from pubmedqa_gpt2.paths import FINETUNED, PARAMS_FILE, TEST_FILE
+from pubmedqa_gpt2.slurm import commands as slurm_commands
 
 DECODING = ("max_new_tokens", "repetition_penalty", "no_repeat_ngram_size")
 SAVED_FILES = ("config.json", "tokenizer_config.json")  # what save_pretrained writes
@@ -66,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument(
         "--input", type=Path, help="a saved `dvc exp show --json` instead of running it"
     )
+    slurm_commands.add_parser(commands)
     return parser
 
 
@@ -215,6 +220,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     def run() -> None:
         if args.command == "summary":
             print(summarize_experiments(args))
+            return
+        if args.command == "slurm":
+            print(slurm_commands.run(args))
             return
         answer = ask(args)
         print(json.dumps(answer, ensure_ascii=False) if args.json else render(answer))

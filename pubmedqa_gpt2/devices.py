@@ -8,6 +8,12 @@ them. The lock is the process's open file: it is released when the process ends,
 When every device is taken, the stage waits for one to come free (it says so) rather than
 failing. Devices are those in `CUDA_VISIBLE_DEVICES` when it is set, else every NVIDIA GPU the
 driver lists (`/proc/driver/nvidia/gpus`, read without starting CUDA).
+
+Inside a SLURM allocation (`SLURM_JOB_ID` set) the allocation is the claim: the job uses
+exactly the GPUs SLURM gave it (`CUDA_VISIBLE_DEVICES`, which SLURM sets for a job that asked
+for GPUs with `--gres=gpu:N` or `--gpus-per-task`; none when it asked for none) and takes no
+lock. Jobs on one node each see their own GPUs numbered from 0, so locks named after those
+numbers would make every job wait for the first (issue 27).
 """
 
 from __future__ import annotations
@@ -47,6 +53,46 @@ def candidate_gpus(environ: MutableMapping[str, str]) -> list[str]:
     return physical_gpus()
 
 
+def slurm_allocation(environ: MutableMapping[str, str]) -> list[str] | None:
+    """The GPUs SLURM gave this job (possibly none), or None outside a SLURM allocation."""
+    if not environ.get("SLURM_JOB_ID"):
+        return None
+    visible = environ.get("CUDA_VISIBLE_DEVICES") or ""
+    return [d.strip() for d in visible.split(",") if d.strip()]
+
+
+def slurm_tasks(environ: MutableMapping[str, str]) -> int:
+    """The tasks of this SLURM job (`--ntasks`; one per node for an experiment on several
+    nodes), 1 outside SLURM."""
+    if not environ.get("SLURM_JOB_ID"):
+        return 1
+    return int(environ.get("SLURM_NTASKS") or 1)
+
+
+def use_slurm_allocation(
+    n: int, allocated: list[str], environ: MutableMapping[str, str], setting: str
+) -> list[str]:
+    """`claim_gpus` inside a SLURM job: the allocation's GPUs, no lock. With one task, the
+    first `n` of them; with several (one per node), each task's own, n spread over them."""
+    tasks = slurm_tasks(environ)
+    job = environ["SLURM_JOB_ID"]
+    if not allocated:
+        if physical_gpus():  # on a GPU node without GPUs allocated: none of them is ours
+            environ["CUDA_VISIBLE_DEVICES"] = ""
+            print(f"SLURM job {job} was given no GPU: running on the CPU", file=sys.stderr)
+        return []
+    if n > len(allocated) * tasks:
+        raise StageError(
+            f"{setting}: {n} processes, but SLURM job {job} has {len(allocated)} GPU(s) "
+            f"per task x {tasks} task(s) (CUDA_VISIBLE_DEVICES={','.join(allocated)}, "
+            f"SLURM_NTASKS={tasks}); ask for more with --gres=gpu:N or lower {setting}"
+        )
+    devices = allocated[:n] if tasks == 1 else allocated
+    environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+    print(f"using GPU {','.join(devices)} (SLURM job {job}'s allocation, no lock)", file=sys.stderr)
+    return devices
+
+
 def _try_lock(path: Path) -> int | None:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -68,14 +114,18 @@ def claim_gpus(
     """Lock `n` free GPUs for this process, set CUDA_VISIBLE_DEVICES to them, return them.
 
     Returns [] (and changes nothing) on a machine without GPUs. Waits while fewer than `n`
-    are free. Call it before anything starts CUDA in this process; a process that holds GPUs
-    already keeps those. `setting` is the param that asked for them, named if too few are
+    are free. Inside a SLURM allocation: the allocation's GPUs, no lock, no wait. Call it
+    before anything starts CUDA in this process; a process that holds GPUs already keeps
+    those. `setting` is the param that asked for them, named if too few are
     visible.
     """
     environ = os.environ if environ is None else environ
     if _claimed:  # this process holds its GPUs already (a second lock would wait on itself)
         environ["CUDA_VISIBLE_DEVICES"] = ",".join(_claimed)
         return list(_claimed)
+    allocated = slurm_allocation(environ)
+    if allocated is not None:
+        return use_slurm_allocation(n, allocated, environ, setting)
     candidates = candidate_gpus(environ)
     if not candidates:
         return []

@@ -3,7 +3,9 @@
     setup: the phase's prepared examples (checked), the starting model (the base model, built
            as evaluate@base builds it, or phase 1's), LoRA when asked for, the checkpoints of
            this run to resume from, and the Trainer with its collator and callbacks;
-    fit:   Trainer.train, with a marker left behind if the process is killed;
+    fit:   Trainer.train, with a marker left behind if the process is killed; a stop asked
+           for (a SLURM task's warning signal, `stop.py`) ends it at the next optimizer step
+           with a checkpoint, and the stage exits with STOPPED_EXIT, saving nothing else;
     save:  on the main process, the best checkpoint's model, the metrics, the perf figures.
 
 The loss is on the completion only (decision + long answer), or on every token with
@@ -48,6 +50,7 @@ from pubmedqa_gpt2.training.perf import device_figures, gather_from_ranks, memor
 from pubmedqa_gpt2.training.phase import Phase
 from pubmedqa_gpt2.training.saving import save_model, summarize
 from pubmedqa_gpt2.training.settings import run_arguments
+from pubmedqa_gpt2.training.stop import STOPPED_EXIT, StopOnRequest
 from pubmedqa_gpt2.training.trainer import DecisionTrainer
 
 
@@ -64,6 +67,7 @@ class Run:
     args: TrainingArguments
     trainer: DecisionTrainer
     step_count: StepCount
+    stop: StopOnRequest
     resume: str | None
     tokens_before: int  # input tokens seen by the checkpoint resumed from
     world_size: int
@@ -142,6 +146,7 @@ def setup(params: Params, phase: Phase) -> Run:
     resume = checkpoint_to_resume(params, phase, args)
     set_seed(cfg.seed)
     callbacks = phase_callbacks(cfg.save_steps, phase.dvclive)
+    stop = StopOnRequest()
     trainer = DecisionTrainer(
         model=model,
         args=args,
@@ -149,13 +154,13 @@ def setup(params: Params, phase: Phase) -> Run:
         eval_dataset=[to_features(ex, cfg.loss_on) for ex in dev_examples],
         data_collator=Collator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=callbacks,
+        callbacks=[*callbacks, stop],
         dev_examples=dev_examples,
         label_ids=label_ids,
     )
     return Run(
         params, phase, tokenizer, train_examples, dev_examples, precision, args, trainer,
-        callbacks[-1], resume, tokens_seen(resume), world_size, trainable, total,
+        callbacks[-1], stop, resume, tokens_seen(resume), world_size, trainable, total,
     )  # fmt: skip
 
 
@@ -204,16 +209,25 @@ def checkpoint_to_resume(params: Params, phase: Phase, args: TrainingArguments) 
 
 
 def fit(run: Run):
-    """Trainer.train, from the checkpoint to resume from; a marker says a run is under way."""
+    """Trainer.train, from the checkpoint to resume from; a marker says a run is under way.
+    Stopped on request: the checkpoint is saved, the process exits with STOPPED_EXIT."""
     if run.main_process:
         mark_running(run.phase.running_file)
     try:
-        return run.trainer.train(resume_from_checkpoint=run.resume)
+        result = run.trainer.train(resume_from_checkpoint=run.resume)
     except torch.OutOfMemoryError as exc:
         raise StageError(out_of_memory_message(exc, train_advice(run.phase.section))) from None
     finally:
         if run.main_process:
             run.phase.running_file.unlink(missing_ok=True)
+    if run.stop.stopped_at is not None:
+        if run.main_process:
+            print(
+                f"stopped on request at step {run.stop.stopped_at}: checkpoint saved in "
+                f"{run.phase.checkpoints}, the next run resumes from it"
+            )
+        raise SystemExit(STOPPED_EXIT)
+    return result
 
 
 # ---- Save ----

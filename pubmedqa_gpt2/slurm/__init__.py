@@ -1,0 +1,1 @@
+"""Sweeps of DVC experiments as SLURM job arrays (docs/CLUSTER.md)."""
