@@ -46,3 +46,13 @@ class StopOnRequest(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        # The Trainer ends the epoch it stops in as if it were complete: an evaluation and a
+        # second save at the stop step, which would put a dev evaluation no uninterrupted run
+        # makes into the history, and the random state after it into the checkpoint (the
+        # resumed run then draws other dropout masks and another data order).
+        if self.stopped_at is not None:
+            control.should_evaluate = False
+            control.should_save = False
+        return control
