@@ -149,7 +149,8 @@ def start(base: Path, timeout: float = 60) -> Cluster:
             stop(cluster)
             raise RuntimeError(
                 f"SLURM did not come up (node {state!r}, exited: {dead}):\n"
-                + cluster.log("slurmctld")[-2000:] + cluster.log("slurmd")[-2000:]
+                + cluster.log("slurmctld")[-2000:]
+                + cluster.log("slurmd")[-2000:]
             )
         time.sleep(0.2)
 

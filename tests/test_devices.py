@@ -33,6 +33,7 @@ print(json.dumps({"devices": got, "visible": os.environ["CUDA_VISIBLE_DEVICES"],
 def claimant(lock_dir: Path, n: int, hold: float) -> subprocess.Popen:
     env = os.environ | {"PYTHONPATH": str(ROOT), devices.LOCK_DIR_ENV: str(lock_dir)}
     env.pop("CUDA_VISIBLE_DEVICES", None)
+    env.pop("SLURM_JOB_ID", None)  # these claims are the ones made outside SLURM
     return subprocess.Popen(
         [sys.executable, "-c", CLAIMANT, str(n), str(hold)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -53,6 +54,12 @@ def wait_for_claim(proc: subprocess.Popen) -> str:
         if line.startswith("using GPU"):
             return line
     raise AssertionError("no claim within 60 s")
+
+
+@pytest.fixture(autouse=True)
+def _outside_slurm(monkeypatch):
+    """The suite may run inside a SLURM job; these tests are of the claims made outside one."""
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
 
 
 def test_concurrent_processes_never_share_a_gpu_and_the_third_waits(tmp_path):
@@ -207,3 +214,68 @@ def test_a_second_claim_sets_the_devices_it_holds_and_the_defaults_are_used(monk
     locks = sorted((tmp_path / "default" / "locks").iterdir())
     assert [p.name for p in locks] == ["gpu-0.lock", "gpu-1.lock"]
     assert all(p.stat().st_mode & 0o777 == 0o644 for p in locks)  # 0o666 less the umask
+
+
+# ---- Inside a SLURM allocation: the allocation is the claim ----
+
+
+def slurm_env(visible: str | None, tasks: int = 1) -> dict:
+    env = {"SLURM_JOB_ID": "123", "SLURM_NTASKS": str(tasks)}
+    return env | ({"CUDA_VISIBLE_DEVICES": visible} if visible is not None else {})
+
+
+def test_inside_slurm_the_allocation_s_gpus_are_used_without_a_lock(monkeypatch, tmp_path):
+    """Jobs on one node each see their own GPU as 0: a lock on gpu-0 held by another job
+    (here, this process) must not make this one wait."""
+    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1"])
+    held = devices._try_lock(tmp_path / "gpu-0.lock")  # another job's claim of "its" GPU 0
+    try:
+        env = slurm_env("0") | {devices.LOCK_DIR_ENV: str(tmp_path)}
+        started = time.monotonic()
+        assert devices.claim_gpus(1, environ=env, poll=0.05) == ["0"]
+        assert time.monotonic() - started < 1.0
+    finally:
+        os.close(held)
+    assert env["CUDA_VISIBLE_DEVICES"] == "0"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu-0.lock"]  # no lock of its own
+    assert devices._claimed == []
+
+
+def test_inside_slurm_one_process_takes_the_first_gpus_of_its_allocation(monkeypatch):
+    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1", "2", "3"])
+    env = slurm_env("2,3")
+    assert devices.claim_gpus(1, environ=env) == ["2"]
+    assert env["CUDA_VISIBLE_DEVICES"] == "2"
+    env = slurm_env("2,3")
+    assert devices.claim_gpus(2, environ=env) == ["2", "3"]
+
+
+@pytest.mark.parametrize(
+    ("visible", "tasks", "n", "named"),
+    [("0", 1, 2, "1 GPU(s) per task x 1 task(s)"), ("0,1", 2, 6, "2 GPU(s) per task x 2 task(s)")],
+)
+def test_inside_slurm_more_processes_than_the_allocation_is_refused_naming_both(
+    monkeypatch, visible, tasks, n, named
+):
+    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1"])
+    with pytest.raises(StageError) as err:
+        devices.claim_gpus(n, environ=slurm_env(visible, tasks), setting="pretrain.num_processes")
+    message = str(err.value)
+    assert message.startswith(f"pretrain.num_processes: {n} processes, but SLURM job 123 has")
+    assert named in message and f"CUDA_VISIBLE_DEVICES={visible}" in message
+
+
+def test_inside_slurm_several_tasks_keep_each_task_s_own_gpus(monkeypatch):
+    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1"])
+    env = slurm_env("0,1", tasks=2)
+    assert devices.claim_gpus(4, environ=env) == ["0", "1"]  # 2 per node, on 2 nodes
+
+
+def test_inside_slurm_a_job_given_no_gpu_hides_the_node_s_gpus(monkeypatch):
+    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1"])
+    env = slurm_env(None)
+    assert devices.claim_gpus(1, environ=env) == []
+    assert env["CUDA_VISIBLE_DEVICES"] == ""  # the other jobs' GPUs stay theirs
+    monkeypatch.setattr(devices, "physical_gpus", lambda: [])
+    env = slurm_env(None)
+    assert devices.claim_gpus(1, environ=env) == [] and "CUDA_VISIBLE_DEVICES" not in env

@@ -43,9 +43,12 @@ def queued_tasks(job_id: str | None) -> dict[int, str]:
     """{array index: SLURM state} of the sweep's tasks still in the queue."""
     if not job_id:
         return {}
-    got = subprocess.run(
-        ["squeue", "-h", "-r", "-j", job_id, "-o", "%i %T"], capture_output=True, text=True
-    )
+    try:
+        got = subprocess.run(
+            ["squeue", "-h", "-r", "-j", job_id, "-o", "%i %T"], capture_output=True, text=True
+        )
+    except FileNotFoundError:  # not on a SLURM login node: what the files say
+        return {}
     states = {}
     for line in got.stdout.splitlines() if got.returncode == 0 else []:
         task, state = line.split()
@@ -56,7 +59,12 @@ def queued_tasks(job_id: str | None) -> dict[int, str]:
 
 def landed(url: str) -> set[str]:
     """The names of the experiments on the git remote (`refs/exps/.../NAME`)."""
-    got = subprocess.run(["git", "ls-remote", url, "refs/exps/*"], capture_output=True, text=True)
+    try:
+        got = subprocess.run(
+            ["git", "ls-remote", url, "refs/exps/*"], capture_output=True, text=True, timeout=120
+        )
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return set()
     return {line.rsplit("/", 1)[-1] for line in got.stdout.splitlines()}
 
 

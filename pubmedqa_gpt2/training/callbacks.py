@@ -1,14 +1,18 @@
-"""The Trainer callbacks of a phase: step checkpoints, the dvclive curves, a step count, and
-the progress bar with the logged figures in its postfix."""
+"""The Trainer callbacks of a phase: step checkpoints, the dvclive curves, a step count, a stop
+on request (`stop.py`), and the progress bar with the logged figures in its postfix."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
 from dvclive import Live
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
+
+from pubmedqa_gpt2.training.stop import stop_requested
 
 
 def curve_name(key: str) -> str:
@@ -48,6 +52,35 @@ class StepCheckpoints(TrainerCallback):
         if state.global_step % self.save_steps == 0:
             control.should_evaluate = True
             control.should_save = True
+        return control
+
+
+class StopOnRequest(TrainerCallback):
+    """After each optimizer step: when a stop is requested, checkpoint and end training."""
+
+    def __init__(self):
+        self.stopped_at: int | None = None  # the step training stopped at, None if it did not
+
+    def on_step_end(self, args, state, control, **kwargs):
+        wanted = stop_requested()
+        if dist.is_available() and dist.is_initialized():
+            flag = torch.tensor([int(wanted)], device=args.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            wanted = bool(flag.item())
+        if wanted:
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        # The Trainer ends the epoch it stops in as if it were complete: an evaluation and a
+        # second save at the stop step, which would put a dev evaluation no uninterrupted run
+        # makes into the history, and the random state after it into the checkpoint (the
+        # resumed run then draws other dropout masks and another data order).
+        if self.stopped_at is not None:
+            control.should_evaluate = False
+            control.should_save = False
         return control
 
 

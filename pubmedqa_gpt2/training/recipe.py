@@ -34,7 +34,7 @@ from pubmedqa_gpt2.memory import out_of_memory_message, train_advice
 from pubmedqa_gpt2.model.loading import build_model, load_model, load_tokenizer
 from pubmedqa_gpt2.paths import DEV_FILE
 from pubmedqa_gpt2.prompt import Encoded, label_token_ids
-from pubmedqa_gpt2.training.callbacks import StepCount, phase_callbacks
+from pubmedqa_gpt2.training.callbacks import StepCount, StopOnRequest, phase_callbacks
 from pubmedqa_gpt2.training.checkpoints import (
     phase_inputs,
     reconcile_checkpoints,
@@ -50,7 +50,7 @@ from pubmedqa_gpt2.training.perf import device_figures, gather_from_ranks, memor
 from pubmedqa_gpt2.training.phase import Phase
 from pubmedqa_gpt2.training.saving import save_model, summarize
 from pubmedqa_gpt2.training.settings import run_arguments
-from pubmedqa_gpt2.training.stop import STOPPED_EXIT, StopOnRequest
+from pubmedqa_gpt2.training.stop import STOPPED_EXIT
 from pubmedqa_gpt2.training.trainer import DecisionTrainer
 
 
