@@ -245,13 +245,17 @@ def write_synthetic_pqa_a(path: Path, official: dict, n: int, shared: int = 0) -
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """0: the first seed-sweep test (its worker makes the smoke run, then the sweep); 1: the
-    long tests that need no smoke run (the other worker runs them meanwhile); 2: the tests
-    that copy the smoke run; 3: the other sweep tests (the sweep is made by then); 4: the
-    rest, short. File order within each rank."""
+    """0: the first seed-sweep test (its worker makes the smoke run, then the sweep); then the
+    SLURM cluster's tests (one xdist group, the longest unit: the other worker starts it at
+    once, the smoke run being made meanwhile); 1: the long tests that need no smoke run; 2:
+    the tests that copy the smoke run; 3: the other sweep tests (the sweep is made by then);
+    4: the rest, short. File order within each rank."""
     sweep = [item for item in items if "seed_sweep" in item.fixturenames]
 
     def rank(item) -> tuple[int, int]:
+        group = item.get_closest_marker("xdist_group")
+        if group is not None and group.args == ("slurm",):
+            return 0, 1
         if item in sweep:
             return (0, 0) if item is sweep[0] else (3, 0)
         if "smoke" in item.fixturenames:  # the longest of them first (CI's --durations)

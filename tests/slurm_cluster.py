@@ -11,7 +11,6 @@ that `stop` ends exactly the processes `start` started. Facts behind each settin
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -22,15 +21,18 @@ DAEMONS = ("munged", "slurmctld", "slurmd", "mungekey", "sbatch", "squeue", "sco
 SBIN = (Path("/usr/sbin"), Path("/usr/bin"))
 
 
+NO_CLUSTER = "no local SLURM cluster:"  # every reason to skip starts so
+
+
 def missing_reason() -> str | None:
     """Why no cluster can start here (None when it can)."""
     if os.geteuid() != 0:
-        return "no local SLURM cluster: the daemons run as root and this user is not root"
+        return f"{NO_CLUSTER} the daemons run as root and this user is not root"
     lost = [name for name in DAEMONS if not any((d / name).exists() for d in SBIN)]
     if lost:
         return (
-            "no local SLURM cluster: Debian's slurmctld slurmd slurm-client munge are not "
-            f"installed (no {', '.join(lost)}; .ci/run installs them with apt)"
+            f"{NO_CLUSTER} Debian's slurmctld slurmd slurm-client munge are not installed "
+            f"(no {', '.join(lost)}; .ci/run installs them with apt)"
         )
     return None
 
@@ -169,7 +171,3 @@ def stop(cluster: Cluster) -> None:
             proc.kill()
             proc.wait()
     cluster.processes.clear()
-
-
-def which(name: str) -> str | None:
-    return shutil.which(name)

@@ -22,6 +22,7 @@ STAGES, LIBRARY = "stages", "pubmedqa_gpt2"
 # independent of each other (training never imports evaluation, data never imports model).
 LAYERS = [
     ["cli"],
+    ["slurm"],  # sweeps on a cluster: its tasks stop training the way training looks for
     ["training", "evaluation", "summary", "smoke_params", "plots_template"],
     ["data", "model"],
     ["config", "prompt", "devices", "memory"],

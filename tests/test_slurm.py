@@ -352,3 +352,32 @@ def test_status_without_squeue_or_a_reachable_remote_still_answers(tmp_path, mon
     assert slurm_status.queued_tasks("12") == {}
     assert slurm_status.landed(str(tmp_path / "nowhere.git")) == set()
     assert shutil.which("squeue") is None
+
+
+# ---- docs/CLUSTER.md shows the script `submit` writes ----
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "CLUSTER.md"
+DOC_SWEEP = "sweep-20261206-101500"
+
+
+def documented_script() -> tuple[dict, str]:
+    """The settings block and the script block of docs/CLUSTER.md."""
+    import yaml
+
+    text = DOC.read_text()
+    settings = yaml.safe_load(text.split("```yaml\n", 1)[1].split("```", 1)[0])
+    script = text.split("## The script `submit` writes", 1)[1].split("```bash\n", 1)[1]
+    return settings, script.split("```", 1)[0]
+
+
+def test_the_docs_show_the_script_submit_writes_for_the_documented_settings():
+    settings, shown = documented_script()
+    folder = f"{settings['workspaces']}/{DOC_SWEEP}"
+    data = {
+        "sweep": DOC_SWEEP, "commit": "3f2a9c1e77d0b5a4c2e1f0a9b8c7d6e5f4a3b2c1",
+        "ref": f"refs/pubmedqa-slurm/{DOC_SWEEP}", "git_remote_url": "/shared/alice/pubmedqa.git",
+        "folder": folder, "python": "/shared/alice/venvs/pubmedqa/bin/python",
+        "bin": "/shared/alice/venvs/pubmedqa/bin",
+        "experiments": [{"name": f"{DOC_SWEEP}-{i}", "set": [f"train.seed={i}"]} for i in range(3)],
+    }  # fmt: skip
+    assert shown == render(data, ClusterSettings(**settings))

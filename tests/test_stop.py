@@ -36,7 +36,10 @@ def outputs(folder) -> dict:
 
 
 def test_a_stopped_run_resumes_to_the_uninterrupted_run_s_metrics_and_weights(
-    workdir, tiny, monkeypatch, capsys  # noqa: F811 (the fixtures imported above)
+    workdir,
+    tiny,
+    monkeypatch,
+    capsys,
 ):
     # 12 examples, batch 4, 2 epochs: 6 steps, a dev evaluation after steps 3 and 6. GPT-2's
     # dropout draws random numbers at every step, so a resumed run that restored another

@@ -47,9 +47,9 @@ def render(manifest: dict, settings: ClusterSettings) -> str:
     q = shlex.quote
     header = sbatch_lines(settings, manifest["sweep"], folder, len(manifest["experiments"]))
     body = f"""
-# Sweep {manifest["sweep"]}, written by `pubmedqa-gpt2 slurm submit`: task N runs experiment N
-# of {folder}/sweep.json (commit {manifest["commit"][:12]}) in a clone of its own and pushes it
-# to {manifest["git_remote_url"]} with `dvc exp push`.
+# Sweep {manifest["sweep"]}, written by `pubmedqa-gpt2 slurm submit`: task N runs
+# experiment N of {folder}/sweep.json (commit
+# {manifest["commit"][:12]}) in a clone of its own and pushes it to {manifest["git_remote_url"]}.
 set -u
 SWEEP={q(str(folder))}
 TASK=$SLURM_ARRAY_TASK_ID

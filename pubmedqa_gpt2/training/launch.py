@@ -50,11 +50,18 @@ def launch_command(
             "make it a multiple"
         )
     port = 20000 + int(environ["SLURM_JOB_ID"]) % 20000  # two jobs on one node never collide
+    master = first_node(environ)
+    print(
+        f"{num_processes} processes through srun: {tasks} SLURM tasks x "
+        f"{num_processes // tasks}, meeting at {master}:{port}",
+        file=sys.stderr,
+        flush=True,
+    )
     return [
         "srun", f"--ntasks={tasks}", "--kill-on-bad-exit=1",
         "bash", "-c", NODE_AGENT, sys.executable,
         f"--nnodes={tasks}", f"--nproc_per_node={num_processes // tasks}",
-        f"--master_addr={first_node(environ)}", f"--master_port={port}", "-m", module,
+        f"--master_addr={master}", f"--master_port={port}", "-m", module,
     ]  # fmt: skip
 
 
