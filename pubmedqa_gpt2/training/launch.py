@@ -75,10 +75,12 @@ def launch(
     `section`: the params section that asked for them (`pretrain` for phase 1), whose
     settings the messages name."""
     environ = os.environ if environ is None else environ
-    per_node = num_processes // slurm_tasks(environ)
+    tasks = slurm_tasks(environ)
+    per_node = num_processes // tasks
     if torch.cuda.is_available() and per_node > torch.cuda.device_count():
+        where = f" on each of {tasks} nodes" if tasks > 1 else ""
         raise StageError(
-            f"{section}.num_processes: {per_node} processes on this node but "
+            f"{section}.num_processes: {per_node} processes{where} but "
             f"{torch.cuda.device_count()} GPU(s) visible"
         )
     code = subprocess.call(launch_command(num_processes, module, section, environ))
