@@ -168,33 +168,42 @@ def test_two_jobs_on_one_node_each_with_its_gpu_0_take_no_lock_and_never_wait(sl
 # ---- One experiment on two tasks: srun, torch.distributed.run's rendezvous ----
 
 
-@needs_pubmedqa
 @needs_tokenizer
-def test_one_experiment_on_two_slurm_tasks_equals_two_local_processes(slurm, smoke, tmp_path):
-    import yaml
+def test_one_experiment_on_two_slurm_tasks_equals_two_local_processes(
+    slurm, tmp_path, tokenizer, tiny_model_params
+):
+    from pubmedqa_gpt2 import paths
+    from pubmedqa_gpt2.data.prepare import write_split
+
+    from .committed import write_params
+    from .test_train import records
 
     runs = {}
     for where in ("local", "slurm"):
-        repo = copy_of(smoke[0], tmp_path / where)
-        params = yaml.safe_load((repo / "params.yaml").read_text())
-        params["train"] |= {"num_processes": 2, "epochs": 1}
-        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        env = {"OMP_NUM_THREADS": "1"}  # as torch.distributed.run sets for 2 local processes
+        folder = tmp_path / where
+        (folder / paths.TRAIN_FILE.parent).mkdir(parents=True)
+        write_split(folder / paths.TRAIN_FILE, records(12), tokenizer, max_length=128)
+        write_split(folder / paths.DEV_FILE, records(6, offset=100), tokenizer, max_length=128)
+        train = {"epochs": 1, "batch_size": 4, "eval_batch_size": 4, "num_processes": 2}
+        write_params(folder, {"model": tiny_model_params.model_dump(), "train": train})
+        # As torch.distributed.run sets it for 2 processes of one agent (it does not for 1).
+        env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
         if where == "local":
-            output = sh([sys.executable, "-m", "stages.train"], cwd=repo, env=env)
+            output = sh([sys.executable, "-m", "stages.train"], cwd=folder, env=env)
         else:
             log = tmp_path / "two-tasks.log"
-            sh(["sbatch", "--wait", "--nodes=1", "--ntasks=2", "--cpus-per-task=1",
-                f"--output={log}", "--wrap", f"{sys.executable} -m stages.train"],
-               cwd=repo, env=env)  # fmt: skip
+            job = sh(["sbatch", "--parsable", "--nodes=1", "--ntasks=2", "--cpus-per-task=1",
+                      f"--output={log}", "--wrap", f"{sys.executable} -m stages.train"],
+                     cwd=folder, env=env).strip()  # fmt: skip
+            wait_gone(slurm, job, timeout=300)  # `sbatch --wait` polls slowly (pitfall 16)
             output = log.read_text()
-        runs[where] = (repo, output)
+        runs[where] = (folder, output)
     assert "2 processes through srun: 2 SLURM tasks x 1" in runs["slurm"][1]
-    local, on_slurm = (json.loads((r / "metrics/train.json").read_text()) for r, _ in runs.values())
-    assert on_slurm == local and local["steps"] == 3  # 40 examples, 2 x batch 8: 3 steps
-    weights = [(r / "models/finetuned/model.safetensors").read_bytes() for r, _ in runs.values()]
+    local, on_slurm = (json.loads((f / paths.TRAIN_METRICS).read_text()) for f, _ in runs.values())
+    assert on_slurm == local and local["steps"] == 2  # 12 examples, 2 x batch 4: 2 steps
+    weights = [(f / paths.FINETUNED / "model.safetensors").read_bytes() for f, _ in runs.values()]
     assert weights[0] == weights[1]
-    perf = json.loads((runs["slurm"][0] / "perf/train.json").read_text())
+    perf = json.loads((runs["slurm"][0] / paths.TRAIN_PERF).read_text())
     assert perf["processes"] == 2 and len(perf["ranks"]) == 2
 
 
@@ -205,8 +214,10 @@ def test_one_experiment_on_two_slurm_tasks_equals_two_local_processes(slurm, smo
 @needs_tokenizer
 def test_a_task_with_a_bad_param_fails_with_its_error_and_the_other_lands(slurm, smoke, tmp_path):
     user = user_repository(smoke[0], tmp_path)
+    before = working_tree(user)
     job = submit(user, "-S", "train.warmup_ratio=0.0,-1")  # the committed 0.0: cached
     wait_gone(slurm, job, timeout=600)
+    assert working_tree(user) == before  # neither task wrote in it, nor in its .dvc/tmp
     done, failed = status(user)
     assert (done["state"], failed["state"]) == ("done", "failed"), (done, failed)
     assert failed["error"] == (
@@ -241,7 +252,9 @@ def test_a_signalled_task_is_requeued_resumes_and_ends_with_identical_metrics(
         assert time.monotonic() < deadline and task_state(slurm, task), "training never started"
         time.sleep(0.1)
     slurm.run("scancel", "-b", "--signal=USR1", task)  # as SLURM warns before the time limit
-    while task_state(slurm, task) != "PENDING":  # requeued: SLURM holds it ~2 min (BeginTime)
+    while (state := task_state(slurm, task)) != "PENDING":  # requeued, held ~2 min (BeginTime)
+        log = sweep_folder(user) / "logs" / "0.log"
+        assert state, f"the task ended without being requeued:\n{log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, slurm.run("scontrol", "show", "job", task).stdout
         time.sleep(0.2)
     time.sleep(1.5)  # not in the requeue's second, or the relaunch fails (NOTES.md, pitfall 9)

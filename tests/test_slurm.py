@@ -189,21 +189,29 @@ def git(*args, cwd):
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
 
 
-@pytest.fixture
-def user_repo(tmp_path):
-    """A committed repository with params.yaml, DVC initialised, a bare remote on the
-    "shared filesystem" and a DVC cache there; `sbatch` is a stub that records its call."""
-    repo, shared = tmp_path / "repo", tmp_path / "shared"
+@pytest.fixture(scope="module")
+def committed_repo(tmp_path_factory) -> Path:
+    """A committed repository with params.yaml and DVC initialised (made once: copied)."""
+    repo = tmp_path_factory.mktemp("template") / "repo"
     repo.mkdir()
-    shared.mkdir()
     git("init", "--quiet", "-b", "main", cwd=repo)
     write_params(repo)
     subprocess.run(["dvc", "init", "--quiet"], cwd=repo, check=True)
     git("add", "-A", cwd=repo)
     git("commit", "--quiet", "-m", "start", cwd=repo)
+    return repo
+
+
+@pytest.fixture
+def user_repo(tmp_path, committed_repo):
+    """The committed repository, with a bare remote on the "shared filesystem" and a DVC cache
+    there; `sbatch` is a stub that records its call."""
+    repo, shared = tmp_path / "repo", tmp_path / "shared"
+    shutil.copytree(committed_repo, repo, symlinks=True)
+    shared.mkdir()
     git("init", "--quiet", "--bare", str(shared / "origin.git"), cwd=tmp_path)
     git("remote", "add", "cluster", str(shared / "origin.git"), cwd=repo)
-    subprocess.run(["dvc", "cache", "dir", "--local", str(shared / "cache")], cwd=repo, check=True)
+    (repo / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {shared / 'cache'}\n")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/sbatch.txt\necho 99\n')
