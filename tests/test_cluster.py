@@ -246,9 +246,18 @@ def test_a_signalled_task_is_requeued_resumes_and_ends_with_identical_metrics(
     user = user_repository(smoke[0], tmp_path)
     job = submit(user, "-S", "train.resumable_checkpoints=true")
     task = f"{job}_0"
-    running = sweep_folder(user) / "tasks" / "0" / "models" / "checkpoints" / "running.json"
+    workspace = sweep_folder(user) / "tasks" / "0"
+    running = workspace / "models" / "checkpoints" / "running.json"
+    logged = workspace / "dvclive" / "metrics.json"  # first written at step 2 (logging_steps)
+
+    def training_at_step_2() -> bool:
+        try:
+            return logged.stat().st_mtime >= running.stat().st_mtime
+        except FileNotFoundError:
+            return False
+
     deadline = time.monotonic() + 600
-    while not running.exists():  # training has started
+    while not training_at_step_2():  # mid-training: 2 of its 10 steps done
         assert time.monotonic() < deadline and task_state(slurm, task), "training never started"
         time.sleep(0.1)
     slurm.run("scancel", "-b", "--signal=USR1", task)  # as SLURM warns before the time limit
