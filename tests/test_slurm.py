@@ -313,6 +313,20 @@ def test_submit_pushes_the_commit_writes_the_sweep_and_calls_sbatch(user_repo):
                           capture_output=True, text=True).stdout  # fmt: skip
     assert f"{head}\t{data['ref']}" in refs
     assert (user_repo.parent / "sbatch.txt").read_text() == f"--parsable {folder}/job.sbatch\n"
+
+
+def test_two_sweeps_submitted_in_one_second_get_folders_of_their_own(user_repo, monkeypatch):
+    from pubmedqa_gpt2.slurm import submit as submit_module
+
+    ws = user_repo.parent / "shared" / "ws"
+    monkeypatch.setattr(submit_module.time, "strftime", lambda fmt: "20261206-101500")
+    settings = ClusterSettings(workspaces=ws, git_remote="cluster")
+    names = []
+    for _ in range(3):
+        manifest = submit_module.prepare(user_repo, settings, ["train.seed=0"])
+        Path(manifest["folder"]).mkdir(parents=True)  # what submit then writes
+        names.append(manifest["sweep"])
+    assert names == ["sweep-20261206-101500", "sweep-20261206-101500_2", "sweep-20261206-101500_3"]
     assert (
         "git status"
         and subprocess.run(

@@ -107,8 +107,13 @@ def prepare(repo: Path, settings: ClusterSettings, overrides: list[str]) -> dict
     commit = committed_head(repo)
     url = remote_url(repo, settings.git_remote)
     cache = shared_cache(repo)
+    workspaces = workspaces_folder(repo, settings)
     sweep = "sweep-" + time.strftime("%Y%m%d-%H%M%S")
-    folder = workspaces_folder(repo, settings) / sweep
+    for n in range(2, 100):  # two sweeps submitted in one second get folders of their own
+        if not (workspaces / sweep).exists():
+            break
+        sweep = f"{sweep.rsplit('_', 1)[0]}_{n}"
+    folder = workspaces / sweep
     if settings.requeue and not resumable(repo, sets):
         print(
             "warning: train.resumable_checkpoints is false: a preempted or time-limited task "
