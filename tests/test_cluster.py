@@ -238,15 +238,15 @@ def test_a_task_with_a_bad_param_fails_with_its_error_and_the_other_lands(slurm,
 # ---- Preemption: a signalled task checkpoints, is requeued, resumes, ends the same ----
 
 
-@needs_pubmedqa
-@needs_tokenizer
-def test_a_signalled_task_is_requeued_resumes_and_ends_with_identical_metrics(
-    slurm, smoke, tmp_path
-):
-    user = user_repository(smoke[0], tmp_path)
-    job = submit(user, "-S", "train.resumable_checkpoints=true")
-    task = f"{job}_0"
-    workspace = sweep_folder(user) / "tasks" / "0"
+# ---- A seed sweep as one job array, one task preempted on the way ----
+
+
+def signal_mid_training_and_release(slurm, user: Path, job: str, index: int) -> str:
+    """`scancel -b --signal=USR1` to task `index` after 2 of its 10 training steps (as SLURM
+    warns before a time limit), then, once it is requeued, release it at once instead of after
+    SLURM's ~2 min hold (`BeginTime`). Returns the task's id."""
+    task = f"{job}_{index}"
+    workspace = sweep_folder(user) / "tasks" / str(index)
     running = workspace / "models" / "checkpoints" / "running.json"
     logged = workspace / "dvclive" / "metrics.json"  # first written at step 2 (logging_steps)
 
@@ -257,48 +257,40 @@ def test_a_signalled_task_is_requeued_resumes_and_ends_with_identical_metrics(
             return False
 
     deadline = time.monotonic() + 600
-    while not training_at_step_2():  # mid-training: 2 of its 10 steps done
+    while not training_at_step_2():
         assert time.monotonic() < deadline and task_state(slurm, task), "training never started"
         time.sleep(0.1)
-    slurm.run("scancel", "-b", "--signal=USR1", task)  # as SLURM warns before the time limit
-    while (state := task_state(slurm, task)) != "PENDING":  # requeued, held ~2 min (BeginTime)
-        log = sweep_folder(user) / "logs" / "0.log"
+    slurm.run("scancel", "-b", "--signal=USR1", task)
+    log = sweep_folder(user) / "logs" / f"{index}.log"
+    while (state := task_state(slurm, task)) != "PENDING":
         assert state, f"the task ended without being requeued:\n{log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, slurm.run("scontrol", "show", "job", task).stdout
         time.sleep(0.2)
     time.sleep(1.5)  # not in the requeue's second, or the relaunch fails (NOTES.md, pitfall 9)
     slurm.run("scontrol", "update", f"jobid={task}", "StartTime=now")
-    wait_gone(slurm, job, timeout=600)
-    log = (sweep_folder(user) / "logs" / "0.log").read_text()
-    stopped = re.search(r"stopped on request at step (\d+)", log)
-    resumed = re.search(r"resuming from models/checkpoints/checkpoint-(\d+)", log)
-    assert stopped and resumed and stopped.group(1) == resumed.group(1), log[-3000:]
-    assert "restart 1" in log
-    (row,) = status(user)
-    assert row["state"] == "done", row
-    (rev,) = experiment_revs(user).values()
-    assert params_of(user, rev)["train"]["resumable_checkpoints"] is True
-    # The smoke run is the same experiment run without a break (resumable_checkpoints only
-    # decides what a checkpoint keeps): every metric is the same, to the last bit.
-    assert metrics_files(user, rev) == metrics_files(user, "HEAD")
-    perf = json.loads(sh(["git", "show", f"{rev}:perf/train.json"], cwd=user))
-    step = int(stopped.group(1))
-    assert (perf["resumed_from_step"], perf["steps_this_run"]) == (step, 10 - step)
-    print(f"signalled at step {step}, resumed from checkpoint-{step}; metrics identical")
-
-
-# ---- A seed sweep as one job array ----
+    return task
 
 
 @needs_pubmedqa
 @needs_tokenizer
-def test_a_seed_sweep_lands_every_experiment_as_dvc_exp_run_would(slurm, smoke, tmp_path, request):
+def test_a_seed_sweep_lands_every_experiment_as_dvc_exp_run_would_one_requeued_on_the_way(
+    slurm, smoke, tmp_path, request
+):
+    """Three seeds as one array; task 0 is signalled mid-training, requeued and resumes from its
+    checkpoint. Every experiment lands with the metrics `dvc exp run` gives the same seed
+    without any break (train.resumable_checkpoints only decides what a checkpoint keeps)."""
     user = user_repository(smoke[0], tmp_path)
     before = working_tree(user)
     started = time.monotonic()
-    job = submit(user, "-S", "train.seed=0,1,2")
+    job = submit(user, "-S", "train.seed=0,1,2", "-S", "train.resumable_checkpoints=true")
+    signal_mid_training_and_release(slurm, user, job, 0)
     wait_gone(slurm, job, timeout=1200)
     landed = time.monotonic() - started
+    log = (sweep_folder(user) / "logs" / "0.log").read_text()
+    stopped = re.search(r"stopped on request at step (\d+)", log)
+    resumed = re.search(r"resuming from models/checkpoints/checkpoint-(\d+)", log)
+    assert stopped and resumed and stopped.group(1) == resumed.group(1), log[-3000:]
+    assert "restart 1" in log and "restart 1" not in (sweep_folder(user) / "logs/1.log").read_text()
     # No task wrote in the user's working tree nor in its .dvc/tmp.
     assert working_tree(user) == before
     rows = status(user)  # brings the experiments in with `dvc exp pull`
@@ -313,7 +305,10 @@ def test_a_seed_sweep_lands_every_experiment_as_dvc_exp_run_would(slurm, smoke, 
     for rev in experiment_revs(queued).values():
         seed = params_of(queued, rev)["train"]["seed"]
         on_slurm = metrics_files(user, revs[seeds[seed]])
-        assert on_slurm == metrics_files(queued, rev), f"seed {seed}"
+        assert on_slurm == metrics_files(queued, rev), f"seed {seed}"  # to the last bit
+    step = int(stopped.group(1))
+    perf = json.loads(sh(["git", "show", f"{revs[seeds[0]]}:perf/train.json"], cwd=user))
+    assert (perf["resumed_from_step"], perf["steps_this_run"]) == (step, 10 - step)
     accuracies = {r["experiment"]: r["accuracy"] for r in rows}
     shown = shown_experiments(user)
     for name, entry in shown.items():
@@ -333,4 +328,7 @@ def test_a_seed_sweep_lands_every_experiment_as_dvc_exp_run_would(slurm, smoke, 
     made = sweep_folder(user) / "tasks" / str(task) / "models/finetuned/model.safetensors"
     assert (user / "models/finetuned/model.safetensors").read_bytes() == made.read_bytes()
     assert not (user / ".dvc" / "cache").exists()
-    print(f"3-task seed sweep: submit to all landed in {landed:.1f} s")
+    print(
+        f"3-task seed sweep: submit to all landed in {landed:.1f} s; task 0 signalled at step "
+        f"{step}, resumed from checkpoint-{step}, metrics identical"
+    )
