@@ -11,6 +11,7 @@ that `stop` ends exactly the processes `start` started. Facts behind each settin
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -157,10 +158,34 @@ def start(base: Path, timeout: float = 60) -> Cluster:
         time.sleep(0.2)
 
 
-def stop(cluster: Cluster) -> None:
-    """Cancel what is left, then end the daemons this cluster started, and only those."""
+def job_processes(cluster: Cluster) -> list[int]:
+    """The processes slurmd started for this cluster's jobs (slurmstepd and what it runs):
+    they detach from slurmd, so they are found by the SLURM_CONF they inherited."""
+    mine = f"SLURM_CONF={cluster.env['SLURM_CONF']}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if mine in environ and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def stop(cluster: Cluster, timeout: float = 30) -> None:
+    """Cancel the jobs left (a failed test may leave some running) and wait for them to end,
+    then end the daemons this cluster started and any job process left behind, by pid."""
     if cluster.processes and all(p.poll() is None for p in cluster.processes):
         cluster.run("scancel", "--user=root", "--full", check=False)
+        deadline = time.monotonic() + timeout
+        while cluster.run("squeue", "-h", check=False).stdout.strip():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     for proc in reversed(cluster.processes):
         if proc.poll() is None:
             proc.terminate()
@@ -171,3 +196,13 @@ def stop(cluster: Cluster) -> None:
             proc.kill()
             proc.wait()
     cluster.processes.clear()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        left = job_processes(cluster)
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while left and job_processes(cluster) and time.monotonic() < deadline:
+            time.sleep(0.1)

@@ -332,3 +332,35 @@ def test_a_seed_sweep_lands_every_experiment_as_dvc_exp_run_would_one_requeued_o
         f"3-task seed sweep: submit to all landed in {landed:.1f} s; task 0 signalled at step "
         f"{step}, resumed from checkpoint-{step}, metrics identical"
     )
+
+
+# ---- The fixture itself: stopping a cluster leaves no process of it behind ----
+
+
+def test_stopping_a_cluster_with_a_job_still_running_leaves_none_of_its_processes(tmp_path):
+    """A test that fails mid-sweep leaves jobs running; slurmd's job processes (slurmstepd and
+    the job's own) detach from it, so ending the daemons alone would leave them behind."""
+    reason = slurm_cluster.missing_reason()
+    if reason:
+        pytest.skip(reason)
+    base = Path(tempfile.mkdtemp(prefix="pubmedqa-slurm-"))
+    base.chmod(0o755)
+    cluster = slurm_cluster.start(base / "cluster")
+    try:
+        # A job slow to end, as a task whose processes outlive the batch shell's TERM.
+        job = cluster.run(
+            "sbatch", "--parsable", f"--output={tmp_path}/job.out",
+            "--wrap", "trap '' TERM; sleep 300 & wait $!; sleep 300",
+        ).stdout.strip()  # fmt: skip
+        while task_state(cluster, job) != "RUNNING":
+            time.sleep(0.2)
+        while not slurm_cluster.job_processes(cluster):
+            time.sleep(0.1)
+        daemons = [proc.pid for proc in cluster.processes]
+    finally:
+        slurm_cluster.stop(cluster)
+        shutil.rmtree(base, ignore_errors=True)
+    assert slurm_cluster.job_processes(cluster) == []
+    for pid in daemons:
+        state = Path(f"/proc/{pid}/stat")
+        assert not state.exists() or state.read_text().rsplit(")", 1)[1].split()[0] == "Z"
