@@ -116,8 +116,7 @@ def claim_gpus(
     Returns [] (and changes nothing) on a machine without GPUs. Waits while fewer than `n`
     are free. Inside a SLURM allocation: the allocation's GPUs, no lock, no wait. Call it
     before anything starts CUDA in this process; a process that holds GPUs already keeps
-    those. `setting` is the param that asked for them, named if too few are
-    visible.
+    those. `setting` is the param that asked for them, named if too few are visible.
     """
     environ = os.environ if environ is None else environ
     if _claimed:  # this process holds its GPUs already (a second lock would wait on itself)

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DAEMONS = ("munged", "slurmctld", "slurmd", "mungekey", "sbatch", "squeue", "scontrol")
+PROGRAMS = ("munged", "slurmctld", "slurmd", "mungekey", "sbatch", "squeue", "scontrol")
 SBIN = (Path("/usr/sbin"), Path("/usr/bin"))
 
 
@@ -29,7 +29,7 @@ def missing_reason() -> str | None:
     """Why no cluster can start here (None when it can)."""
     if os.geteuid() != 0:
         return f"{NO_CLUSTER} the daemons run as root and this user is not root"
-    lost = [name for name in DAEMONS if not any((d / name).exists() for d in SBIN)]
+    lost = [name for name in PROGRAMS if not any((d / name).exists() for d in SBIN)]
     if lost:
         return (
             f"{NO_CLUSTER} Debian's slurmctld slurmd slurm-client munge are not installed "

@@ -313,6 +313,10 @@ def test_submit_pushes_the_commit_writes_the_sweep_and_calls_sbatch(user_repo):
                           capture_output=True, text=True).stdout  # fmt: skip
     assert f"{head}\t{data['ref']}" in refs
     assert (user_repo.parent / "sbatch.txt").read_text() == f"--parsable {folder}/job.sbatch\n"
+    tree = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=user_repo, capture_output=True, text=True
+    ).stdout
+    assert tree == ""  # the user's working tree is untouched
 
 
 def test_two_sweeps_submitted_in_one_second_get_folders_of_their_own(user_repo, monkeypatch):
@@ -327,13 +331,6 @@ def test_two_sweeps_submitted_in_one_second_get_folders_of_their_own(user_repo, 
         Path(manifest["folder"]).mkdir(parents=True)  # what submit then writes
         names.append(manifest["sweep"])
     assert names == ["sweep-20261206-101500", "sweep-20261206-101500_2", "sweep-20261206-101500_3"]
-    assert (
-        "git status"
-        and subprocess.run(
-            ["git", "status", "--porcelain"], cwd=user_repo, capture_output=True, text=True
-        ).stdout
-        == ""
-    )  # the user's working tree is untouched
 
 
 # ---- `slurm status` from a sweep's folder ----

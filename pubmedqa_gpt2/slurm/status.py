@@ -17,6 +17,7 @@ from pathlib import Path
 from pubmedqa_gpt2.errors import StageError
 from pubmedqa_gpt2.slurm.settings import ClusterSettings
 from pubmedqa_gpt2.slurm.submit import MANIFEST, workspaces_folder
+from pubmedqa_gpt2.slurm.task import experiment_names
 
 PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED"}
 
@@ -29,11 +30,8 @@ def find_sweep(repo: Path, settings: ClusterSettings, sweep: str | None) -> dict
         if not path.is_file():
             raise StageError(f"--sweep {sweep}: no {MANIFEST} in {folder / sweep}")
         return json.loads(path.read_text())
-    mine = [
-        json.loads(path.read_text())
-        for path in sorted(folder.glob(f"*/{MANIFEST}"))
-        if json.loads(path.read_text())["repository"] == str(repo.resolve())
-    ]
+    manifests = [json.loads(path.read_text()) for path in folder.glob(f"*/{MANIFEST}")]
+    mine = [m for m in manifests if m["repository"] == str(repo.resolve())]
     if not mine:
         raise StageError(f"no sweep of this repository in {folder}")
     return max(mine, key=lambda m: m["sweep"])
@@ -102,11 +100,7 @@ def task_states(manifest: dict) -> list[dict]:
 
 def pull_done(repo: Path, manifest: dict, rows: list[dict]) -> None:
     """`dvc exp pull --no-cache` the experiments that are done and not in this repository."""
-    refs = subprocess.run(
-        ["git", "for-each-ref", "--format=%(refname)", "refs/exps"],
-        cwd=repo, capture_output=True, text=True,
-    ).stdout.split()  # fmt: skip
-    here = {ref.rsplit("/", 1)[-1] for ref in refs}
+    here = experiment_names(repo)
     done = [row["experiment"] for row in rows if row["state"] == "done"]
     missing = [name for name in done if name not in here]
     if not missing:

@@ -58,13 +58,13 @@ def write_result(folder: Path, index: int, result: dict) -> None:
     os.replace(partial, path)
 
 
-def has_experiment(name: str) -> bool:
-    """Whether this clone holds the experiment `name` already (a requeue after it ran)."""
+def experiment_names(repo: Path | None = None) -> set[str]:
+    """The names of the DVC experiments a repository holds (`refs/exps/.../NAME`)."""
     refs = subprocess.run(
         ["git", "for-each-ref", "--format=%(refname)", "refs/exps"],
-        capture_output=True, text=True, check=True,
+        cwd=repo, capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
-    return any(ref.endswith(f"/{name}") for ref in refs)
+    return {ref.rsplit("/", 1)[-1] for ref in refs}
 
 
 def run_task(manifest: dict, index: int) -> int:
@@ -84,7 +84,7 @@ def run_task(manifest: dict, index: int) -> int:
         if code:
             return fail(error_line(output, code))
     run(["dvc", "checkout", "--quiet"])  # what the cache holds; the rest is computed
-    if not has_experiment(name):
+    if name not in experiment_names():  # a requeued task whose experiment ran: push it
         overrides = [arg for pair in experiment["set"] for arg in ("-S", pair)]
         code, output = run(["dvc", "exp", "run", "--name", name, *overrides])
         if code and stop_requested():

@@ -49,7 +49,8 @@ def launch_command(
             f"{tasks} tasks of SLURM job {environ['SLURM_JOB_ID']} (SLURM_NTASKS); "
             "make it a multiple"
         )
-    port = 20000 + int(environ["SLURM_JOB_ID"]) % 20000  # two jobs on one node never collide
+    # Jobs sharing a node get different ports unless their ids differ by a multiple of 20000.
+    port = 20000 + int(environ["SLURM_JOB_ID"]) % 20000
     master = first_node(environ)
     print(
         f"{num_processes} processes through srun: {tasks} SLURM tasks x "
