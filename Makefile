@@ -32,13 +32,14 @@ smoke:
 plots-template:
 	$(PYTHON) -m pubmedqa_gpt2.plots_template
 
-# Mutation testing (mutmut, the dev extra) of the modules listed under [tool.mutmut] in
-# pyproject.toml, with their fast unit tests; figures and run time: docs/TESTING.md. Resumes
-# where it stopped (mutants/ holds the state); `mutmut browse` shows the survivors.
+# Mutation testing (mutmut, the dev extra) of every library module, each mutant against the
+# tests that reach it ([tool.mutmut] in pyproject.toml); figures and run time: docs/TESTING.md.
+# MODULE=pubmedqa_gpt2.training.loss mutates one module. Resumes where it stopped (mutants/
+# holds the state); `mutmut results` lists the survivors, `mutmut show NAME` prints one.
 MUTATE_CHILDREN ?= 2
 mutate:
 	env -u PYTHONPATH OMP_NUM_THREADS=1 nice -n 15 $(PYTHON) -m mutmut run \
-		--max-children $(MUTATE_CHILDREN)
+		--max-children $(MUTATE_CHILDREN) $(if $(MODULE),"$(MODULE).*")
 	$(PYTHON) -m mutmut results
 
 bench:

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pubmedqa_gpt2.errors import StageError
 from pubmedqa_gpt2.paths import PARAMS_FILE
 
+MAX_SEED = 2**32 - 1  # numpy's seeds (transformers' set_seed, the bootstrap) are 0 .. 2**32 - 1
+
 
 class Section(BaseModel):
     """A params section: unknown keys are rejected and values are type- and range-checked.
@@ -66,14 +68,15 @@ class DataParams(Section):
 class PrepareParams(Section):
     """Section `prepare`: the official split and the token budget."""
 
-    seed: int
+    seed: int = Field(ge=0, le=MAX_SEED)
     """Seed of the official split procedure (the benchmark uses 0)."""
     fold: int = Field(ge=0, le=9)
     """Which of the 10 cross-validation folds is the dev set."""
     max_length: int = Field(ge=64)
     """Token budget of prompt + completion; only the context is shortened to fit."""
     max_train_samples: int | None = Field(ge=1)
-    """Keep N training examples, a seeded sample (smoke runs); null keeps all."""
+    """Keep N training examples, a seeded sample with each decision's share of the training split
+    (smoke runs); null keeps all."""
 
 
 class ModelParams(Section):
@@ -87,7 +90,7 @@ class ModelParams(Section):
     """Tokenizer id or directory; null means the same as `name`."""
     overrides: dict[str, int | float | str]
     """Config fields to override for init=random, e.g. {n_layer: 2, n_embd: 128}."""
-    seed: int
+    seed: int = Field(ge=0, le=MAX_SEED)
     """Seed of the random initialisation."""
 
     @property
@@ -129,7 +132,7 @@ class TrainParams(Section):
     """Batches per optimizer step (the effective batch is batch_size x this x processes)."""
     max_grad_norm: float = Field(gt=0.0)
     """Gradients are clipped to this global norm."""
-    seed: int
+    seed: int = Field(ge=0, le=MAX_SEED)
     """Seed of the data order, dropout and (with LoRA) the adapters' initialisation."""
     precision: Literal["auto", "bf16", "fp16", "fp32"]
     """Mixed precision: auto is bf16 where the GPU has it, else fp16 on a GPU, fp32 on a CPU."""
@@ -190,7 +193,7 @@ class EvaluateParams(Section):
     """Never repeat an n-gram of this size in a generated answer (0: no constraint)."""
     bootstrap_samples: int = Field(ge=100)
     """Resamples of the test questions for every 95% interval (evaluate and compare)."""
-    bootstrap_seed: int
+    bootstrap_seed: int = Field(ge=0, le=MAX_SEED)
     """Seed of those resamples."""
 
 

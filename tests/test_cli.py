@@ -134,6 +134,47 @@ def test_json_has_the_same_keys_whatever_the_input(eval_workdir, capsys) -> None
     assert "(the context was shortened to fit the model)" in ask(capsys, "--pmid", pmid)
 
 
+def decoding_flags() -> dict[str, str]:
+    """`ask`'s options named after a field of the `evaluate` section: {flag: field}."""
+    from pubmedqa_gpt2.config import EvaluateParams
+
+    (ask_parser,) = [
+        action.choices["ask"] for action in cli.build_parser()._actions if action.dest == "command"
+    ]
+    return {
+        action.option_strings[0]: action.dest
+        for action in ask_parser._actions
+        if action.dest in EvaluateParams.model_fields
+    }
+
+
+def test_every_decoding_flag_reaches_the_generation_settings(eval_workdir, capsys, monkeypatch):
+    """Each flag, given alone with a value other than params.yaml's, is the value generation
+    runs with; the other settings stay params.yaml's."""
+    from pubmedqa_gpt2.config import load_section
+    from pubmedqa_gpt2.evaluation import answers
+
+    flags = decoding_flags()
+    assert set(flags.values()) == {"max_new_tokens", "repetition_penalty", "no_repeat_ngram_size"}
+    committed = load_section("evaluate", "params.yaml")
+    seen = []
+    real = answers.generate_answers
+
+    def spy(model, tokenizer, prompts, labels, settings, **kwargs):
+        seen.append(settings)
+        return real(model, tokenizer, prompts, labels, settings, **kwargs)
+
+    monkeypatch.setattr(answers, "generate_answers", spy)
+    for flag, field in flags.items():
+        value = getattr(committed, field) + 2  # valid for each (a count, a penalty)
+        ask(capsys, "--model", str(EVAL_MODEL_DIR), "--question", "Q?", "--no-context",
+            flag, str(value))  # fmt: skip
+        settings = seen.pop()
+        assert getattr(settings, field) == value, flag
+        assert settings.model_dump() == committed.model_copy(update={field: value}).model_dump()
+
+
+@pytest.mark.child_process
 def test_console_entry_point_fails_without_a_traceback(tmp_path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(

@@ -110,6 +110,41 @@ def test_compare_by_hand():
     assert "McNemar exact p = 0.012; 10 questions fixed, 1 broken; 30 test questions)" in sentence
 
 
+def interval_figures(result: dict) -> dict[str, dict]:
+    """The compared figures that carry an interval (accuracy, macro-F1, the answer scores)."""
+    return {
+        key: value for key, value in result.items() if isinstance(value, dict) and "low" in value
+    }
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_interval_holds_its_difference_and_swapping_the_models_negates_it(seed):
+    """A paired interval is of tuned - base: it holds the point difference, and base and
+    fine-tuned swapped give the negated difference and interval (high and low swapped)."""
+    rng = np.random.default_rng(seed)
+    gold = [LABELS[i] for i in rng.integers(0, 3, 200)]
+    base = samples(
+        [(g, LABELS[i]) for g, i in zip(gold, rng.integers(0, 3, 200), strict=True)],
+        list(rng.uniform(0.1, 0.3, 200)),
+    )
+    guesses = rng.integers(0, 3, 200)
+    better = [g if rng.random() < 0.5 else LABELS[i] for g, i in zip(gold, guesses, strict=True)]
+    tuned = samples(list(zip(gold, better, strict=True)), list(rng.uniform(0.2, 0.5, 200)))
+    forward = interval_figures(stage.compare(base, tuned, 1000, seed))
+    backward = interval_figures(stage.compare(tuned, base, 1000, seed))
+    assert set(forward) == {"accuracy", "macro_f1", "rouge1", "rougeL", "meteor"}
+    for key, figure in forward.items():
+        assert figure["diff"] == pytest.approx(figure["tuned"] - figure["base"], abs=2e-6), key
+        assert figure["diff"] > 0, key  # the tuned model is better on each, by construction
+        assert figure["low"] <= figure["diff"] <= figure["high"], (key, figure)
+        swapped = backward[key]
+        assert (swapped["base"], swapped["tuned"]) == (figure["tuned"], figure["base"]), key
+        assert swapped["diff"] == pytest.approx(-figure["diff"], abs=1e-6), key
+        assert (swapped["low"], swapped["high"]) == pytest.approx(
+            (-figure["high"], -figure["low"]), abs=1e-6
+        ), key
+
+
 def test_identical_models_differ_by_nothing():
     both = samples([(LABELS[i % 3], LABELS[(i * 7) % 3]) for i in range(50)], [0.3] * 50)
     result = stage.compare(both, [dict(s) for s in both], 1000, 0)
@@ -133,6 +168,7 @@ def run_compare(folder: Path) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@pytest.mark.child_process
 def test_the_stage_writes_the_metrics_and_the_sentence(tmp_path):
     rows = samples([(LABELS[i % 3], "yes") for i in range(20)])
     write_samples(tmp_path, "base", rows)
@@ -158,6 +194,7 @@ def test_the_stage_writes_the_metrics_and_the_sentence(tmp_path):
     assert list(result["mcnemar"]) == ["p", "fixed", "broken"]
 
 
+@pytest.mark.child_process
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -183,6 +220,7 @@ def test_bad_samples_fail_with_one_line_and_write_nothing(tmp_path, change, mess
     assert not (tmp_path / COMPARE_SENTENCE).exists()
 
 
+@pytest.mark.child_process
 def test_missing_and_broken_sample_files(tmp_path):
     proc = run_compare(tmp_path)
     assert proc.returncode == 1 and "samples.jsonl: file not found; run the evaluate" in proc.stderr

@@ -110,6 +110,7 @@ def run_pytest(env: dict) -> subprocess.CompletedProcess:
 PROBES = {"PUBMEDQA_DIR": "ori_pqal.json", "GPT2_TOKENIZER_DIR": "tokenizer.json"}
 
 
+@pytest.mark.child_process
 @pytest.mark.parametrize("missing", list(PROBES))
 def test_ci_fails_instead_of_skipping_when_the_offline_data_is_missing(tmp_path, missing):
     # The other folder is present (a stand-in: the check looks for its file), so the message
@@ -130,3 +131,127 @@ def test_ci_fails_instead_of_skipping_when_the_offline_data_is_missing(tmp_path,
     # Outside CI the same run goes on: tests that need the data skip, with their reason.
     proc = run_pytest({**env, "CI": ""})
     assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout
+
+
+# ---- Bounds: every numeric setting has the range its meaning needs ----
+
+SEED = ([-1, 2**32], [0, 2**32 - 1])  # numpy's seeds (set_seed, the bootstrap): 0 .. 2**32 - 1
+COUNT = ([0, -1], [1])  # a number of things that must happen at least once
+TRAINING = {
+    "epochs": COUNT,
+    "learning_rate": ([0, -1e-5], [1e-9]),  # a step of size 0 trains nothing
+    "warmup_ratio": ([-0.01, 1.01], [0, 1]),  # a share of the steps
+    "weight_decay": ([-0.1], [0]),
+    "batch_size": COUNT,
+    "gradient_accumulation_steps": COUNT,
+    "max_grad_norm": ([0, -1.0], [1e-6]),  # clipping to norm 0 zeroes every update
+    "seed": SEED,
+    "eval_batch_size": COUNT,
+    "num_processes": COUNT,
+    "save_steps": (COUNT[0], [1, None]),  # null: only at each epoch's end
+    "logging_steps": COUNT,
+    "lora.r": COUNT,
+    "lora.alpha": COUNT,
+    "lora.dropout": ([-0.1, 1.0], [0, 0.99]),  # a probability; 1 drops every input
+}
+BOUNDS = {
+    "data.max_artificial": (COUNT[0], [1, None]),
+    "prepare.seed": SEED,
+    "prepare.fold": ([-1, 10], [0, 9]),  # ten folds
+    "prepare.max_length": ([63, 0], [64]),  # a prompt's frame alone takes tens of tokens
+    "prepare.max_train_samples": (COUNT[0], [1, None]),
+    "model.seed": SEED,
+    **{f"train.{key}": bounds for key, bounds in TRAINING.items()},
+    **{f"pretrain.{key}": bounds for key, bounds in TRAINING.items()},
+    "pretrain.max_samples": (COUNT[0], [1, None]),
+    "evaluate.batch_size": COUNT,
+    "evaluate.generate_examples": ([-1], [0, None]),  # 0: no generation
+    "evaluate.max_new_tokens": COUNT,
+    "evaluate.generation_batch_size": COUNT,
+    "evaluate.repetition_penalty": ([0, -1.0], [0.5, 1.0]),  # a divisor of the logits
+    "evaluate.no_repeat_ngram_size": ([-1], [0, 1]),  # 0: no constraint
+    "evaluate.bootstrap_samples": ([99, 0], [100]),  # fewer make a 95% interval meaningless
+    "evaluate.bootstrap_seed": SEED,
+}
+
+
+def nested(key: str, value) -> dict:
+    """{"a": {"b": value}} for key "a.b"."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def test_every_numeric_setting_has_its_bounds_listed():
+    """A new numeric setting needs a row above (model.overrides is free-form config)."""
+    numeric = []
+    for key, field in sections():
+        kinds = {field.annotation, *getattr(field.annotation, "__args__", ())}
+        if kinds & {int, float} and key != "model.overrides":
+            numeric.append(key)
+    assert sorted(numeric) == sorted(BOUNDS)
+
+
+@pytest.mark.parametrize("key", list(BOUNDS))
+def test_each_numeric_setting_refuses_values_outside_its_meaning(key):
+    rejected, accepted = BOUNDS[key]
+    for value in rejected:
+        with pytest.raises(StageError) as err:
+            committed_params(nested(key, value))
+        assert str(err.value).startswith(f"changes: {key}: "), (value, str(err.value))
+    for value in accepted:
+        committed_params(nested(key, value))
+
+
+# ---- Changes merged as `dvc exp run -S` merges them ----
+
+
+def test_an_empty_mapping_replaces_the_old_one_and_a_full_one_merges_key_by_key():
+    start = committed_params({"model": {"init": "random", "overrides": {"n_layer": 2}}})
+    from pubmedqa_gpt2.config import with_changes
+
+    assert with_changes(start, {"model": {"overrides": {}}}).model.overrides == {}
+    merged = with_changes(start, {"model": {"overrides": {"n_head": 4}}}).model.overrides
+    assert merged == {"n_layer": 2, "n_head": 4}
+
+
+@pytest.mark.parametrize(
+    ("override", "change"),
+    [
+        ("model.overrides.n_layer=3", {"model": {"overrides": {"n_layer": 3}}}),
+        ("train.lora.r=4", {"train": {"lora": {"r": 4}}}),
+        ("train.save_steps=null", {"train": {"save_steps": None}}),
+    ],
+)
+def test_changes_merge_as_dvc_exp_run_set_param_applies_them(tmp_path, override, change):
+    """with_changes (the tests', and through `merge` the smoke file's) against DVC's own
+    `-S` (dvc.utils.hydra.apply_overrides) on the same params.yaml."""
+    from dvc.utils.hydra import apply_overrides
+
+    from pubmedqa_gpt2.config import with_changes
+
+    from .committed import write_params
+
+    start = {"model": {"init": "random", "overrides": {"n_layer": 2, "n_embd": 64}}}
+    write_params(tmp_path, start)
+    apply_overrides(tmp_path / "params.yaml", [override])
+    assert with_changes(committed_params(start), change) == load_params(tmp_path / "params.yaml")
+
+
+def test_a_sweep_s_empty_mapping_reaches_dvc_as_a_replacement(tmp_path):
+    """DVC's `-S model.overrides={}` keeps the old mapping (Hydra merges `{}` into it); a sweep
+    of `pubmedqa-gpt2 slurm submit` sends it to DVC as `~key` then `+key={}`, which clears it."""
+    from dvc.utils.hydra import apply_overrides
+
+    from pubmedqa_gpt2.slurm.sweep import expand
+
+    from .committed import write_params
+
+    start = {"model": {"init": "random", "overrides": {"n_layer": 2, "n_embd": 64}}}
+    write_params(tmp_path, start)
+    apply_overrides(tmp_path / "params.yaml", ["model.overrides={}"])
+    assert load_params(tmp_path / "params.yaml").model.overrides == {"n_layer": 2, "n_embd": 64}
+    (experiment,) = expand(["model.overrides={}", "model.seed=1"])
+    apply_overrides(tmp_path / "params.yaml", experiment)
+    params = load_params(tmp_path / "params.yaml")
+    assert (params.model.overrides, params.model.seed) == ({}, 1)

@@ -62,6 +62,7 @@ def _outside_slurm(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
 
 
+@pytest.mark.child_process
 def test_concurrent_processes_never_share_a_gpu_and_the_third_waits(tmp_path):
     procs = [claimant(tmp_path, 1, 2.0) for _ in range(3)]
     runs = [result(p) for p in procs]
@@ -75,6 +76,7 @@ def test_concurrent_processes_never_share_a_gpu_and_the_third_waits(tmp_path):
     assert waited["start"] - waited["asked"] > 1.5  # it waited for a GPU instead of failing
 
 
+@pytest.mark.child_process
 def test_a_killed_process_frees_its_gpus(tmp_path):
     holder = claimant(tmp_path, 2, 120.0)  # a data-parallel run: both GPUs
     assert "using GPU 0,1" in wait_for_claim(holder)

@@ -123,6 +123,7 @@ BAD_RECORDS = [
 ]
 
 
+@pytest.mark.child_process
 @pytest.mark.parametrize("content, needles", BAD_RECORDS)
 def test_bad_record_stops_fetch_naming_pmid_and_field(tmp_path, content, needles):
     write_official(tmp_path, content)
@@ -131,6 +132,7 @@ def test_bad_record_stops_fetch_naming_pmid_and_field(tmp_path, content, needles
     assert not (tmp_path / "data/raw").exists()
 
 
+@pytest.mark.child_process
 def test_duplicate_pmid_is_refused(tmp_path):
     one = json.dumps(GOOD)
     write_official(tmp_path, f'{{"123": {one}, "456": {one}, "123": {one}}}')
@@ -148,6 +150,7 @@ BAD_FILES = [
 ]
 
 
+@pytest.mark.child_process
 @pytest.mark.parametrize("content, needles", BAD_FILES)
 def test_bad_file_stops_fetch_with_one_line(tmp_path, content, needles):
     if content is not None:
@@ -157,12 +160,14 @@ def test_bad_file_stops_fetch_with_one_line(tmp_path, content, needles):
     assert not (tmp_path / "data/raw").exists()
 
 
+@pytest.mark.child_process
 def test_unknown_param_is_refused_before_any_work(tmp_path):
     write_official(tmp_path, {"12345": GOOD})
     proc = run_stage(tmp_path, "fetch", {"data": {"sorce": "hub"}})
     assert_clean_failure(proc, "data.sorce", "unknown key", "allowed: source")
 
 
+@pytest.mark.child_process
 def test_good_record_normalizes_to_one_schema(tmp_path):
     write_official(tmp_path, {"00123": GOOD})
     proc = run_stage(tmp_path, "fetch")
@@ -199,6 +204,7 @@ def hub_rows_from_official(official: dict) -> list[dict]:
     ]
 
 
+@pytest.mark.child_process
 @needs_pubmedqa
 def test_official_json_and_hub_parquet_give_byte_identical_records(tmp_path, pubmedqa_dir):
     official = json.loads((pubmedqa_dir / "ori_pqal.json").read_text())
@@ -268,6 +274,7 @@ def download_stage(workdir: Path, url: str, md5: str):
     return run_stage(workdir, "download", {"data": {"url": url, "md5": md5}})
 
 
+@pytest.mark.child_process
 def test_a_downloaded_file_with_the_wrong_md5_is_refused_and_not_kept(tmp_path):
     served = tmp_path / "served.json"
     served.write_text('{"1": {}}')  # not the official file
@@ -279,6 +286,7 @@ def test_a_downloaded_file_with_the_wrong_md5_is_refused_and_not_kept(tmp_path):
     assert list(external.iterdir()) == []  # neither the file nor a temporary copy
 
 
+@pytest.mark.child_process
 @needs_pubmedqa
 def test_a_downloaded_file_with_the_pinned_md5_is_kept(tmp_path, pubmedqa_dir):
     workdir = tmp_path / "work"

@@ -79,6 +79,7 @@ def test_the_full_size_check_runs_the_committed_params_but_random_init_and_offli
     assert copied.read_bytes() == (pubmedqa_dir / "ori_pqal.json").read_bytes()
 
 
+@pytest.mark.child_process
 def test_a_step_over_the_budget_is_stopped_and_the_next_skipped(tmp_path):
     slow = [sys.executable, "-c", "import time; time.sleep(30)"]
     start = time.monotonic()
@@ -409,6 +410,7 @@ def test_a_failing_stage_stops_the_pipeline_but_the_summary_is_written(tmp_path,
     assert steps["bench.gpu"] != "skipped"  # it ran (and fails too, on this data, or times out)
 
 
+@pytest.mark.child_process
 def test_a_full_size_check_where_torch_sees_no_cuda_refuses_at_once(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "GPU_KIT": str(tmp_path / "no-kit")}
     start = time.monotonic()
@@ -428,6 +430,7 @@ def test_a_full_size_check_where_torch_sees_no_cuda_refuses_at_once(tmp_path):
     assert not (tmp_path / "out/work").exists()
 
 
+@pytest.mark.child_process
 def test_the_budget_counts_from_the_start_of_the_script(tmp_path):
     """A script started 1,000 s ago has no time left for any step of a 480 s budget."""
     env = {
@@ -448,6 +451,7 @@ def test_the_budget_counts_from_the_start_of_the_script(tmp_path):
     assert summary["steps"] == [{"name": "imports", "seconds": 0.0, "status": "skipped"}]
 
 
+@pytest.mark.child_process
 def test_a_step_log_holds_each_line_as_soon_as_the_step_prints_it(tmp_path, monkeypatch):
     """The child writes one line and sleeps: the log has it while the step still runs (the
     child's output unbuffered by the steps' environment, the log flushed line by line)."""

@@ -154,6 +154,7 @@ def page(tmp_path_factory) -> Path:
     return repo / "dvc_plots/index.html"
 
 
+@pytest.mark.child_process
 def test_dvc_plots_show_writes_a_page_that_loads_nothing_from_the_network(page):
     html = page.read_text(encoding="utf-8")
     assert network_references(html) == []
@@ -166,6 +167,7 @@ def test_dvc_plots_show_writes_a_page_that_loads_nothing_from_the_network(page):
 NODE = shutil.which("node")
 
 
+@pytest.mark.child_process
 @pytest.mark.skipif(NODE is None, reason="no node to run the page's scripts")
 def test_the_page_s_own_scripts_draw_every_plot(page):
     """The inlined vega draws both plots (tests/render_page.js: Node, a stub DOM, no network):
@@ -228,6 +230,7 @@ def non_white_fraction(png: bytes) -> float:
     return dark / (width * height)
 
 
+@pytest.mark.child_process
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=NO_CHROMIUM)
 def test_a_screenshot_of_the_page_is_not_blank(page, tmp_path):
     shot = tmp_path / "page.png"

@@ -160,6 +160,7 @@ def prepare_official(workdir, pubmedqa_dir, tokenizer_dir, **prepare) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.child_process
 @needs_pubmedqa
 @needs_tokenizer
 def test_prepare_stage_writes_splits_and_data_metrics(tmp_path, pubmedqa_dir, tokenizer_dir):
@@ -182,6 +183,7 @@ def test_prepare_stage_writes_splits_and_data_metrics(tmp_path, pubmedqa_dir, to
         assert metrics[split]["shortened"] == sum(table["shortened"].to_pylist()) > 0
 
 
+@pytest.mark.child_process
 @needs_tokenizer
 def test_prepare_refuses_a_question_too_long_for_the_budget(tmp_path, tokenizer_dir):
     records = [
@@ -194,18 +196,74 @@ def test_prepare_refuses_a_question_too_long_for_the_budget(tmp_path, tokenizer_
     assert not (tmp_path / "data/prepared").exists()
 
 
+@pytest.mark.child_process
 @needs_pubmedqa
 @needs_tokenizer
 def test_max_train_samples_keeps_a_seeded_sample(tmp_path, pubmedqa_dir, tokenizer_dir):
     train_file = tmp_path / "data/prepared/train.parquet"
     prepare_official(tmp_path, pubmedqa_dir, tokenizer_dir, max_train_samples=40)
     first = pq.read_table(train_file, columns=["pmid", "decision"]).to_pydict()
-    assert len(first["pmid"]) == 40 and len(set(first["decision"])) > 1
+    assert len(first["pmid"]) == 40 and set(first["decision"]) == set(LABELS)
     shutil.rmtree(tmp_path / "data/prepared")
     prepare_official(tmp_path, pubmedqa_dir, tokenizer_dir, max_train_samples=40)
     assert pq.read_table(train_file)["pmid"].to_pylist() == first["pmid"]
 
 
+@needs_pubmedqa
+@pytest.mark.parametrize("n", [40, 7, 1])
+def test_max_train_samples_keeps_each_decision_s_share_of_the_training_split(official, n):
+    """A seeded sample of the fold's training questions, stratified by decision: each label's
+    count is its share of the 450 training questions times n, rounded (largest remainder),
+    so the smoke run's 40 keep their "maybe" questions; other seeds draw other questions."""
+    from pubmedqa_gpt2.data.prepare import split_records
+
+    labeled = [
+        Record(pmid, r["QUESTION"], r["CONTEXTS"], r["LABELS"], r.get("MESHES", []),
+               r["LONG_ANSWER"], r["final_decision"])
+        for pmid, r in official.items()
+    ]  # fmt: skip
+    full = Counter(r.final_decision for r in split_records(labeled, 0, 0, None)["train"])
+    assert sum(full.values()) == 450
+    samples = {}
+    for seed in (0, 1, 2):
+        train = split_records(labeled, seed, 0, n)["train"]
+        assert split_records(labeled, seed, 0, n)["train"] == train  # seeded
+        assert len(train) == n and len({r.pmid for r in train}) == n
+        counts = Counter(r.final_decision for r in train)
+        for label in LABELS:
+            assert abs(counts[label] - n * full[label] / 450) < 1, (seed, label, counts)
+        samples[seed] = {r.pmid for r in train}
+    if n > 1:
+        assert samples[0] != samples[1] and samples[1] != samples[2]
+    # The sample is of the training questions only (seed 0: the official fold-0 split).
+    _, folds = official_folds(official)
+    training = {pmid for i, part in enumerate(folds) if i != 0 for pmid in part}
+    assert samples[0] <= training
+
+
+def test_a_stratified_sample_keeps_shares_and_order_and_follows_its_seed():
+    from pubmedqa_gpt2.data.prepare import stratified_sample
+
+    labels = ["yes"] * 30 + ["no"] * 15 + ["maybe"] * 5  # interleaved below
+    records = [
+        Record(str(i), "q?", ["c"], ["L"], [], "a.", label)
+        for i, label in enumerate(labels[0::2] + labels[1::2])
+    ]
+    draws = {seed: stratified_sample(records, 10, seed) for seed in range(4)}
+    for drawn in draws.values():
+        # 10 x 30/50, 10 x 15/50, 10 x 5/50: 6 yes, 3 no, 1 maybe; in the records' order.
+        assert Counter(r.final_decision for r in drawn) == {"yes": 6, "no": 3, "maybe": 1}
+        assert drawn == sorted(drawn, key=records.index)
+    assert len({tuple(r.pmid for r in drawn) for drawn in draws.values()}) == 4
+    # 7 of 50: quotas 4.2, 2.1, 0.7; largest remainder gives the 7th to maybe.
+    assert Counter(r.final_decision for r in stratified_sample(records, 7, 0)) == {
+        "yes": 4,
+        "no": 2,
+        "maybe": 1,
+    }
+
+
+@pytest.mark.child_process
 @needs_pubmedqa
 @needs_tokenizer
 def test_prepare_with_another_fold_writes_that_fold_and_never_shows_the_answer(

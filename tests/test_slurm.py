@@ -127,6 +127,7 @@ def run_batch(tmp_path: Path, script: str, signal_after: float | None = None):
     return proc.returncode, out, calls
 
 
+@pytest.mark.child_process
 def test_the_warning_signal_creates_the_stop_file_and_a_stopped_task_is_requeued(tmp_path):
     # The task waits for the stop file, as training does, then exits as a stopped stage does.
     body = f'while [ ! -e "$PUBMEDQA_STOP_FILE" ]; do sleep 0.1; done; exit {STOPPED_EXIT}'
@@ -136,6 +137,7 @@ def test_the_warning_signal_creates_the_stop_file_and_a_stopped_task_is_requeued
     assert "requeueing task 0" in out and code == STOPPED_EXIT
 
 
+@pytest.mark.child_process
 def test_a_task_that_fails_or_succeeds_is_not_requeued(tmp_path):
     for status in (0, 1):
         script = fake_task(tmp_path, f"exit {status}")
@@ -164,6 +166,7 @@ def test_options_override_the_settings_file_and_a_bad_key_is_named(tmp_path):
 # ---- One experiment on several nodes: srun, one torch.distributed.run per task ----
 
 
+@pytest.mark.child_process
 def test_several_slurm_tasks_launch_one_node_agent_each_through_srun(monkeypatch):
     env = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "node7"}
     command = launch.launch_command(4, "stages.train", "train", env)
@@ -236,6 +239,7 @@ def nothing_happened(repo: Path) -> None:
     assert not (repo.parent / "sbatch.txt").exists(), "sbatch was called"
 
 
+@pytest.mark.child_process
 @pytest.mark.parametrize(
     ("case", "message"),
     [
@@ -284,6 +288,7 @@ def test_each_refusal_is_one_error_line_before_anything_is_submitted(user_repo, 
     nothing_happened(repo)
 
 
+@pytest.mark.child_process
 def test_dry_run_prints_the_script_and_submits_nothing(user_repo):
     got = submit(user_repo, "-S", "train.seed=0,1", "--workspaces",
                  str(user_repo.parent / "shared" / "ws"), "--dry-run")  # fmt: skip
@@ -294,6 +299,7 @@ def test_dry_run_prints_the_script_and_submits_nothing(user_repo):
     nothing_happened(user_repo)
 
 
+@pytest.mark.child_process
 def test_submit_pushes_the_commit_writes_the_sweep_and_calls_sbatch(user_repo):
     ws = user_repo.parent / "shared" / "ws"
     got = submit(user_repo, "-S", "train.seed=0,1", "-S", "train.resumable_checkpoints=true",

@@ -25,6 +25,7 @@ def make_smoke_params(folder: Path, tokenizer_dir: Path) -> subprocess.Completed
     )  # fmt: skip
 
 
+@pytest.mark.child_process
 def test_a_tokenizer_folder_that_does_not_exist_is_refused(tmp_path) -> None:
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     before = (tmp_path / "params.yaml").read_bytes()
@@ -38,6 +39,7 @@ def test_a_tokenizer_folder_that_does_not_exist_is_refused(tmp_path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no .tmp left
 
 
+@pytest.mark.child_process
 def test_an_existing_tokenizer_folder_is_written_as_an_absolute_path(tmp_path) -> None:
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     (tmp_path / "tok").mkdir()

@@ -25,11 +25,11 @@ from pubmedqa_gpt2.prompt import LABELS, Encoded
 from pubmedqa_gpt2.training import recipe
 from pubmedqa_gpt2.training import trainer as trainer_module
 from pubmedqa_gpt2.training.callbacks import curve_name, curve_wanted
-from pubmedqa_gpt2.training.checkpoints import STATE_FILE, reconcile_checkpoints, run_fingerprint
+from pubmedqa_gpt2.training.checkpoints import STATE_FILE
 from pubmedqa_gpt2.training.collator import Collator
 from pubmedqa_gpt2.training.examples import IGNORE_INDEX, read_split, to_features
 from pubmedqa_gpt2.training.phase import PHASE2
-from pubmedqa_gpt2.training.settings import optimizer_steps, resolve_precision
+from pubmedqa_gpt2.training.settings import resolve_precision
 from stages import train as stage
 
 from .committed import committed_params, write_params
@@ -257,24 +257,6 @@ def test_dev_accuracy_scores_predictions_against_each_example_s_gold(tiny_model_
     assert accuracy == pytest.approx(4 / 6)
 
 
-@pytest.mark.parametrize(
-    ("n", "batch", "accum", "world", "epochs", "steps"),
-    [(450, 8, 1, 1, 3, 171), (450, 8, 4, 1, 1, 15), (450, 8, 1, 2, 1, 29), (3, 8, 4, 1, 2, 2)],
-)
-def test_optimizer_steps(n, batch, accum, world, epochs, steps):
-    changes = {"batch_size": batch, "gradient_accumulation_steps": accum, "epochs": epochs}
-    train = committed_params({"train": changes}).train
-    assert optimizer_steps(n, train, world) == steps
-
-
-def test_precision_resolution():
-    assert resolve_precision("auto", cuda=True, bf16_supported=True) == "bf16"
-    assert resolve_precision("auto", cuda=True, bf16_supported=False) == "fp16"
-    assert resolve_precision("auto", cuda=False, bf16_supported=False) == "fp32"
-    with pytest.raises(StageError, match="fp16 needs a CUDA GPU"):
-        resolve_precision("fp16", cuda=False, bf16_supported=False)
-
-
 def test_curve_names():
     assert [curve_name(k) for k in ("loss", "grad_norm", "eval_loss", "eval_accuracy")] == [
         "train/loss",
@@ -323,47 +305,6 @@ def test_read_split_missing_file_and_column(tmp_path):
     pq.write_table(pa.table({"prompt_ids": [[1]]}), path)
     with pytest.raises(StageError, match="missing column.*completion_ids"):
         read_split(path, LABEL_IDS)
-
-
-def test_checkpoints_of_another_run_are_dropped(tmp_path):
-    folder = tmp_path / "checkpoints"
-    (folder / "checkpoint-4").mkdir(parents=True)
-    (folder / "checkpoint-4" / STATE_FILE).write_text("{}")
-    (folder / "checkpoint-6").mkdir()  # killed while saving: no trainer state
-    reconcile_checkpoints(folder, "run-a")
-    assert sorted(p.name for p in folder.glob("checkpoint-*")) == []  # no record: not ours
-
-    (folder / "checkpoint-4").mkdir()
-    (folder / "checkpoint-4" / STATE_FILE).write_text("{}")
-    (folder / "checkpoint-6").mkdir()
-    reconcile_checkpoints(folder, "run-a")
-    assert sorted(p.name for p in folder.glob("checkpoint-*")) == ["checkpoint-4"]
-
-    reconcile_checkpoints(folder, "run-b")
-    assert list(folder.glob("checkpoint-*")) == []
-
-
-def test_weights_only_checkpoints_are_dropped_naming_the_phase_s_setting(tmp_path, capsys):
-    folder = tmp_path / "checkpoints"
-    for section in ("train", "pretrain"):
-        reconcile_checkpoints(folder, "run-a")
-        (folder / "checkpoint-4").mkdir()
-        (folder / "checkpoint-4" / STATE_FILE).write_text("{}")
-        reconcile_checkpoints(folder, "run-a", resumable=False, section=section)
-        assert list(folder.glob("checkpoint-*")) == []
-        said = f"weights-only checkpoints ({section}.resumable_checkpoints: false); starting afresh"
-        assert said in capsys.readouterr().out
-
-
-def test_fingerprint_follows_params_and_data(tmp_path):
-    data = tmp_path / "train.parquet"
-    data.write_bytes(b"a")
-    base = committed_params({"train": {"epochs": 1}})
-    same = run_fingerprint(base, [data])
-    assert run_fingerprint(committed_params({"train": {"epochs": 1}}), [data]) == same
-    assert run_fingerprint(committed_params({"train": {"epochs": 2}}), [data]) != same
-    data.write_bytes(b"b")
-    assert run_fingerprint(base, [data]) != same
 
 
 # ---- Whole runs ----
@@ -439,6 +380,7 @@ def test_resume_from_an_interrupted_run_matches_an_uninterrupted_one(workdir, ti
     set_params(workdir, tiny(epochs=2, resumable_checkpoints=True, keep_checkpoints=True))
     stage.main()
     whole = read_metrics(workdir)
+    whole_perf = read_perf(workdir)
     curves = {name: curve_text(workdir, name) for name in ("train/loss", "train/learning_rate")}
     checkpoints = workdir / paths.CHECKPOINTS
     last_weights = load_file(checkpoints / "checkpoint-6" / "model.safetensors")
@@ -454,6 +396,15 @@ def test_resume_from_an_interrupted_run_matches_an_uninterrupted_one(workdir, ti
     perf = read_perf(workdir)
     # Only the remaining steps were trained: a restart would run all 6.
     assert (perf["resumed_from_step"], perf["steps_this_run"]) == (3, 3)
+    # Throughput counts the tokens of this run's steps only: epoch 2, each training example's
+    # prompt and completion once (the whole run saw them twice).
+    epoch = sum(len(row["prompt_ids"]) + len(row["completion_ids"])
+                for row in pq.read_table(paths.TRAIN_FILE).to_pylist())  # fmt: skip
+    assert whole_perf["train_tokens_this_run"] == 2 * epoch
+    assert perf["train_tokens_this_run"] == epoch
+    assert perf["train_tokens_per_second"] == pytest.approx(
+        epoch / perf["runtime_seconds"], rel=0.01
+    )
     resumed = read_metrics(workdir)
     assert resumed["steps"] == 6
     assert resumed["dev_loss"] == pytest.approx(whole["dev_loss"], rel=1e-5)
@@ -534,6 +485,7 @@ def test_lora_run_saves_the_base_plus_the_trained_low_rank_update(
     }
 
 
+@pytest.mark.child_process
 def test_bad_input_fails_with_one_line_and_writes_nothing(workdir, tiny):
     set_params(workdir, tiny())
     bad = {"pmid": ["7"], "prompt_ids": [[1, 2]], "completion_ids": [[99]], "shortened": [False]}
@@ -550,6 +502,7 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(workdir, tiny):
     assert not (workdir / paths.TRAIN_METRICS).exists()
 
 
+@pytest.mark.child_process
 def test_the_console_shows_progress_bars_not_log_lines_nor_harmless_warnings(workdir, tiny):
     """A run's console: the training bar carries the logged figures in its postfix (no dict
     line such as {'loss': '10.81', ...} printed through it); the dev evaluation has bars of
@@ -595,12 +548,18 @@ def test_only_the_tied_head_message_is_silenced(caplog):
 TIED_PREFIX = "There were missing keys in the checkpoint model loaded: "
 
 
+@pytest.mark.child_process
 def test_two_cpu_processes(workdir, tiny):
-    set_params(workdir, tiny(epochs=1, num_processes=2))
+    set_params(workdir, tiny(epochs=2, num_processes=2, warmup_ratio=0.5, lr_scheduler="linear"))
     result = run_module(workdir)
     assert result.returncode == 0, result.stderr[-3000:]
-    # 12 examples over 2 processes of batch 4: 2 steps per epoch.
-    assert read_metrics(workdir)["steps"] == 2
+    # 12 examples over 2 processes of batch 4: 2 steps per epoch, 4 in all.
+    assert read_metrics(workdir)["steps"] == 4
+    # Warmup is half of the run's 4 optimizer steps: 2 (counted for one process of batch 4,
+    # 6 steps, it would be 3). Linear schedule, peak 1e-3; step k runs at the schedule's value
+    # after k - 1 steps: warmup 0/2, 1/2, then the peak, then (4 - 3) / (4 - 2) of it.
+    lr = curve(workdir, "train/learning_rate")
+    assert [lr[step] for step in (1, 2, 3, 4)] == pytest.approx([0.0, 5e-4, 1e-3, 5e-4])
     assert (workdir / paths.FINETUNED / "model.safetensors").is_file()
     # Memory is reported for every process, not only the first.
     ranks = read_perf(workdir)["ranks"]

@@ -140,8 +140,23 @@ def split_records(
         for name, pmids in (("train", train), ("dev", dev), ("test", split.test))
     }
     if max_train_samples is not None and max_train_samples < len(out["train"]):
-        out["train"] = random.Random(seed).sample(out["train"], max_train_samples)
+        out["train"] = stratified_sample(out["train"], max_train_samples, seed)
     return out
+
+
+def stratified_sample(records: list[Record], n: int, seed: int) -> list[Record]:
+    """`n` of `records`, drawn with `seed`, each decision keeping its share of them (rounded
+    by largest remainder: a 40-question smoke run keeps its "maybe" questions); the order of
+    `records` is kept."""
+    groups = {label: [r for r in records if r.final_decision == label] for label in LABELS}
+    quotas = {label: n * len(group) / len(records) for label, group in groups.items()}
+    counts = {label: int(quota) for label, quota in quotas.items()}
+    by_remainder = sorted(LABELS, key=lambda label: counts[label] - quotas[label])
+    for label in by_remainder[: n - sum(counts.values())]:
+        counts[label] += 1
+    rng = random.Random(seed)
+    chosen = {id(r) for label in LABELS for r in rng.sample(groups[label], counts[label])}
+    return [r for r in records if id(r) in chosen]
 
 
 def assemble_splits(

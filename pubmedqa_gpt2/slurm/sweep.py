@@ -9,8 +9,8 @@ from pubmedqa_gpt2.errors import StageError
 
 
 def expand(overrides: list[str]) -> list[list[str]]:
-    """Each experiment's `key=value` overrides, in order. No override: one experiment, the
-    committed params."""
+    """Each experiment's `-S` arguments for DVC (`key=value`), in order. No override: one
+    experiment, the committed params."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -26,5 +26,16 @@ def expand(overrides: list[str]) -> list[list[str]]:
             values = list(override.sweep_string_iterator())
         else:
             values = [text.split("=", 1)[1]]  # as typed: dvc parses it itself
-        choices.append([f"{key}={value}" for value in values])
-    return [list(combination) for combination in itertools.product(*choices)]
+        choices.append([as_dvc_sets(key, value) for value in values])
+    return [
+        [s for sets in combination for s in sets] for combination in itertools.product(*choices)
+    ]
+
+
+def as_dvc_sets(key: str, value: str) -> list[str]:
+    """What `dvc exp run -S` needs to set `key` to `value`. An empty mapping replaces the old
+    one: DVC's `-S key={}` merges it into the old mapping, which stays, so it is sent as
+    `~key` (delete) and `+key={}` (add)."""
+    if value.strip() == "{}":
+        return [f"~{key}", f"+{key}={{}}"]
+    return [f"{key}={value}"]

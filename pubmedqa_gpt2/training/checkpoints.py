@@ -10,18 +10,26 @@ from pathlib import Path
 
 from pubmedqa_gpt2.config import Params
 from pubmedqa_gpt2.io import md5_of, write_json
+from pubmedqa_gpt2.paths import DEV_FILE
 from pubmedqa_gpt2.training.phase import Phase
 
 RUN_FILE = "run.json"  # in the checkpoints folder: the fingerprint of the run they belong to
 STATE_FILE = "trainer_state.json"  # the Trainer writes it last: a checkpoint without it is partial
 
 
-def run_fingerprint(params: Params, files: list[Path]) -> str:
-    """What decides the training trajectory: model and train params and the data files."""
+def run_fingerprint(params: Params, phase: Phase) -> str:
+    """What decides the phase's training trajectory: the model and training params, which
+    examples it trains on (its file, and how many of them), the dev split (it picks the
+    checkpoint kept) and the weights it starts from. `params.train` holds the phase's own
+    section (`phase1_params` for phase 1)."""
     digest = hashlib.sha256()
-    settings = {"model": params.model.model_dump(), "train": params.train.model_dump()}
+    settings = {
+        "model": params.model.model_dump(),
+        "train": params.train.model_dump(),
+        "max_examples": phase.max_examples,
+    }
     digest.update(json.dumps(settings, sort_keys=True).encode())
-    for path in files:
+    for path in [phase.train_file, DEV_FILE, *phase_inputs(phase)]:
         digest.update(md5_of(path).encode())
     return digest.hexdigest()
 

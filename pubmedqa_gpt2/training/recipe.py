@@ -36,7 +36,6 @@ from pubmedqa_gpt2.paths import DEV_FILE
 from pubmedqa_gpt2.prompt import Encoded, label_token_ids
 from pubmedqa_gpt2.training.callbacks import StepCount, StopOnRequest, phase_callbacks
 from pubmedqa_gpt2.training.checkpoints import (
-    phase_inputs,
     reconcile_checkpoints,
     run_fingerprint,
     tokens_seen,
@@ -195,7 +194,7 @@ def checkpoint_to_resume(params: Params, phase: Phase, args: TrainingArguments) 
         if args.process_index == 0:
             reconcile_checkpoints(
                 phase.checkpoints,
-                run_fingerprint(params, [phase.train_file, DEV_FILE, *phase_inputs(phase)]),
+                run_fingerprint(params, phase),
                 resumable=params.train.resumable_checkpoints,
                 section=phase.section,
             )
@@ -247,6 +246,7 @@ def save(run: Run, result) -> None:
     perf = {
         "runtime_seconds": round(runtime, 2),
         "train_tokens_per_second": round(tokens / runtime, 1) if runtime else None,
+        "train_tokens_this_run": tokens,
         "resumed_from_step": run.step_count.first_step,
         "steps_this_run": run.step_count.steps,
         "precision": run.precision,

@@ -1,0 +1,42 @@
+"""A run's settings on this machine: optimizer steps, warmup, precision
+(`pubmedqa_gpt2/training/settings.py`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.training.settings import optimizer_steps, resolve_precision, run_arguments
+
+from .committed import committed_params
+
+
+@pytest.mark.parametrize(
+    ("n", "batch", "accum", "world", "epochs", "steps"),
+    [(450, 8, 1, 1, 3, 171), (450, 8, 4, 1, 1, 15), (450, 8, 1, 2, 1, 29), (3, 8, 4, 1, 2, 2)],
+)
+def test_optimizer_steps(n, batch, accum, world, epochs, steps):
+    changes = {"batch_size": batch, "gradient_accumulation_steps": accum, "epochs": epochs}
+    train = committed_params({"train": changes}).train
+    assert optimizer_steps(n, train, world) == steps
+
+
+def test_precision_resolution():
+    assert resolve_precision("auto", cuda=True, bf16_supported=True) == "bf16"
+    assert resolve_precision("auto", cuda=True, bf16_supported=False) == "fp16"
+    assert resolve_precision("auto", cuda=False, bf16_supported=False) == "fp32"
+    with pytest.raises(StageError, match="fp16 needs a CUDA GPU"):
+        resolve_precision("fp16", cuda=False, bf16_supported=False)
+
+
+@pytest.mark.parametrize(
+    ("world", "ratio", "warmup"),
+    # 450 examples, batch 8, 1 epoch: 57 optimizer steps in one process, 29 in two (225 each),
+    # 15 in four (113 each); warmup is the ratio of those, rounded up.
+    [(1, 0.1, 6), (2, 0.1, 3), (4, 0.1, 2), (2, 0.0, 0), (2, 1.0, 29), (1, 0.06, 4)],
+)
+def test_warmup_is_a_share_of_the_whole_run_s_optimizer_steps(tmp_path, world, ratio, warmup):
+    changes = {"batch_size": 8, "gradient_accumulation_steps": 1, "epochs": 1}
+    train = committed_params({"train": changes | {"warmup_ratio": ratio}}).train
+    _, args = run_arguments(train, 450, world, tmp_path)
+    assert args.warmup_steps == warmup
