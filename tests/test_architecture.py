@@ -117,6 +117,7 @@ def test_the_checks_catch_what_they_guard():
     ]
 
 
+@pytest.mark.repo_files
 def test_package_inits_hold_only_a_docstring():
     """So that no package's __init__.py runs code a stage depends on (they are no deps)."""
     for init in sorted([*(ROOT / LIBRARY).rglob("__init__.py"), ROOT / STAGES / "__init__.py"]):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pyarrow.parquet as pq
-import pytest
 
 from .conftest import needs_pubmedqa, needs_tokenizer, write_synthetic_pqa_a
 from .test_fetch import run_stage, write_official
@@ -18,7 +17,6 @@ def read_jsonl(path):
     return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
 
 
-@pytest.mark.child_process
 @needs_pubmedqa
 def test_pqa_a_from_a_parquet_keeps_the_first_n_records_in_the_record_schema(
     tmp_path, pubmedqa_dir
@@ -40,7 +38,6 @@ def test_pqa_a_from_a_parquet_keeps_the_first_n_records_in_the_record_schema(
     assert first["final_decision"] == rows[0]["final_decision"]
 
 
-@pytest.mark.child_process
 @needs_pubmedqa
 def test_a_bad_pqa_a_record_is_refused_by_record_and_field_and_nothing_is_written(
     tmp_path, pubmedqa_dir
@@ -61,7 +58,6 @@ def test_a_bad_pqa_a_record_is_refused_by_record_and_field_and_nothing_is_writte
     assert not (tmp_path / "data/raw").exists()
 
 
-@pytest.mark.child_process
 @needs_pubmedqa
 @needs_tokenizer
 def test_prepare_keeps_pqa_a_apart_and_drops_records_sharing_a_pmid_with_pqa_l(

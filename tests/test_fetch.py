@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
 import os
 import shutil
@@ -13,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pubmedqa_gpt2 import errors
 from pubmedqa_gpt2.data.download import ensure_official_file
 from pubmedqa_gpt2.data.records import read_official_json
 from pubmedqa_gpt2.errors import StageError
@@ -34,18 +38,28 @@ GOOD = {
 }
 
 
-def run_stage(workdir: Path, module: str, params: dict | None = None):
-    """Run `python -m stages.<module>` in `workdir` as DVC would; returns the process."""
+def run_stage(workdir: Path, module: str, params: dict | None = None, child: bool = False):
+    """Run stage `module` in `workdir` with these params: in this process (its output
+    captured), or with `child` as DVC runs it, `python -m stages.<module>`; the finished
+    process (exit status, stdout, stderr) either way."""
     write_params(workdir, params)
-    env = os.environ | {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", f"stages.{module}"],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    if child:
+        env = os.environ | {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+        return subprocess.run(
+            [sys.executable, "-m", f"stages.{module}"],
+            cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    stage = importlib.import_module(f"stages.{module}")
+    out, err, code, here = io.StringIO(), io.StringIO(), 0, os.getcwd()
+    try:
+        os.chdir(workdir)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            errors.run_stage(stage.main)
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess([module], code, out.getvalue(), err.getvalue())
 
 
 def write_official(workdir: Path, content: bytes | str | object) -> None:
@@ -123,7 +137,6 @@ BAD_RECORDS = [
 ]
 
 
-@pytest.mark.child_process
 @pytest.mark.parametrize("content, needles", BAD_RECORDS)
 def test_bad_record_stops_fetch_naming_pmid_and_field(tmp_path, content, needles):
     write_official(tmp_path, content)
@@ -132,7 +145,6 @@ def test_bad_record_stops_fetch_naming_pmid_and_field(tmp_path, content, needles
     assert not (tmp_path / "data/raw").exists()
 
 
-@pytest.mark.child_process
 def test_duplicate_pmid_is_refused(tmp_path):
     one = json.dumps(GOOD)
     write_official(tmp_path, f'{{"123": {one}, "456": {one}, "123": {one}}}')
@@ -150,7 +162,6 @@ BAD_FILES = [
 ]
 
 
-@pytest.mark.child_process
 @pytest.mark.parametrize("content, needles", BAD_FILES)
 def test_bad_file_stops_fetch_with_one_line(tmp_path, content, needles):
     if content is not None:
@@ -163,11 +174,10 @@ def test_bad_file_stops_fetch_with_one_line(tmp_path, content, needles):
 @pytest.mark.child_process
 def test_unknown_param_is_refused_before_any_work(tmp_path):
     write_official(tmp_path, {"12345": GOOD})
-    proc = run_stage(tmp_path, "fetch", {"data": {"sorce": "hub"}})
+    proc = run_stage(tmp_path, "fetch", {"data": {"sorce": "hub"}}, child=True)
     assert_clean_failure(proc, "data.sorce", "unknown key", "allowed: source")
 
 
-@pytest.mark.child_process
 def test_good_record_normalizes_to_one_schema(tmp_path):
     write_official(tmp_path, {"00123": GOOD})
     proc = run_stage(tmp_path, "fetch")
@@ -204,7 +214,6 @@ def hub_rows_from_official(official: dict) -> list[dict]:
     ]
 
 
-@pytest.mark.child_process
 @needs_pubmedqa
 def test_official_json_and_hub_parquet_give_byte_identical_records(tmp_path, pubmedqa_dir):
     official = json.loads((pubmedqa_dir / "ori_pqal.json").read_text())
@@ -274,7 +283,6 @@ def download_stage(workdir: Path, url: str, md5: str):
     return run_stage(workdir, "download", {"data": {"url": url, "md5": md5}})
 
 
-@pytest.mark.child_process
 def test_a_downloaded_file_with_the_wrong_md5_is_refused_and_not_kept(tmp_path):
     served = tmp_path / "served.json"
     served.write_text('{"1": {}}')  # not the official file
@@ -286,7 +294,6 @@ def test_a_downloaded_file_with_the_wrong_md5_is_refused_and_not_kept(tmp_path):
     assert list(external.iterdir()) == []  # neither the file nor a temporary copy
 
 
-@pytest.mark.child_process
 @needs_pubmedqa
 def test_a_downloaded_file_with_the_pinned_md5_is_kept(tmp_path, pubmedqa_dir):
     workdir = tmp_path / "work"

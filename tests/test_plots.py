@@ -90,6 +90,7 @@ def test_the_builder_bundles_the_vega_lite_dvc_render_emits():
     assert schema.endswith(f"/vega-lite/v{major}.json"), schema
 
 
+@pytest.mark.repo_files
 def test_dvc_config_names_the_template():
     config = configparser.ConfigParser()
     config.read(ROOT / ".dvc/config")
@@ -283,3 +284,20 @@ def test_the_blank_check_tells_a_chart_from_a_blank_page():
     }
     assert non_white_fraction(vlc.vegalite_to_png(chart, vl_version="5.21")) > 0.005
     assert non_white_fraction(vlc.vegalite_to_png(blank, vl_version="5.21")) < 0.005
+
+
+def test_the_builder_writes_the_page_where_asked(tmp_path, capsys):
+    """`python -m pubmedqa_gpt2.plots_template [PATH]`: the page, and one line saying where."""
+    out = tmp_path / "page.html"
+    assert plots_template.main([str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert page == TEMPLATE.read_text(encoding="utf-8")
+    assert capsys.readouterr().out == f"wrote {out} ({len(page.encode()) // 1024} KiB)\n"
+
+
+def test_a_builder_of_another_bundle_version_is_refused(monkeypatch):
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.1")
+    with pytest.raises(RuntimeError, match=r"^vl-convert-python 0\.1 installed; the template is"):
+        plots_template.build()

@@ -150,13 +150,14 @@ def tokenizer_params(tokenizer_dir, **prepare) -> dict:
     return {"model": {"tokenizer": str(tokenizer_dir)}, "prepare": prepare}
 
 
-def prepare_official(workdir, pubmedqa_dir, tokenizer_dir, **prepare) -> None:
-    """Run the prepare stage on the 1,000 official records with these `prepare` params."""
+def prepare_official(workdir, pubmedqa_dir, tokenizer_dir, child=False, **prepare) -> None:
+    """Run the prepare stage on the 1,000 official records with these `prepare` params (in
+    this process, or with `child` as DVC runs it)."""
     from pubmedqa_gpt2.data.records import read_official_json
 
     if not (workdir / "data/raw").exists():
         write_raw(workdir, read_official_json(pubmedqa_dir / "ori_pqal.json"))
-    proc = run_stage(workdir, "prepare", tokenizer_params(tokenizer_dir, **prepare))
+    proc = run_stage(workdir, "prepare", tokenizer_params(tokenizer_dir, **prepare), child=child)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -164,7 +165,7 @@ def prepare_official(workdir, pubmedqa_dir, tokenizer_dir, **prepare) -> None:
 @needs_pubmedqa
 @needs_tokenizer
 def test_prepare_stage_writes_splits_and_data_metrics(tmp_path, pubmedqa_dir, tokenizer_dir):
-    prepare_official(tmp_path, pubmedqa_dir, tokenizer_dir, max_length=512)
+    prepare_official(tmp_path, pubmedqa_dir, tokenizer_dir, child=True, max_length=512)
     tables = {
         s: pq.read_table(tmp_path / f"data/prepared/{s}.parquet") for s in ("train", "dev", "test")
     }
@@ -183,7 +184,6 @@ def test_prepare_stage_writes_splits_and_data_metrics(tmp_path, pubmedqa_dir, to
         assert metrics[split]["shortened"] == sum(table["shortened"].to_pylist()) > 0
 
 
-@pytest.mark.child_process
 @needs_tokenizer
 def test_prepare_refuses_a_question_too_long_for_the_budget(tmp_path, tokenizer_dir):
     records = [
@@ -196,7 +196,6 @@ def test_prepare_refuses_a_question_too_long_for_the_budget(tmp_path, tokenizer_
     assert not (tmp_path / "data/prepared").exists()
 
 
-@pytest.mark.child_process
 @needs_pubmedqa
 @needs_tokenizer
 def test_max_train_samples_keeps_a_seeded_sample(tmp_path, pubmedqa_dir, tokenizer_dir):
@@ -263,7 +262,6 @@ def test_a_stratified_sample_keeps_shares_and_order_and_follows_its_seed():
     }
 
 
-@pytest.mark.child_process
 @needs_pubmedqa
 @needs_tokenizer
 def test_prepare_with_another_fold_writes_that_fold_and_never_shows_the_answer(

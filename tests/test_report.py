@@ -94,6 +94,7 @@ def test_the_closing_hint_names_every_file_git_keeps_of_a_run():
         assert any(path == n or path.startswith(n + "/") for n in named), (path, add)
 
 
+@pytest.mark.repo_files
 def test_dvc_stages_dvc_lock_itself_so_its_own_hint_is_off():
     """DVC's own closing hint (dvc.lock alone) is off: .dvc/config stages dvc.lock itself
     (core.autostage), and the report stage's hint names the rest."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pubmedqa_gpt2 import cli
 from pubmedqa_gpt2.errors import StageError
 from pubmedqa_gpt2.slurm import status as slurm_status
 from pubmedqa_gpt2.slurm.script import render
@@ -23,9 +24,6 @@ from pubmedqa_gpt2.training import launch
 from pubmedqa_gpt2.training.stop import STOPPED_EXIT
 
 from .committed import write_params
-
-CLI = [sys.executable, "-m", "pubmedqa_gpt2.cli"]
-
 
 # ---- The sweep: `dvc exp run -S`'s expansion ----
 
@@ -166,7 +164,6 @@ def test_options_override_the_settings_file_and_a_bad_key_is_named(tmp_path):
 # ---- One experiment on several nodes: srun, one torch.distributed.run per task ----
 
 
-@pytest.mark.child_process
 def test_several_slurm_tasks_launch_one_node_agent_each_through_srun(monkeypatch):
     env = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "node7"}
     command = launch.launch_command(4, "stages.train", "train", env)
@@ -222,12 +219,24 @@ def user_repo(tmp_path, committed_repo):
     return repo
 
 
-def submit(repo: Path, *args: str, path: str | None = None):
-    env = os.environ | {"PATH": path or f"{repo.parent / 'bin'}:{os.environ['PATH']}"}
-    return subprocess.run(
-        [*CLI, "slurm", "submit", "--git-remote", "cluster", *args], cwd=repo, env=env,
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+@pytest.fixture
+def submit(monkeypatch, capsys):
+    """`pubmedqa-gpt2 slurm submit --git-remote cluster ARGS` in `repo`, in this process, with
+    `sbatch` the stub (or PATH `path`): (exit status, stdout, stderr) as a finished process."""
+
+    def run(repo: Path, *args: str, path: str | None = None) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(repo)
+        monkeypatch.setenv("PATH", path or f"{repo.parent / 'bin'}:{os.environ['PATH']}")
+        capsys.readouterr()
+        code = 0
+        try:
+            cli.main(["slurm", "submit", "--git-remote", "cluster", *args])
+        except SystemExit as exc:
+            code = exc.code
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+    return run
 
 
 def nothing_happened(repo: Path) -> None:
@@ -239,7 +248,6 @@ def nothing_happened(repo: Path) -> None:
     assert not (repo.parent / "sbatch.txt").exists(), "sbatch was called"
 
 
-@pytest.mark.child_process
 @pytest.mark.parametrize(
     ("case", "message"),
     [
@@ -254,7 +262,9 @@ def nothing_happened(repo: Path) -> None:
         ("bad setting", r"^error: --cpus-per-task: Input should be greater than or equal to 1"),
     ],
 )
-def test_each_refusal_is_one_error_line_before_anything_is_submitted(user_repo, case, message):
+def test_each_refusal_is_one_error_line_before_anything_is_submitted(
+    user_repo, submit, case, message
+):
     repo = user_repo
     args = ["-S", "train.seed=0,1", "--workspaces", str(repo.parent / "shared" / "ws")]
     path = None
@@ -288,8 +298,7 @@ def test_each_refusal_is_one_error_line_before_anything_is_submitted(user_repo, 
     nothing_happened(repo)
 
 
-@pytest.mark.child_process
-def test_dry_run_prints_the_script_and_submits_nothing(user_repo):
+def test_dry_run_prints_the_script_and_submits_nothing(user_repo, submit):
     got = submit(user_repo, "-S", "train.seed=0,1", "--workspaces",
                  str(user_repo.parent / "shared" / "ws"), "--dry-run")  # fmt: skip
     assert got.returncode == 0, got.stderr
@@ -299,8 +308,7 @@ def test_dry_run_prints_the_script_and_submits_nothing(user_repo):
     nothing_happened(user_repo)
 
 
-@pytest.mark.child_process
-def test_submit_pushes_the_commit_writes_the_sweep_and_calls_sbatch(user_repo):
+def test_submit_pushes_the_commit_writes_the_sweep_and_calls_sbatch(user_repo, submit):
     ws = user_repo.parent / "shared" / "ws"
     got = submit(user_repo, "-S", "train.seed=0,1", "-S", "train.resumable_checkpoints=true",
                  "--workspaces", str(ws))  # fmt: skip

@@ -60,3 +60,47 @@ def test_overrides_that_do_not_validate_leave_the_params_file_as_it_was(tmp_path
         apply_overrides(tmp_path / "params.yaml", {"train": {"epochs": 0}})
     assert (tmp_path / "params.yaml").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no .tmp left
+
+
+def test_the_command_applies_every_smoke_setting_and_keeps_the_comments(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """`python -m pubmedqa_gpt2.smoke_params PATH`, in this process: each value of smoke.yaml
+    lands in the file (the tokenizer folder made absolute), the rest and the comments stay."""
+    from pubmedqa_gpt2 import smoke_params
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "tok").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GPT2_TOKENIZER_DIR", "tok")
+    monkeypatch.setattr(sys, "argv", ["smoke_params", "params.yaml"])
+    smoke_params.main()
+    assert capsys.readouterr().out == "smoke_params: applied smoke.yaml to params.yaml\n"
+    after = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    before = yaml.safe_load((ROOT / "params.yaml").read_text())
+    smoke = yaml.safe_load((ROOT / "smoke.yaml").read_text())
+    smoke["model"]["tokenizer"] = str(tmp_path / "tok")
+    for section, values in smoke.items():
+        for key, value in values.items():
+            assert after[section][key] == value, (section, key)
+    assert after["train"]["seed"] == before["train"]["seed"]  # untouched
+    text = (tmp_path / "params.yaml").read_text()
+    comments = [line for line in (ROOT / "params.yaml").read_text().splitlines() if "#" in line]
+    assert comments and all(c.split("#", 1)[1] in text for c in comments)
+
+
+def test_variables_are_replaced_in_nested_strings_only(monkeypatch) -> None:
+    from pubmedqa_gpt2.errors import StageError
+    from pubmedqa_gpt2.smoke_params import expand_env
+
+    monkeypatch.setenv("WHO", "model")
+    given = {"a": {"b": "${WHO}-x ${WHO}", "n": 3, "none": None}, "c": "plain"}
+    assert expand_env(given) == {"a": {"b": "model-x model", "n": 3, "none": None}, "c": "plain"}
+    for value in ("", None):
+        if value is None:
+            monkeypatch.delenv("UNSET_HERE", raising=False)
+        else:
+            monkeypatch.setenv("UNSET_HERE", value)
+        with pytest.raises(StageError) as err:
+            expand_env({"x": "${UNSET_HERE}"})
+        assert str(err.value) == "smoke.yaml: environment variable UNSET_HERE is not set"

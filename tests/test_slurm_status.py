@@ -1,0 +1,170 @@
+"""`pubmedqa-gpt2 slurm status` in this process (`pubmedqa_gpt2/slurm/status.py`): a sweep
+submitted with the `sbatch` stub, a stand-in `squeue`, result files, an experiment on the real
+bare git remote and a `dvc exp pull` that logs its call. On a real cluster:
+tests/test_cluster.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pubmedqa_gpt2 import cli
+from pubmedqa_gpt2.slurm import status as slurm_status
+
+from .test_slurm import committed_repo, git, submit, user_repo  # noqa: F401 (fixtures)
+
+SQUEUE = """#!/bin/bash
+# squeue -h -r -j JOB -o "%i %T": one line per array task still queued
+[ "$4" = 99 ] || exit 1
+printf '99_2 RUNNING\\n99_3 PENDING\\n99_4 COMPLETING\\n99_[5-6] PENDING\\n99 PENDING\\n'
+"""
+
+
+@pytest.fixture
+def sweep(user_repo, submit, monkeypatch):  # noqa: F811
+    """A submitted sweep of 5 experiments (job 99), the stand-ins on PATH; (repo, manifest)."""
+    ws = user_repo.parent / "shared" / "ws"
+    got = submit(user_repo, "-S", "train.seed=range(0,5)", "--workspaces", str(ws))
+    assert got.returncode == 0, got.stderr
+    (folder,) = ws.iterdir()
+    bin_dir = user_repo.parent / "bin"
+    (bin_dir / "squeue").write_text(SQUEUE)
+    real_dvc = shutil.which("dvc")
+    (bin_dir / "dvc").write_text(
+        f'#!/bin/bash\nif [ "$1 $2" = "exp pull" ]; then echo "$*" >> {bin_dir}/pulls.txt;\n'
+        f'  [ -z "${{PULL_FAILS:-}}" ] || {{ echo "ERROR: $PULL_FAILS" >&2; exit 1; }}\n'
+        f"  exit 0\nfi\n"
+        f'exec {real_dvc} "$@"\n'
+    )
+    for tool in ("squeue", "dvc"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return user_repo, json.loads((folder / "sweep.json").read_text())
+
+
+def land(repo: Path, name: str) -> None:
+    """Experiment `name` on the remote, as `dvc exp push` leaves it."""
+    git("push", "--quiet", "cluster", f"HEAD:refs/exps/ab/cdef/{name}", cwd=repo)
+
+
+def write_result(manifest: dict, index: int, result: dict) -> None:
+    path = Path(manifest["folder"]) / "results" / f"{index}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(result))
+
+
+def status(monkeypatch, capsys, repo: Path, *args: str) -> tuple[int, str, str]:
+    monkeypatch.chdir(repo)
+    capsys.readouterr()
+    code = 0
+    try:
+        cli.main(["slurm", "status", "--workspaces", str(repo.parent / "shared" / "ws"), *args])
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_status_tells_each_experiment_s_state_and_pulls_the_finished_ones(
+    sweep, monkeypatch, capsys
+):
+    repo, manifest = sweep
+    names = [e["name"] for e in manifest["experiments"]]
+    write_result(manifest, 0, {"experiment": names[0], "state": "done", "accuracy": 0.5})
+    write_result(manifest, 1, {"experiment": names[1], "state": "failed", "error": "bad seed"})
+    land(repo, names[0])
+    land(repo, names[4])  # its result file lost, and SLURM still says COMPLETING: it landed
+    code, out, _ = status(monkeypatch, capsys, repo)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == f"{manifest['sweep']}: job array 99, commit {manifest['commit'][:12]}"
+    assert lines[2:9] == [
+        "| experiment | params | state | accuracy / error |",
+        "|---|---|---|---|",
+        f"| {names[0]} | train.seed=0 | done | 0.5000 |",
+        f"| {names[1]} | train.seed=1 | failed | bad seed |",
+        f"| {names[2]} | train.seed=2 | running |  |",
+        f"| {names[3]} | train.seed=3 | pending |  |",
+        f"| {names[4]} | train.seed=4 | done |  |",
+    ]
+    assert lines[-1] == "1 pending, 1 running, 2 done, 1 failed"
+    pulls = (repo.parent / "bin" / "pulls.txt").read_text()
+    assert pulls == f"exp pull --no-cache {manifest['git_remote_url']} {names[0]} {names[4]}\n"
+
+    code, out, _ = status(monkeypatch, capsys, repo, "--json", "--sweep", manifest["sweep"])
+    got = json.loads(out)
+    assert (got["sweep"], got["job_id"]) == (manifest["sweep"], "99")
+    assert [t["state"] for t in got["tasks"]] == ["done", "failed", "running", "pending", "done"]
+    assert got["tasks"][0] == {
+        "experiment": names[0], "set": ["train.seed=0"], "task": 0, "state": "done",
+        "accuracy": 0.5,
+    }  # fmt: skip
+
+
+def test_experiments_already_here_are_not_pulled_again(sweep, monkeypatch, capsys):
+    repo, manifest = sweep
+    name = manifest["experiments"][0]["name"]
+    write_result(manifest, 0, {"experiment": name, "state": "done", "accuracy": 0.5})
+    git("update-ref", f"refs/exps/ab/cdef/{name}", "HEAD", cwd=repo)  # pulled before
+    assert status(monkeypatch, capsys, repo)[0] == 0
+    assert not (repo.parent / "bin" / "pulls.txt").exists()
+
+
+def test_a_task_gone_without_a_result_shows_its_log_s_last_error(sweep, monkeypatch, capsys):
+    repo, manifest = sweep
+    logs = Path(manifest["folder"]) / "logs"
+    logs.mkdir(exist_ok=True)
+    (logs / "0.log").write_text("error: first\nstarting\nerror: task 0: cannot clone\nbye\n")
+    rows = slurm_status.task_states(manifest)
+    assert (rows[0]["state"], rows[0]["error"]) == ("failed", "task 0: cannot clone")
+    assert rows[1]["error"] == f"the task ended without a result; see {logs / '1.log'}"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sweep", "sweep-nope"], "error: --sweep sweep-nope: no sweep.json in "),
+        ([], "error: dvc exp pull cluster: ERROR: remote hung up"),
+    ],
+)
+def test_status_failures_are_one_line(sweep, monkeypatch, capsys, args, message):
+    repo, manifest = sweep
+    name = manifest["experiments"][0]["name"]
+    write_result(manifest, 0, {"experiment": name, "state": "done", "accuracy": 0.5})
+    monkeypatch.setenv("PULL_FAILS", "remote hung up")
+    code, _, err = status(monkeypatch, capsys, repo, *args)
+    assert code == 1 and err.startswith(message) and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_last_sweep_of_this_repository_is_the_default(sweep, monkeypatch, capsys, tmp_path):
+    repo, manifest = sweep
+    ws = repo.parent / "shared" / "ws"
+    other = json.loads(json.dumps(manifest)) | {"repository": "/elsewhere", "sweep": "zzz"}
+    (ws / "zzz").mkdir()
+    (ws / "zzz" / "sweep.json").write_text(json.dumps(other))  # another clone's, later
+    older = manifest | {"sweep": "aaa"}
+    (ws / "aaa").mkdir()
+    (ws / "aaa" / "sweep.json").write_text(json.dumps(older))
+    code, out, _ = status(monkeypatch, capsys, repo, "--json")
+    assert json.loads(out)["sweep"] == manifest["sweep"]
+    shutil.rmtree(Path(manifest["folder"]))
+    shutil.rmtree(ws / "aaa")
+    code, _, err = status(monkeypatch, capsys, repo)
+    assert code == 1 and err == f"error: no sweep of this repository in {ws}\n"
+
+
+def test_the_queue_is_read_per_array_task(sweep):
+    assert slurm_status.queued_tasks("99") == {2: "RUNNING", 3: "PENDING", 4: "COMPLETING"}
+    assert slurm_status.queued_tasks("98") == {}  # squeue failed: what the files say
+    assert slurm_status.queued_tasks(None) == {}  # a dry run: no job
+
+
+def test_the_remote_s_experiments_are_read_by_name(sweep):
+    repo, manifest = sweep
+    land(repo, "exp-a")
+    land(repo, "exp-b")
+    assert slurm_status.landed(manifest["git_remote_url"]) == {"exp-a", "exp-b"}
