@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -294,7 +295,7 @@ def test_each_refusal_is_one_error_line_before_anything_is_submitted(
     assert got.returncode == 1, got.stdout + got.stderr
     errors = [line for line in got.stderr.splitlines() if not line.startswith("warning:")]
     assert len(errors) == 1 and "Traceback" not in got.stderr, got.stderr
-    assert __import__("re").match(message, errors[0]), errors[0]
+    assert re.match(message, errors[0]), errors[0]
     nothing_happened(repo)
 
 
@@ -414,3 +415,20 @@ def test_the_docs_show_the_script_submit_writes_for_the_documented_settings():
         "experiments": [{"name": f"{DOC_SWEEP}-{i}", "set": [f"train.seed={i}"]} for i in range(3)],
     }  # fmt: skip
     assert shown == render(data, ClusterSettings(**settings))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("partition: [gpu\n  time: 1", r"^{path}: not valid YAML \(while parsing .*\)$"),
+        ("- gpu\n- cpu\n", r"^{path}: expected a mapping of settings$"),
+        ("sbatch: ['--qos=high', [1]]\n", r"^{path}: sbatch\.1: Input should be a valid string$"),
+    ],
+)
+def test_a_bad_settings_file_is_one_line_naming_it(tmp_path, text, message):
+    path = tmp_path / "slurm.local.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(StageError) as err:
+        load_settings(path, {})
+    assert "\n" not in str(err.value)
+    assert re.match(message.format(path=re.escape(str(path))), str(err.value)), str(err.value)
