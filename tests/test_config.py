@@ -76,7 +76,11 @@ def test_a_key_missing_from_params_yaml_is_named(tmp_path):
         ),
         ({"train": {"lora": {"rank": 8}}}, "train.lora.rank: unknown key; allowed: enabled, r"),
         ({"prepare": {"fold": 10}}, "prepare.fold: Input should be less than or equal to 9"),
-        ({"train": {"epochs": "three"}}, "train.epochs: Input should be a valid integer"),
+        (
+            {"train": {"epochs": "three"}},
+            "train.epochs: Input should be a valid integer, unable to parse string as an "
+            "integer (got 'three')",
+        ),
         ({"train": {"precision": "fp8"}}, "train.precision: Input should be 'auto', 'bf16'"),
         ({"data": {"md5": "abc"}}, "data.md5: Value error, must be 32 lowercase hex digits"),
         ([1, 2], "expected a mapping of sections"),

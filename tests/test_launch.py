@@ -48,6 +48,12 @@ def test_a_slurm_job_of_two_tasks_runs_one_node_agent_per_task(capsys):
     assert "--master_port=25678" in command
 
 
+def test_processes_that_do_not_divide_among_the_tasks_are_refused_naming_the_phase(ended):
+    with pytest.raises(StageError, match=r"^pretrain\.num_processes: 3 processes do not"):
+        ended(0, SLURM, num_processes=3, section="pretrain")
+    assert ended.commands == []
+
+
 def test_processes_that_do_not_divide_among_the_tasks_are_refused():
     with pytest.raises(StageError) as err:
         launch.launch_command(3, "stages.pretrain", "pretrain", SLURM)
@@ -67,6 +73,10 @@ def test_the_first_node_of_a_nodelist(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     assert launch.first_node({"SLURM_JOB_NODELIST": "gpu[07-08]"}) == "gpu07"
     assert launch.first_node({"SLURM_NODELIST": "gpu[07-08]"}) == "gpu07"
+    assert launch.first_node({"SLURM_JOB_NODELIST": "node-X1"}) == "node-X1"  # no scontrol
+    with pytest.raises(StageError) as err:  # scontrol fails: one line, its own words
+        launch.first_node({"SLURM_JOB_NODELIST": "bad[1-"})
+    assert str(err.value) == "scontrol show hostnames bad[1-: no host"
 
 
 @pytest.fixture
@@ -95,6 +105,9 @@ def test_processes_stopped_on_request_exit_for_requeue(ended, tmp_path):
     assert exit_info.value.code == STOPPED_EXIT
     with pytest.raises(StageError, match=r"exit status 75\); see their output above$"):
         ended(STOPPED_EXIT, {STOP_FILE_ENV: str(tmp_path / "no-stop-file")})
+    with pytest.raises(SystemExit) as exit_info:  # asked to stop, whatever status they end with
+        ended(1, {STOP_FILE_ENV: str(stop)})
+    assert exit_info.value.code == STOPPED_EXIT
 
 
 def test_killed_or_failed_processes_are_one_line_naming_the_phase(ended):

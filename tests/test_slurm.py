@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pubmedqa_gpt2 import cli
 from pubmedqa_gpt2.errors import StageError
@@ -431,4 +432,8 @@ def test_a_bad_settings_file_is_one_line_naming_it(tmp_path, text, message):
     with pytest.raises(StageError) as err:
         load_settings(path, {})
     assert "\n" not in str(err.value)
+    try:  # the YAML error as the parser words it, on one line
+        yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        assert str(err.value) == f"{path}: not valid YAML ({exc})".replace("\n", " ")
     assert re.match(message.format(path=re.escape(str(path))), str(err.value)), str(err.value)

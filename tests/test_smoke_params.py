@@ -84,9 +84,39 @@ def test_the_command_applies_every_smoke_setting_and_keeps_the_comments(
         for key, value in values.items():
             assert after[section][key] == value, (section, key)
     assert after["train"]["seed"] == before["train"]["seed"]  # untouched
-    text = (tmp_path / "params.yaml").read_text()
-    comments = [line for line in (ROOT / "params.yaml").read_text().splitlines() if "#" in line]
-    assert comments and all(c.split("#", 1)[1] in text for c in comments)
+
+    # Every other line stays as it was, byte for byte: comments, `null`s, long lines unwrapped.
+    def kept(text: str) -> list[str]:
+        lines, section, skipping = [], None, False
+        for line in text.splitlines():
+            if line.startswith("    ") and skipping:  # a set mapping's own lines
+                continue
+            section = line.split(":", 1)[0] if line[:1].isalpha() else section
+            key = line.strip().split(":", 1)[0] if line.startswith("  ") else None
+            skipping = section in smoke and key in smoke[section]
+            if not skipping:
+                lines.append(line)
+        return lines
+
+    original = (ROOT / "params.yaml").read_text()
+    assert kept((tmp_path / "params.yaml").read_text()) == kept(original)
+    assert any(len(line) > 80 for line in kept(original)) and "null" in original
+
+
+def test_quoted_values_stay_quoted(tmp_path, monkeypatch) -> None:
+    from pubmedqa_gpt2 import smoke_params
+
+    text = (ROOT / "params.yaml").read_text().replace("  hub_revision: ", '  hub_revision: "', 1)
+    lines = text.splitlines(keepends=True)
+    quoted = next(i for i, line in enumerate(lines) if line.startswith('  hub_revision: "'))
+    value, _, comment = lines[quoted].rstrip("\n").partition("  #")
+    lines[quoted] = f'{value.rstrip()}"' + (f"  #{comment}" if comment else "") + "\n"
+    (tmp_path / "params.yaml").write_text("".join(lines))
+    (tmp_path / "tok").mkdir()
+    monkeypatch.setenv("GPT2_TOKENIZER_DIR", str(tmp_path / "tok"))
+    smoke_params.apply_smoke(tmp_path / "params.yaml")
+    assert lines[quoted] in (tmp_path / "params.yaml").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "tok"]  # no .tmp
 
 
 def test_variables_are_replaced_in_nested_strings_only(monkeypatch) -> None:

@@ -87,6 +87,13 @@ def test_markdown_and_json_through_the_cli(tmp_path, capsys):
     assert [g["n"] for g in json.loads(capsys.readouterr().out)] == [3, 2]
 
 
+def test_without_input_the_cli_reads_dvc_s_experiments(tmp_path, capsys, monkeypatch):
+    """No --input: the experiments `dvc exp show --json` lists (stood in for here)."""
+    monkeypatch.setattr(summary, "exp_show_json", lambda: EXP_SHOW)
+    cli.main(["summary", "--over", "train.seed", "--json"])
+    assert [g["n"] for g in json.loads(capsys.readouterr().out)] == [3, 2]
+
+
 def test_the_text_fits_120_columns_however_many_experiments():
     names = [f"seed-sweep-run-{i}" for i in range(40)]
     many = [

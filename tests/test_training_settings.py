@@ -40,3 +40,27 @@ def test_warmup_is_a_share_of_the_whole_run_s_optimizer_steps(tmp_path, world, r
     train = committed_params({"train": changes | {"warmup_ratio": ratio}}).train
     _, args = run_arguments(train, 450, world, tmp_path)
     assert args.warmup_steps == warmup
+
+
+def test_older_transformers_get_activation_checkpointing_under_its_old_name(monkeypatch):
+    """A transformers whose TrainingArguments has no `activation_checkpointing` field (the
+    name recent ones brought in) is asked by the old one, `gradient_checkpointing`."""
+    import dataclasses
+
+    from pubmedqa_gpt2.training import settings
+
+    real = dataclasses.fields
+    recent = settings.checkpointing_arguments()
+    assert recent == {
+        "activation_checkpointing": True,
+        "activation_checkpointing_kwargs": {"use_reentrant": False},
+    }
+    monkeypatch.setattr(
+        settings.dataclasses,
+        "fields",
+        lambda cls: [f for f in real(cls) if f.name != "activation_checkpointing"],
+    )
+    assert settings.checkpointing_arguments() == {
+        "gradient_checkpointing": True,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False},
+    }

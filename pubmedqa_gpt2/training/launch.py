@@ -26,8 +26,11 @@ def first_node(environ: MutableMapping[str, str]) -> str:
     if nodelist and not any(c in nodelist for c in "[,"):
         return nodelist
     out = subprocess.run(
-        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
+        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True
     )
+    if out.returncode or not out.stdout.split():
+        why = out.stderr.strip() or "no host"
+        raise StageError(f"scontrol show hostnames {nodelist}: {why}")
     return out.stdout.split()[0]
 
 
