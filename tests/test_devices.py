@@ -243,13 +243,24 @@ def test_inside_slurm_the_allocation_s_gpus_are_used_without_a_lock(monkeypatch,
     assert devices._claimed == []
 
 
-def test_inside_slurm_one_process_takes_the_first_gpus_of_its_allocation(monkeypatch):
+def test_inside_slurm_one_process_takes_the_first_gpus_of_its_allocation(monkeypatch, capsys):
     monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1", "2", "3"])
     env = slurm_env("2,3")
     assert devices.claim_gpus(1, environ=env) == ["2"]
     assert env["CUDA_VISIBLE_DEVICES"] == "2"
     env = slurm_env("2,3")
     assert devices.claim_gpus(2, environ=env) == ["2", "3"]
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert capsys.readouterr().err.splitlines() == [
+        "using GPU 2 (SLURM job 123's allocation, no lock)",
+        "using GPU 2,3 (SLURM job 123's allocation, no lock)",
+    ]
+
+
+def test_a_slurm_job_without_a_task_count_has_one_task():
+    assert devices.slurm_tasks({"SLURM_JOB_ID": "7"}) == 1
+    assert devices.slurm_tasks({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "3"}) == 3
+    assert devices.slurm_tasks({"SLURM_NTASKS": "3"}) == 1  # not in a job: one
 
 
 @pytest.mark.parametrize(
@@ -271,13 +282,18 @@ def test_inside_slurm_several_tasks_keep_each_task_s_own_gpus(monkeypatch):
     monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1"])
     env = slurm_env("0,1", tasks=2)
     assert devices.claim_gpus(4, environ=env) == ["0", "1"]  # 2 per node, on 2 nodes
+    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1", "2", "3"])
+    env = slurm_env("0,1,2,3", tasks=2)
+    assert devices.claim_gpus(2, environ=env) == ["0", "1", "2", "3"]  # the task's, all
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
 
 
-def test_inside_slurm_a_job_given_no_gpu_hides_the_node_s_gpus(monkeypatch):
+def test_inside_slurm_a_job_given_no_gpu_hides_the_node_s_gpus(monkeypatch, capsys):
     monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1"])
     env = slurm_env(None)
     assert devices.claim_gpus(1, environ=env) == []
     assert env["CUDA_VISIBLE_DEVICES"] == ""  # the other jobs' GPUs stay theirs
+    assert capsys.readouterr().err == "SLURM job 123 was given no GPU: running on the CPU\n"
     monkeypatch.setattr(devices, "physical_gpus", lambda: [])
     env = slurm_env(None)
     assert devices.claim_gpus(1, environ=env) == [] and "CUDA_VISIBLE_DEVICES" not in env

@@ -301,3 +301,22 @@ def test_a_builder_of_another_bundle_version_is_refused(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.1")
     with pytest.raises(RuntimeError, match=r"^vl-convert-python 0\.1 installed; the template is"):
         plots_template.build()
+
+
+@pytest.mark.parametrize(
+    ("bundle", "message"),
+    [
+        ("a('</SCRIPT >')", "the bundle would close its <script> element early"),
+        ("a('</script>')", "the bundle would close its <script> element early"),
+        ("a('{plot_divs}')", "the bundle holds one of DVC's placeholders"),
+        ("a('{scripts}')", "the bundle holds one of DVC's placeholders"),
+        ("a('{refresh_tag}')", "the bundle holds one of DVC's placeholders"),
+    ],
+)
+def test_a_bundle_that_would_break_the_page_is_refused(monkeypatch, bundle, message):
+    import vl_convert
+
+    monkeypatch.setattr(vl_convert, "javascript_bundle", lambda vl_version: bundle)
+    with pytest.raises(RuntimeError) as err:
+        plots_template.build()
+    assert str(err.value) == message

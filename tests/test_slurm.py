@@ -87,6 +87,7 @@ def test_the_script_asks_slurm_for_the_site_s_resources_and_a_warning_before_the
     assert f'[ "$status" = {STOPPED_EXIT} ]' in script and "scontrol requeue" in script
     cpu = sbatch_options(render(manifest(tmp_path), ClusterSettings(gpus_per_task=0, time=None)))
     assert not any(o.startswith(("--gres", "--time", "--partition")) for o in cpu)
+    assert "--array=0-2" in cpu  # no throttle: every task may run at once
     no_requeue = sbatch_options(render(manifest(tmp_path), ClusterSettings(requeue=False)))
     assert "--no-requeue" in no_requeue and not any("USR1" in o for o in no_requeue)
 

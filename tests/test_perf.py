@@ -1,0 +1,66 @@
+"""A run's devices and memory (`pubmedqa_gpt2/training/perf.py`): the figures of
+perf/*.json, on a CPU as measured here and on a GPU from torch.cuda's own counters (stood in
+for: these machines have none)."""
+
+from __future__ import annotations
+
+import resource
+import types
+
+import pytest
+import torch
+
+from pubmedqa_gpt2 import memory
+from pubmedqa_gpt2.training import perf
+
+
+def test_on_a_cpu_the_figure_is_the_peak_resident_memory():
+    figures = perf.device_figures(cuda=False)
+    assert set(figures) == {"device", "peak_rss_bytes"} and figures["device"] == "cpu"
+    # Linux's ru_maxrss is in KiB; the peak only grows
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert (
+        before
+        <= figures["peak_rss_bytes"]
+        <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+
+
+@pytest.fixture
+def a_gpu(monkeypatch):
+    """torch.cuda answering as an 80 GB H100 with 60 GB free would."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (60 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 11 * 2**30)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: 13 * 2**30)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(
+        torch.cuda,
+        "get_device_properties",
+        lambda i: types.SimpleNamespace(total_memory=80 * 2**30),
+    )
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+
+
+def test_on_a_gpu_each_figure_is_the_counter_it_names(a_gpu):
+    assert perf.device_figures(cuda=True) == {
+        "device": "NVIDIA H100 80GB HBM3",
+        "cuda_visible_devices": "3",
+        "peak_gpu_allocated_bytes": 11 * 2**30,
+        "peak_gpu_reserved_bytes": 13 * 2**30,
+        "gpu_used_bytes": 20 * 2**30,  # total - free: every process and the context
+        "gpu_total_bytes": 80 * 2**30,
+    }
+
+
+def test_the_memory_line_weighs_the_training_state_against_this_device(a_gpu):
+    assert perf.memory_line(774_030_080, 774_030_080, cuda=True) == memory.memory_line(
+        774_030_080, 774_030_080, gpu_capacity=80 * 2**30
+    )
+    assert perf.memory_line(1000, 10, cuda=False, section="pretrain") == memory.memory_line(
+        1000, 10, gpu_capacity=None, section="pretrain"
+    )
+
+
+def test_one_process_gathers_its_own_figures():
+    assert perf.gather_from_ranks({"device": "cpu"}) == [{"device": "cpu"}]
