@@ -245,18 +245,17 @@ def write_synthetic_pqa_a(path: Path, official: dict, n: int, shared: int = 0) -
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """0: the first seed-sweep test (its worker makes the smoke run, then the sweep); 1: the
-    long tests that need no smoke run (the other worker runs them meanwhile); 2: the tests that
-    copy the smoke run, the longest first, the SLURM cluster's tests among them as one unit
-    (one xdist group: two of its sweeps copy the smoke run, which it waited for when it started
-    at once); 3: the other sweep tests (the sweep is made by then); 4: the rest, short. File
-    order within each rank."""
+    """0: the first seed-sweep test (its worker makes the smoke run, then the sweep); then the
+    SLURM cluster's tests (one xdist group, the longest unit: the other worker starts it at
+    once, the smoke run being made meanwhile); 1: the long tests that need no smoke run; 2:
+    the tests that copy the smoke run; 3: the other sweep tests (the sweep is made by then);
+    4: the rest, short. File order within each rank."""
     sweep = [item for item in items if "seed_sweep" in item.fixturenames]
 
     def rank(item) -> tuple[int, int]:
         group = item.get_closest_marker("xdist_group")
         if group is not None and group.args == ("slurm",):
-            return 2, -LONGEST_SMOKE_TESTS["the SLURM cluster's tests"]
+            return 0, 1
         if item in sweep:
             return (0, 0) if item is sweep[0] else (3, 0)
         if "smoke" in item.fixturenames:  # the longest of them first (CI's --durations)
@@ -269,7 +268,6 @@ def pytest_collection_modifyitems(config, items) -> None:
 # Seconds each took in a CI rehearsal (two workers): started first, they no longer end the run
 # alone on one worker while the other idles.
 LONGEST_SMOKE_TESTS = {
-    "the SLURM cluster's tests": 293,  # 210 + 39 + 39 + 5: tests/test_cluster.py, one group
     "test_training_on_the_real_questions_learns_what_a_small_model_can": 223,
     "test_two_phases_rerun_what_their_params_touch": 153,
     "test_experiments_from_two_machines_meet_in_a_third": 100,
