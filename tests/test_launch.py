@@ -67,7 +67,8 @@ def test_the_first_node_of_a_nodelist(tmp_path, monkeypatch):
     assert launch.first_node({"SLURM_JOB_NODELIST": "gpu07"}) == "gpu07"
     assert launch.first_node({"SLURM_NODELIST": "cpu3"}) == "cpu3"  # older SLURM's name
     scontrol = tmp_path / "scontrol"
-    scontrol.write_text('#!/bin/bash\n[ "$1 $2 $3" = "show hostnames gpu[07-08]" ] || exit 1\n'
+    scontrol.write_text('#!/bin/bash\n[ "$3" = "quiet[1-2]" ] && exit 0\n'
+                        '[ "$1 $2 $3" = "show hostnames gpu[07-08]" ] || exit 1\n'
                         'printf "gpu07\\ngpu08\\n"\n')  # fmt: skip
     scontrol.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
@@ -77,6 +78,8 @@ def test_the_first_node_of_a_nodelist(tmp_path, monkeypatch):
     with pytest.raises(StageError) as err:  # scontrol fails: one line, its own words
         launch.first_node({"SLURM_JOB_NODELIST": "bad[1-"})
     assert str(err.value) == "scontrol show hostnames bad[1-: no host"
+    with pytest.raises(StageError, match=r"^scontrol show hostnames quiet\[1-2\]: no host$"):
+        launch.first_node({"SLURM_JOB_NODELIST": "quiet[1-2]"})  # succeeds, names no host
 
 
 @pytest.fixture

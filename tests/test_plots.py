@@ -320,3 +320,17 @@ def test_a_bundle_that_would_break_the_page_is_refused(monkeypatch, bundle, mess
     with pytest.raises(RuntimeError) as err:
         plots_template.build()
     assert str(err.value) == message
+
+
+def test_the_builder_reads_its_arguments_and_writes_the_committed_path_by_default(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reports").mkdir()
+    monkeypatch.setattr(sys, "argv", ["plots_template", "given.html"])
+    assert plots_template.main() == 0 and (tmp_path / "given.html").is_file()
+    monkeypatch.setattr(sys, "argv", ["plots_template"])
+    assert plots_template.main() == 0
+    assert (tmp_path / plots_template.TEMPLATE).read_text(encoding="utf-8") == (
+        TEMPLATE.read_text(encoding="utf-8")
+    )

@@ -35,7 +35,8 @@ def sweep(user_repo, submit, monkeypatch):  # noqa: F811
     (bin_dir / "squeue").write_text(SQUEUE)
     real_dvc = shutil.which("dvc")
     (bin_dir / "dvc").write_text(
-        f'#!/bin/bash\nif [ "$1 $2" = "exp pull" ]; then echo "$*" >> {bin_dir}/pulls.txt;\n'
+        f'#!/bin/bash\nif [ "$1 $2" = "exp pull" ]; then\n'
+        f'  echo "$* in $PWD" >> {bin_dir}/pulls.txt\n'
         f'  [ -z "${{PULL_FAILS:-}}" ] || {{ echo "ERROR: $PULL_FAILS" >&2; exit 1; }}\n'
         f"  exit 0\nfi\n"
         f'exec {real_dvc} "$@"\n'
@@ -57,8 +58,9 @@ def write_result(manifest: dict, index: int, result: dict) -> None:
     path.write_text(json.dumps(result))
 
 
-def status(monkeypatch, capsys, repo: Path, *args: str) -> tuple[int, str, str]:
-    monkeypatch.chdir(repo)
+def status(monkeypatch, capsys, repo: Path, *args: str, cwd: Path | None = None):
+    """`pubmedqa-gpt2 slurm status ARGS` run in `cwd` (default `repo`): (status, out, err)."""
+    monkeypatch.chdir(cwd or repo)
     capsys.readouterr()
     code = 0
     try:
@@ -78,8 +80,9 @@ def test_status_tells_each_experiment_s_state_and_pulls_the_finished_ones(
     write_result(manifest, 1, {"experiment": names[1], "state": "failed", "error": "bad seed"})
     land(repo, names[0])
     land(repo, names[4])  # its result file lost, and SLURM still says COMPLETING: it landed
-    code, out, _ = status(monkeypatch, capsys, repo)
-    assert code == 0
+    (repo / "sub").mkdir()
+    code, out, err = status(monkeypatch, capsys, repo, cwd=repo / "sub")  # anywhere in it
+    assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == f"{manifest['sweep']}: job array 99, commit {manifest['commit'][:12]}"
     assert lines[2:9] == [
@@ -93,7 +96,8 @@ def test_status_tells_each_experiment_s_state_and_pulls_the_finished_ones(
     ]
     assert lines[-1] == "1 pending, 1 running, 2 done, 1 failed"
     pulls = (repo.parent / "bin" / "pulls.txt").read_text()
-    assert pulls == f"exp pull --no-cache {manifest['git_remote_url']} {names[0]} {names[4]}\n"
+    url = manifest["git_remote_url"]
+    assert pulls == f"exp pull --no-cache {url} {names[0]} {names[4]} in {repo}\n"
 
     code, out, _ = status(monkeypatch, capsys, repo, "--json", "--sweep", manifest["sweep"])
     got = json.loads(out)
@@ -119,9 +123,33 @@ def test_a_task_gone_without_a_result_shows_its_log_s_last_error(sweep, monkeypa
     logs = Path(manifest["folder"]) / "logs"
     logs.mkdir(exist_ok=True)
     (logs / "0.log").write_text("error: first\nstarting\nerror: task 0: cannot clone\nbye\n")
-    rows = slurm_status.task_states(manifest)
+    (logs / "2.log").write_bytes(b"\xff\xfe not utf-8\nerror: sw-2: dvc says error: disk full\n")
+    (logs / "3.log").write_text("task 3\nnothing went wrong here\n")
+    rows = slurm_status.task_states(manifest | {"job_id": None})  # none of them queued
     assert (rows[0]["state"], rows[0]["error"]) == ("failed", "task 0: cannot clone")
     assert rows[1]["error"] == f"the task ended without a result; see {logs / '1.log'}"
+    assert rows[2]["error"] == "sw-2: dvc says error: disk full"  # the first "error:" splits
+    assert rows[3]["error"] == f"the task ended without a result; see {logs / '3.log'}"
+
+
+def test_the_table_lists_every_override_and_a_count_per_state():
+    manifest = {"sweep": "sw", "job_id": "7", "commit": "c" * 40}
+    rows = [
+        {"experiment": "sw-0", "set": ["train.seed=0", "train.epochs=1"], "state": "done",
+         "accuracy": 0.61234},
+        {"experiment": "sw-1", "set": ["train.seed=1", "train.epochs=1"], "state": "failed",
+         "error": "boom"},
+    ]  # fmt: skip
+    assert slurm_status.render(manifest, rows).splitlines() == [
+        "sw: job array 7, commit cccccccccccc",
+        "",
+        "| experiment | params | state | accuracy / error |",
+        "|---|---|---|---|",
+        "| sw-0 | train.seed=0 train.epochs=1 | done | 0.6123 |",
+        "| sw-1 | train.seed=1 train.epochs=1 | failed | boom |",
+        "",
+        "0 pending, 0 running, 1 done, 1 failed",
+    ]
 
 
 @pytest.mark.parametrize(

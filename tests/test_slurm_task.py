@@ -136,6 +136,7 @@ def test_the_error_line_is_the_last_stage_error_else_dvc_s_else_the_status():
     assert task.error_line(output, 1) == "second"
     assert task.error_line(["x", "ERROR: a", "ERROR: b: c"], 2) == "b: c"
     assert task.error_line(["nothing useful"], 9) == "exit status 9"
+    assert task.error_line(["error:tight"], 1) == "tight"
 
 
 def test_main_reads_the_sweep_file_and_exits_with_the_task_s_status(clone, monkeypatch):

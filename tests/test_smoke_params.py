@@ -134,3 +134,24 @@ def test_variables_are_replaced_in_nested_strings_only(monkeypatch) -> None:
         with pytest.raises(StageError) as err:
             expand_env({"x": "${UNSET_HERE}"})
         assert str(err.value) == "smoke.yaml: environment variable UNSET_HERE is not set"
+
+
+def test_the_command_defaults_to_params_yaml_here_and_names_a_missing_folder(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    from pubmedqa_gpt2 import smoke_params
+    from pubmedqa_gpt2.errors import StageError
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["smoke_params"])
+    monkeypatch.setenv("GPT2_TOKENIZER_DIR", str(tmp_path / "absent"))
+    with pytest.raises(StageError) as err:
+        smoke_params.main()
+    assert (
+        str(err.value) == f"smoke.yaml: GPT2_TOKENIZER_DIR={tmp_path / 'absent'}: no such directory"
+    )
+    (tmp_path / "absent").mkdir()
+    smoke_params.main()
+    assert capsys.readouterr().out == "smoke_params: applied smoke.yaml to params.yaml\n"
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["model"]["init"] == "random"
