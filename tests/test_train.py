@@ -310,11 +310,21 @@ def test_read_split_missing_file_and_column(tmp_path):
 # ---- Whole runs ----
 
 
-def test_training_run_writes_model_metrics_and_curves(workdir, tiny):
+def test_training_run_writes_model_metrics_and_curves(workdir, tiny, capsys, monkeypatch):
+    asked = []  # the device figures are asked for this machine's kind: no GPU here
+    real = recipe.device_figures
+    monkeypatch.setattr(recipe, "device_figures", lambda cuda: asked.append(cuda) or real(cuda))
     set_params(workdir, tiny())
     stage.main()
+    assert asked == [torch.cuda.is_available()] and asked[0] is False
 
     metrics = json.loads((workdir / paths.TRAIN_METRICS).read_text())
+    perf = read_perf(workdir)
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"saved models/finetuned (step {metrics['best_step']}): dev_loss "
+        f"{metrics['dev_loss']:.4f}, dev_accuracy {metrics['dev_accuracy']:.4f}, "
+        f"{perf['train_tokens_per_second']} tokens/s"
+    )
     assert (
         metrics["steps"] == 6 and metrics["train_examples"] == 12 and metrics["dev_examples"] == 6
     )
