@@ -57,3 +57,98 @@ def test_without_a_dtype_the_weights_are_fp32(tiny_model_params):
     assert {p.dtype for p in build_model(tiny_model_params).parameters()} == {torch.float32}
     params = committed_params({"model": tiny_model_params.model_dump()})
     assert {p.dtype for p in starting_model(params, PHASE2).parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [  # the public checkpoints' config.json (huggingface.co/gpt2, -medium, -large, -xl)
+        ("gpt2", (12, 768, 12)),
+        ("gpt2-medium", (24, 1024, 16)),
+        ("gpt2-large", (36, 1280, 20)),
+        ("gpt2-xl", (48, 1600, 25)),
+    ],
+)
+def test_a_preset_has_its_public_checkpoint_s_shape(name, shape):
+    from pubmedqa_gpt2.model.loading import random_config
+
+    params = committed_params({"model": {"name": name, "init": "random", "overrides": {}}}).model
+    config = random_config(params)
+    assert (config.n_layer, config.n_embd, config.n_head) == shape
+    assert (config.vocab_size, config.n_positions) == (50257, 1024)
+
+
+def test_overrides_and_a_local_config_shape_the_random_model(tmp_path):
+    from transformers import GPT2Config
+
+    from pubmedqa_gpt2.model.loading import random_config
+
+    GPT2Config(n_layer=3, n_embd=96, n_head=4).save_pretrained(tmp_path)
+    model = {"name": str(tmp_path), "init": "random", "overrides": {"n_layer": 1}}
+    config = random_config(committed_params({"model": model}).model)
+    assert (config.n_layer, config.n_embd, config.n_head) == (1, 96, 4)
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (
+            {"name": "gpt3", "init": "random"},
+            "model.name: 'gpt3' is not a GPT-2 preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl) "
+            "nor a directory with config.json, so model.init=random cannot build it",
+        ),
+        (
+            {"name": "gpt2", "init": "random", "overrides": {"n_layers": 2}},
+            "model.overrides.n_layers: GPT2Config has no such field",
+        ),
+        (
+            {"name": "gpt2", "init": "pretrained", "overrides": {"n_layer": 2}},
+            "model.overrides: only used with model.init=random; set it to {}",
+        ),
+    ],
+)
+def test_a_model_the_params_cannot_build_is_one_line_naming_the_key(model, message):
+    from pubmedqa_gpt2.errors import StageError
+
+    with pytest.raises(StageError) as err:
+        build_model(committed_params({"model": {"overrides": {}, **model}}).model)
+    assert str(err.value) == message
+
+
+def test_missing_weights_or_tokenizer_are_one_line_naming_the_setting(tmp_path):
+    from pubmedqa_gpt2.errors import StageError
+    from pubmedqa_gpt2.model.loading import load_tokenizer
+
+    with pytest.raises(StageError) as err:
+        load_model(tmp_path / "nothing", what="--model x")
+    assert str(err.value).startswith(
+        f"--model x: cannot load a model from '{tmp_path / 'nothing'}': "
+    )
+    assert "\n" not in str(err.value).split(": ", 2)[1]
+    with pytest.raises(StageError) as err:
+        load_tokenizer(tmp_path / "nothing")
+    assert str(err.value).startswith(
+        f"model.tokenizer: cannot load tokenizer from '{tmp_path / 'nothing'}': "
+    )
+
+
+def test_the_tokenizer_pads_with_its_end_of_text(tokenizer_dir):
+    from pubmedqa_gpt2.model.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    assert tokenizer.pad_token == tokenizer.eos_token == "<|endoftext|>"
+    assert tokenizer.pad_token_id == 50256
+
+
+def test_the_device_asked_for_wins_else_cuda_when_there_is_one(monkeypatch):
+    from pubmedqa_gpt2.model.loading import init_device, pick_device
+
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device() == torch.device("cpu") and init_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device() == torch.device("cuda")
+    monkeypatch.setenv("LOCAL_RANK", "3")  # one process of several: its own GPU
+    assert init_device() == torch.device("cuda", 3)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert init_device() == torch.device("cuda", 0)
