@@ -75,3 +75,33 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_run_s_metrics_and_weights(
     assert resumed["metrics"] == whole["metrics"]  # exactly: same batches, same dropout
     for key, value in whole["weights"].items():
         assert resumed["weights"][key].equal(value), key
+
+
+def test_with_a_process_group_the_request_goes_through_an_all_reduce(tmp_path, monkeypatch):
+    """Under torch.distributed (here a gloo group of one process) the flag is all-reduced, so
+    that every process stops at the same step: without a request none stops, with one all do."""
+    import types
+
+    import torch
+    import torch.distributed as dist
+    from transformers import TrainerControl, TrainerState
+
+    from pubmedqa_gpt2.training.callbacks import StopOnRequest
+
+    stop_file = tmp_path / "stop"
+    monkeypatch.setenv(STOP_FILE_ENV, str(stop_file))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+    )
+    try:
+        args = types.SimpleNamespace(device=torch.device("cpu"))
+        state = TrainerState(global_step=4)
+        callback = StopOnRequest()
+        control = callback.on_step_end(args, state, TrainerControl())
+        assert not control.should_training_stop and callback.stopped_at is None
+        stop_file.touch()
+        control = callback.on_step_end(args, state, TrainerControl())
+        assert control.should_training_stop and control.should_save
+        assert callback.stopped_at == 4
+    finally:
+        dist.destroy_process_group()

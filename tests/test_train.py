@@ -352,6 +352,10 @@ def test_training_run_writes_model_metrics_and_curves(workdir, tiny, capsys, mon
         "README.md",
     } <= names
     assert not any(n.endswith(".bin") for n in names)
+    used = load_params(workdir / "params.yaml")
+    assert json.loads((saved / "params.json").read_text()) == {
+        "model": used.model.model_dump(), "train": used.train.model_dump()
+    }  # fmt: skip
     assert not (workdir / "models" / "finetuned.partial").exists()
     model = load_model(saved)
     assert model.config.n_layer == 2
