@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from pubmedqa_gpt2 import paths
 from pubmedqa_gpt2.training.checkpoints import STATE_FILE
 from pubmedqa_gpt2.training.stop import STOP_FILE_ENV, STOPPED_EXIT, stop_requested
+from pubmedqa_gpt2.training.trainer import DecisionTrainer
 from stages import train as stage
 
 from .conftest import needs_tokenizer
@@ -54,9 +55,20 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_run_s_metrics_and_weights(
     flag = workdir / "stop"
     flag.touch()  # asked before training starts: it stops after its first optimizer step
     monkeypatch.setenv(STOP_FILE_ENV, str(flag))
+    # Stopping is all a preempted job has time for: one checkpoint, no dev evaluation.
+    calls = {"evaluate": 0, "_save_checkpoint": 0}
+    for name in calls:
+        real = getattr(DecisionTrainer, name)
+
+        def counted(self, *args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(DecisionTrainer, name, counted)
     with pytest.raises(SystemExit) as stopped:
         stage.main()
     assert stopped.value.code == STOPPED_EXIT
+    assert calls == {"evaluate": 0, "_save_checkpoint": 1}
     assert "stopped on request at step 1" in capsys.readouterr().out
     checkpoints = sorted(p.name for p in (workdir / paths.CHECKPOINTS).glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-1"]
