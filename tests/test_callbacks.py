@@ -20,7 +20,18 @@ def test_the_console_shows_named_bars_with_the_last_figures(workdir, tiny, capsy
     assert "train: 100%" in err and "loss=" in err and "dev_acc=" in err
     # the dev evaluation's bar, by name, counting the dev batches (6 examples, batch 4: 2)
     assert re.search(r"(^|[\r\n])dev loss: +\d+%\|[^\r\n]*\| \d/2 ", err), err[-2000:]
+    assert re.search(r"(^|[\r\n])dev accuracy: +\d+%\|", err), err[-2000:]
     assert "{'loss'" not in err  # the Trainer's own dict lines are not printed
+
+
+def test_counters_and_timings_are_no_curves():
+    from pubmedqa_gpt2.training.callbacks import curve_wanted
+
+    for key in ("step", "epoch", "total_flos", "num_input_tokens_seen", "train_loss",
+                "eval_runtime", "eval_samples_per_second", "train_steps_per_second"):  # fmt: skip
+        assert not curve_wanted(key), key
+    for key in ("loss", "grad_norm", "learning_rate", "eval_loss", "eval_accuracy"):
+        assert curve_wanted(key), key
 
 
 def test_the_curves_folder_is_dvclive_s_finished_and_no_experiment(workdir, tiny):  # noqa: F811
