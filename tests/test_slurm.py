@@ -438,3 +438,17 @@ def test_a_bad_settings_file_is_one_line_naming_it(tmp_path, text, message):
     except yaml.YAMLError as exc:
         assert str(err.value) == f"{path}: not valid YAML ({exc})".replace("\n", " ")
     assert re.match(message.format(path=re.escape(str(path))), str(err.value)), str(err.value)
+
+
+def test_a_value_holding_equals_signs_is_kept_whole_and_a_parse_error_is_its_first_line():
+    (experiment,) = expand(["data.url=https://host/f.json?a=1&b=2"])
+    assert experiment == ["data.url=https://host/f.json?a=1&b=2"]
+    with pytest.raises(StageError) as err:
+        expand(["train.seed=choice(1,"])
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    with pytest.raises(HydraException) as hydra_err:  # Hydra's own words, first line
+        OverridesParser.create().parse_overrides(["train.seed=choice(1,"])
+    first = str(hydra_err.value).splitlines()[0]
+    assert str(err.value) == f"-S train.seed=choice(1,: {first}"
