@@ -441,8 +441,8 @@ def test_a_bad_settings_file_is_one_line_naming_it(tmp_path, text, message):
 
 
 def test_a_value_holding_equals_signs_is_kept_whole_and_a_parse_error_is_its_first_line():
-    (experiment,) = expand(["data.url=https://host/f.json?a=1&b=2"])
-    assert experiment == ["data.url=https://host/f.json?a=1&b=2"]
+    (experiment,) = expand(["data.url='https://host/f.json?a=1&b=2'"])  # quoted, as Hydra wants
+    assert experiment == ["data.url='https://host/f.json?a=1&b=2'"]  # as typed: DVC parses it
     with pytest.raises(StageError) as err:
         expand(["train.seed=choice(1,"])
     from hydra.core.override_parser.overrides_parser import OverridesParser
