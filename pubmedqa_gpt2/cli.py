@@ -5,6 +5,7 @@
     pubmedqa-gpt2 ask --pmid 12377809          # a question of data/prepared/test.parquet
     pubmedqa-gpt2 ask --model DIR ... --json   # one JSON object, for machines
     pubmedqa-gpt2 summary --over train.seed    # mean, sd, min, max of each group of runs
+    pubmedqa-gpt2 summary --over train.seed --plot sweep.html   # and as a plot
     pubmedqa-gpt2 slurm submit -S train.seed=0,1,2   # a sweep as one SLURM job array
     pubmedqa-gpt2 slurm status                 # its experiments: pending, running, done, failed
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     summary.add_argument(
         "--input", type=Path, help="a saved `dvc exp show --json` instead of running it"
+    )
+    summary.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PAGE",
+        help="also write the sweep as a plot to this HTML page (each run a point, each "
+        "group's mean with its 95%% interval)",
     )
     slurm_commands.add_parser(commands)
     return parser
@@ -192,7 +201,14 @@ def summarize_experiments(args: argparse.Namespace) -> str:
             exp_show = json.loads(args.input.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise StageError(f"--input {args.input}: not a readable JSON file ({exc})") from None
-    return summary.run(args.over, args.json, exp_show)
+    experiments, groups = summary.collect(args.over, exp_show)
+    if args.plot is not None:
+        from pubmedqa_gpt2 import summary_plot
+
+        rows = summary_plot.plot_rows(groups, experiments)
+        summary_plot.write_page(args.plot, summary_plot.spec(rows, args.over))
+        print(f"wrote {args.plot}: open it in a browser", file=sys.stderr)
+    return json.dumps(groups, indent=2) if args.json else summary.markdown(groups, args.over)
 
 
 def render(answer: dict[str, Any]) -> str:

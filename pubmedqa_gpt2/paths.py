@@ -57,6 +57,10 @@ def samples_file(which: str) -> Path:
 
 COMPARE_METRICS = METRICS_DIR / "compare.json"
 COMPARE_SENTENCE = EVAL_DIR / "compare.txt"
+# The forest plot's rows: each figure of each model and their difference, with its interval.
+COMPARE_PLOT = EVAL_DIR / "compare_intervals.json"
+# The page `dvc plots show` fills (.dvc/config's html_template), vega inlined: plots offline.
+PLOTS_TEMPLATE = Path("reports/plots_template.html")
 REFERENCE_FILE = Path("reports/reference.yaml")
 RESULTS_FILE = Path("reports/results.md")
 README = Path("README.md")

@@ -20,7 +20,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-TEMPLATE = Path("reports/plots_template.html")
+from pubmedqa_gpt2.paths import PLOTS_TEMPLATE
+
+TEMPLATE = PLOTS_TEMPLATE
 
 # The pinned bundle: vl-convert-python's version and the vega-lite in it (dvc-render emits v5).
 VL_CONVERT_VERSION = "1.9.0.post1"

@@ -84,7 +84,11 @@ def encode_examples(
     and the completion alone exceed the budget.
     """
     n = len(questions)
-    encode = lambda texts: tokenizer(list(texts), add_special_tokens=False)["input_ids"]  # noqa: E731
+    # verbose=False: no "Token indices sequence length is longer than the specified maximum"
+    # warning for a long context, which is shortened below on purpose.
+    encode = lambda texts: tokenizer(list(texts), add_special_tokens=False, verbose=False)[  # noqa: E731
+        "input_ids"
+    ]
     heads = encode(_HEAD.format(question=q) for q in questions)
     bodies = encode(format_context(c, lab) for c, lab in zip(contexts, labels, strict=True))
     tail = encode([_TAIL])[0]

@@ -8,6 +8,7 @@ experiments named, within 120 columns), JSON for machines.
 
     dvc exp run --queue -S train.seed=0,1,2 && dvc queue start
     pubmedqa-gpt2 summary --over train.seed
+    pubmedqa-gpt2 summary --over train.seed --plot sweep.html   # and a page of the sweep
 """
 
 from __future__ import annotations
@@ -163,10 +164,17 @@ def exp_show_json() -> list[dict[str, Any]]:
     return json.loads(text[start:])
 
 
-def run(over: Sequence[str], as_json: bool, exp_show: list[dict[str, Any]] | None = None) -> str:
-    """The summary of the experiments of `exp_show` (read from DVC when None), as text."""
+def collect(
+    over: Sequence[str], exp_show: list[dict[str, Any]] | None = None
+) -> tuple[list[Experiment], list[dict[str, Any]]]:
+    """The finished experiments of `exp_show` (read from DVC when None) and their groups."""
     experiments = experiments_of(exp_show if exp_show is not None else exp_show_json())
     if not experiments:
         raise StageError("no finished experiments; run some with `dvc exp run` first")
-    groups = summarize(experiments, over)
+    return experiments, summarize(experiments, over)
+
+
+def run(over: Sequence[str], as_json: bool, exp_show: list[dict[str, Any]] | None = None) -> str:
+    """The summary of the experiments of `exp_show` (read from DVC when None), as text."""
+    _, groups = collect(over, exp_show)
     return json.dumps(groups, indent=2) if as_json else markdown(groups, over)

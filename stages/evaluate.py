@@ -5,7 +5,8 @@
     python -m stages.evaluate finetuned   # models/finetuned
 
 Writes `eval/<model>/{predictions.json (the official submission format), probabilities.json,
-samples.jsonl, confusion.json, details.json}` and `metrics/eval_<model>.json`.
+samples.jsonl, confusion.json, calibration.json (the reliability diagram's bins), details.json}`
+and `metrics/eval_<model>.json`.
 """
 
 from __future__ import annotations

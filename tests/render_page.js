@@ -40,6 +40,9 @@ const parse = vm.runInContext("JSON.parse", context); // the specs' objects in t
     const found = script.match(/var spec = ([\s\S]*?);\s*vegaEmbed\(/);
     if (!found) continue;
     const spec = parse(found[1]);
+    // A spec's own embed options (usermeta.embedOptions: the browser draws SVG) would override
+    // the options below; here vega draws without a DOM and the SVG is asked for after.
+    if (spec.usermeta) delete spec.usermeta.embedOptions;
     const embedded = await context.vegaEmbed(element(), spec, {
       renderer: "none", actions: false, defaultStyle: false, tooltip: false,
     });

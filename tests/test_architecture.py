@@ -23,6 +23,7 @@ STAGES, LIBRARY = "stages", "pubmedqa_gpt2"
 LAYERS = [
     ["cli"],
     ["slurm"],  # sweeps on a cluster: its tasks stop training the way training looks for
+    ["summary_plot"],  # a sweep's page: the groups `summary` makes
     ["training", "evaluation", "summary", "smoke_params", "plots_template"],
     ["data", "model"],
     ["config", "prompt", "devices", "memory"],

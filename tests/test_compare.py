@@ -17,7 +17,7 @@ from sklearn.metrics import f1_score
 from pubmedqa_gpt2.errors import StageError
 from pubmedqa_gpt2.evaluation import compare as stage
 from pubmedqa_gpt2.evaluation import statistics
-from pubmedqa_gpt2.paths import COMPARE_METRICS, COMPARE_SENTENCE, samples_file
+from pubmedqa_gpt2.paths import COMPARE_METRICS, COMPARE_PLOT, COMPARE_SENTENCE, samples_file
 from pubmedqa_gpt2.prompt import LABELS
 
 from .committed import write_params
@@ -154,6 +154,56 @@ def test_identical_models_differ_by_nothing():
     assert result["mcnemar"] == {"fixed": 0, "broken": 0, "p": 1.0}
 
 
+def test_the_forest_plot_rows_hold_both_models_and_their_difference():
+    """`eval/compare_intervals.json`: per plotted figure, base, fine-tuned (each with its own
+    percentile bootstrap interval, computed here with scipy) and the paired difference (the
+    metrics file's figure); figures a run lacks are left out."""
+    import numpy as np
+    from scipy import stats
+
+    gold = [LABELS[i % 3] for i in range(30)]
+    base = samples([(g, "yes") for g in gold], [0.1 + 0.02 * (i % 4) for i in range(30)])
+    tuned_pred = ["no" if g == "no" else "yes" for g in gold]
+    tuned = samples(list(zip(gold, tuned_pred, strict=True)), [0.2 + 0.01 * i for i in range(30)])
+    for sample in base + tuned:
+        del sample["meteor"]  # a run scored without METEOR
+    result = stage.compare(base, tuned, 500, 0)
+    rows = stage.interval_rows(base, tuned, result, 500, 0)
+    assert [(r["metric"], r["series"]) for r in rows] == [
+        (metric, series)
+        for metric in ("accuracy", "macro-F1", "ROUGE-L")  # no METEOR: left out
+        for series in ("base", "fine-tuned", "difference")
+    ]
+
+    def percentile(values):
+        ci = stats.bootstrap((np.asarray(values, dtype=float),), np.mean, n_resamples=500,
+                             method="percentile", rng=np.random.default_rng(0))  # fmt: skip
+        return pytest.approx([ci.confidence_interval.low, ci.confidence_interval.high], abs=1e-6)
+
+    by = {(r["metric"], r["series"]): r for r in rows}
+    assert by["accuracy", "base"]["value"] == pytest.approx(10 / 30, abs=1e-6)
+    assert by["accuracy", "fine-tuned"]["value"] == pytest.approx(20 / 30, abs=1e-6)
+    assert [by["accuracy", "base"]["low"], by["accuracy", "base"]["high"]] == percentile(
+        [s["correct"] for s in base]
+    )
+    assert [by["ROUGE-L", "fine-tuned"]["low"], by["ROUGE-L", "fine-tuned"]["high"]] == (
+        percentile([s["rougeL"] for s in tuned])
+    )
+    for metric, key in (("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("ROUGE-L", "rougeL")):
+        difference = by[metric, "difference"]
+        figure = result[key]
+        assert (difference["value"], difference["low"], difference["high"]) == (
+            figure["diff"],
+            figure["low"],
+            figure["high"],
+        )
+        assert by[metric, "base"]["value"] == figure["base"]
+        assert by[metric, "fine-tuned"]["value"] == figure["tuned"]
+        for series in ("base", "fine-tuned"):
+            row = by[metric, series]
+            assert row["low"] <= row["value"] <= row["high"], row
+
+
 def write_samples(folder: Path, model: str, rows: list[dict]) -> None:
     path = folder / samples_file(model)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,6 +242,11 @@ def test_the_stage_writes_the_metrics_and_the_sentence(tmp_path):
     assert keys[:3] == ["accuracy", "mcnemar", "macro_f1"]
     assert list(result["accuracy"]) == ["tuned", "diff", "low", "high", "base"]
     assert list(result["mcnemar"]) == ["p", "fixed", "broken"]
+    rows = json.loads((tmp_path / COMPARE_PLOT).read_text())
+    assert [(r["metric"], r["series"]) for r in rows[:3]] == [
+        ("accuracy", "base"), ("accuracy", "fine-tuned"), ("accuracy", "difference")
+    ]  # fmt: skip
+    assert len(rows) == 6  # accuracy and macro-F1: these samples have no generated answers
 
 
 @pytest.mark.child_process
@@ -218,6 +273,7 @@ def test_bad_samples_fail_with_one_line_and_write_nothing(tmp_path, change, mess
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
     assert not (tmp_path / COMPARE_METRICS).exists()
     assert not (tmp_path / COMPARE_SENTENCE).exists()
+    assert not (tmp_path / COMPARE_PLOT).exists()
 
 
 @pytest.mark.child_process

@@ -160,7 +160,7 @@ def test_evaluate_model_without_generation(tmp_path, tokenizer, tiny_model_param
     result = evaluate_model(build_model(tiny_model_params), tokenizer, examples, settings)
     assert result.metrics["n_generated"] == 0
     assert "rouge1" not in result.metrics and "bleu" not in result.metrics
-    assert set(result.metrics["ci95"]) == {"accuracy", "macro_f1"}
+    assert set(result.metrics["ci95"]) == {"accuracy", "macro_f1", "ece"}
     assert "generation_examples_per_s" not in result.details["perf"]
     assert all(sample["generated_answer"] is None for sample in result.samples)
 
@@ -379,6 +379,32 @@ def test_every_aggregate_recomputes_from_the_samples_file_alone(eval_workdir, mo
         values = np.array([s[key] for s in generated])
         assert [ci[key]["low"], ci[key]["high"]] == interval((values,), np.mean)
     assert ci["accuracy"]["low"] <= metrics["accuracy"] <= ci["accuracy"]["high"]
+
+    # Calibration: the confidence is the predicted label's probability; ten bins of width
+    # 0.1, each (lo, hi]; ECE = sum of |right - confidence| per bin over all questions.
+    confidence = [s["probabilities"][s["predicted_decision"]] for s in samples]
+    bins: dict[int, list[tuple[float, bool]]] = {}
+    for c, s in zip(confidence, samples, strict=True):
+        bins.setdefault(min(math.ceil(c * 10) - 1, 9), []).append((c, s["correct"]))
+    ece = sum(abs(sum(r - c for c, r in members)) for members in bins.values()) / len(samples)
+    assert metrics["ece"] == pytest.approx(ece, abs=1e-6)
+    rows = read_json("eval/base/calibration.json")
+    assert [r["count"] for r in rows] == [len(bins[k]) for k in sorted(bins)]
+    assert sum(r["count"] for r in rows) == 12
+    for row, k in zip(rows, sorted(bins), strict=True):
+        assert row["bin"] == f"{k / 10:.1f}-{(k + 1) / 10:.1f}"
+        assert row["confidence"] == pytest.approx(sum(c for c, _ in bins[k]) / len(bins[k]))
+        assert row["accuracy"] == pytest.approx(sum(r for _, r in bins[k]) / len(bins[k]))
+    conf, right = np.array(confidence), np.array([s["correct"] for s in samples], dtype=float)
+
+    def ece_of(c, r, axis=-1):  # the same bins, written here, vectorized for scipy
+        index = np.minimum(np.ceil(c * 10) - 1, 9)
+        return (
+            sum(np.abs(np.sum(np.where(index == k, r - c, 0), axis=axis)) for k in range(10))
+            / c.shape[axis]
+        )
+
+    assert [ci["ece"]["low"], ci["ece"]["high"]] == interval((conf, right), ece_of)
 
 
 def test_cuda_out_of_memory_in_evaluation_is_one_line_with_advice(

@@ -253,6 +253,10 @@ def test_repro_from_nothing_produces_every_output_then_runs_nothing(smoke, pubme
     assert "{'loss'" not in output and "{'eval_loss'" not in output
     assert "dev accuracy: " in output and "loss=" in output
     assert "missing keys" not in output and "loss_type" not in output
+    # No warning of any kind: none of a valid run's messages calls for an action.
+    noise = [line for line in output.splitlines()
+             if re.search(r"warn|deprecat|token indices|will be removed", line, re.I)]  # fmt: skip
+    assert noise == [], noise
     # The closing hint names every file the run changed that git keeps (the smoke fixture
     # committed exactly those), and DVC's own hint, which named dvc.lock alone, is gone.
     assert "To track the changes with git" not in output
@@ -306,9 +310,33 @@ def test_repro_from_nothing_produces_every_output_then_runs_nothing(smoke, pubme
         ("dvclive_plots_metrics_train_loss_tsv", "Training loss"),
         ("dvclive_plots_metrics_eval_loss_tsv", "Dev loss"),
         ("dvclive_plots_metrics_eval_accuracy_tsv", "Dev accuracy"),
+        ("eval_compare_intervals_json", "Fine-tuned against base on the test set"),
+        ("eval_base_calibration_json", "Calibration, base ("),
+        ("eval_finetuned_calibration_json", "Calibration, fine-tuned ("),
     ):
         assert f'<div id = "{plot}"' in page, plot
         assert title in page, title
+    # The forest plot's rows: each model's interval is the one its metrics file holds, the
+    # difference's the comparison's (three stages' files that must agree).
+    rows = {(r["metric"], r["series"]): r for r in read_json(repo / "eval/compare_intervals.json")}
+    compare = read_json(repo / "metrics/compare.json")
+    for metric, key in (("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("METEOR", "meteor"),
+                        ("ROUGE-L", "rougeL")):  # fmt: skip
+        for series, model in (("base", "base"), ("fine-tuned", "finetuned")):
+            interval = read_json(repo / f"metrics/eval_{model}.json")["ci95"][key]
+            row = rows[metric, series]
+            assert (row["low"], row["high"]) == pytest.approx((interval["low"], interval["high"]))
+        difference = rows[metric, "difference"]
+        assert [difference[k] for k in ("value", "low", "high")] == [
+            compare[key][k] for k in ("diff", "low", "high")
+        ]
+    # Calibration: each model's ECE within its interval's reach and its bins over all 500.
+    for model in ("base", "finetuned"):
+        metrics = read_json(repo / f"metrics/eval_{model}.json")
+        assert 0 <= metrics["ci95"]["ece"]["low"] <= metrics["ci95"]["ece"]["high"] <= 1
+        assert 0 <= metrics["ece"] <= 1
+        bins = read_json(repo / f"eval/{model}/calibration.json")
+        assert sum(b["count"] for b in bins) == metrics["n_test"] == 500
 
 
 def test_exp_run_set_param_reruns_only_train_and_its_evaluation(smoke, tmp_path):

@@ -111,11 +111,19 @@ def test_plot_titles_and_labels_are_words():
     assert titles[metrics + "eval/loss.tsv"] == "Dev loss"
     assert titles[metrics + "eval/accuracy.tsv"] == "Dev accuracy"
     evaluate = pipeline["stages"]["evaluate"]
-    (confusion,) = [next(iter(p.values())) for p in evaluate["do"]["plots"]]
+    confusion, reliability = [next(iter(p.values())) for p in evaluate["do"]["plots"]]
     assert confusion["title"] == "Confusion matrix, ${item.title}"
+    assert reliability["title"].startswith("Calibration, ${item.title} (")
+    assert reliability["template"] == "reliability"
     names = {key: item["title"] for key, item in evaluate["foreach"].items()}
     assert names == {"base": "base", "finetuned": "fine-tuned"}
-    assert confusion["x_label"] and confusion["y_label"]
+    for plot in (confusion, reliability):
+        assert plot["x_label"] and plot["y_label"]
+    (forest,) = [next(iter(p.values())) for p in pipeline["stages"]["compare"]["plots"]]
+    assert forest["template"] == "forest" and forest["title"] and forest["x_label"]
+    # The custom templates are DVC's plot templates folder's, in git.
+    for name in ("reliability", "forest"):
+        assert (ROOT / ".dvc/plots" / f"{name}.json").is_file(), name
 
 
 def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -140,6 +148,20 @@ def page(tmp_path_factory) -> Path:
         '[{"actual": "yes", "predicted": "yes"}, {"actual": "no", "predicted": "yes"},'
         ' {"actual": "maybe", "predicted": "no"}, {"actual": "no", "predicted": "no"}]'
     )
+    shutil.copytree(ROOT / ".dvc/plots", repo / ".dvc/plots")
+    # The compare stage's forest plot rows and an evaluate stage's reliability bins.
+    forest = [
+        {"metric": metric, "series": series, "value": value, "low": value - 0.05,
+         "high": value + 0.05}
+        for metric, base, tuned in (("accuracy", 0.46, 0.55), ("macro-F1", 0.33, 0.24),
+                                    ("ROUGE-L", 0.10, 0.12), ("METEOR", 0.02, 0.03))
+        for series, value in (("base", base), ("fine-tuned", tuned), ("difference", tuned - base))
+    ]  # fmt: skip
+    (repo / "forest.json").write_text(json.dumps(forest))
+    bins = [{"bin": "0.3-0.4", "confidence": 0.36, "accuracy": 0.31, "count": 120},
+            {"bin": "0.4-0.5", "confidence": 0.44, "accuracy": 0.47, "count": 300},
+            {"bin": "0.5-0.6", "confidence": 0.53, "accuracy": 0.61, "count": 80}]  # fmt: skip
+    (repo / "calibration.json").write_text(json.dumps(bins))
     (repo / "dvc.yaml").write_text(
         "plots:\n"
         "  - dvclive/plots/metrics/train/loss.tsv:\n"
@@ -149,6 +171,12 @@ def page(tmp_path_factory) -> Path:
         "      {template: confusion, x: actual, y: predicted,"
         " title: 'Confusion matrix, fine-tuned', x_label: Actual answer,"
         " y_label: Predicted answer}\n"
+        "  - forest.json:\n"
+        "      {template: forest, x: value, y: metric, title: Fine-tuned against base,"
+        " x_label: Value (0 to 1)}\n"
+        "  - calibration.json:\n"
+        "      {template: reliability, x: confidence, y: accuracy,"
+        " title: 'Calibration, fine-tuned', x_label: Mean confidence, y_label: Accuracy}\n"
     )
     shown = run([sys.executable, "-m", "dvc", "plots", "show"], repo)
     assert "failed to load" not in shown.stderr + shown.stdout
@@ -160,8 +188,9 @@ def test_dvc_plots_show_writes_a_page_that_loads_nothing_from_the_network(page):
     html = page.read_text(encoding="utf-8")
     assert network_references(html) == []
     assert html.count("window.vegaEmbed=") == 1  # the inlined bundle
-    assert html.count("vegaEmbed('#") == 2  # one per plot
-    for words in ("Training loss", "Optimizer step", "Confusion matrix, fine-tuned"):
+    assert html.count("vegaEmbed('#") == 4  # one per plot
+    for words in ("Training loss", "Optimizer step", "Confusion matrix, fine-tuned",
+                  "Fine-tuned against base", "Calibration, fine-tuned"):  # fmt: skip
         assert words in html, words
 
 
@@ -181,7 +210,22 @@ def test_the_page_s_own_scripts_draw_every_plot(page):
     )
     assert out.returncode == 0, out.stderr
     plots = {p["title"]: p for p in map(json.loads, out.stdout.splitlines())}
-    assert sorted(plots) == ["Confusion matrix, fine-tuned", "Training loss"]
+    assert sorted(plots) == ["Calibration, fine-tuned", "Confusion matrix, fine-tuned",
+                             "Fine-tuned against base", "Training loss"]  # fmt: skip
+    forest, reliability = plots["Fine-tuned against base"], plots["Calibration, fine-tuned"]
+    for words in (
+        "Each model, 95% bootstrap interval",
+        "Fine-tuned minus base (0: no change)",
+        "accuracy",
+        "macro-F1",
+        "ROUGE-L",
+        "METEOR",
+        "base",
+        "fine-tuned",
+    ):
+        assert words in forest["texts"], words
+    assert {"Mean confidence", "Accuracy", "120", "300", "80"} <= set(reliability["texts"])
+    assert reliability["line_vertices"] >= 3  # the three bins joined
     curve, matrix = plots["Training loss"], plots["Confusion matrix, fine-tuned"]
     assert curve["line_vertices"] == 3
     assert {"Optimizer step", "Cross-entropy loss"} <= set(curve["texts"])
@@ -231,11 +275,9 @@ def non_white_fraction(png: bytes) -> float:
     return dark / (width * height)
 
 
-@pytest.mark.child_process
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=NO_CHROMIUM)
-def test_a_screenshot_of_the_page_is_not_blank(page, tmp_path):
-    shot = tmp_path / "page.png"
-    subprocess.run(
+def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """Headless Chromium with its caches and settings (dconf, ...) in the test's folder."""
+    return subprocess.run(
         [
             str(CHROMIUM),
             "--headless",
@@ -246,21 +288,54 @@ def test_a_screenshot_of_the_page_is_not_blank(page, tmp_path):
             "--disable-sync",
             "--no-first-run",
             f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={shot}",
-            "--window-size=800,600",
             "--virtual-time-budget=5000",
-            page.as_uri(),
+            *args,
         ],
         capture_output=True,
         timeout=120,
         check=True,
-        # Chromium's own caches and settings (dconf, ...) in the test's folder, not the user's
         env={**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"),
              "XDG_CONFIG_HOME": str(tmp_path / "config")},
     )  # fmt: skip
+
+
+def screenshot(html: Path, tmp_path: Path) -> bytes:
+    shot = tmp_path / "page.png"
+    chromium(tmp_path, f"--screenshot={shot}", "--window-size=800,600", html.as_uri())
+    return shot.read_bytes()
+
+
+@pytest.mark.child_process
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=NO_CHROMIUM)
+def test_a_screenshot_of_the_page_is_not_blank(page, tmp_path):
     # Axes, lines and labels cover more than a sliver of the page; a page whose scripts
     # failed to load is white.
-    assert non_white_fraction(shot.read_bytes()) > 0.005
+    assert non_white_fraction(screenshot(page, tmp_path)) > 0.005
+
+
+@pytest.mark.child_process
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=NO_CHROMIUM)
+@pytest.mark.parametrize("plot", ["forest.json", "calibration.json"])
+def test_a_screenshot_of_each_new_plot_alone_is_not_blank(page, plot, tmp_path):
+    """The forest plot and the reliability diagram, each on a page of its own (`dvc plots
+    show <file>`), drawn by the browser: not a blank page."""
+    repo = page.parent.parent
+    run([sys.executable, "-m", "dvc", "plots", "show", plot, "-o", str(tmp_path / "one")], repo)
+    assert non_white_fraction(screenshot(tmp_path / "one/index.html", tmp_path)) > 0.005
+
+
+@pytest.mark.child_process
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=NO_CHROMIUM)
+def test_the_browser_draws_the_new_plots_titles_and_labels(page, tmp_path):
+    """The custom templates ask vega-embed for SVG (`usermeta.embedOptions`), so the page the
+    browser has drawn holds their words as text: titles, panels, axes, the bins' counts."""
+    dom = chromium(tmp_path, "--dump-dom", page.as_uri()).stdout.decode()
+    texts = set(re.findall(r"<text[^>]*>([^<]*)</text>", dom))
+    for words in ("Fine-tuned against base", "Each model, 95% bootstrap interval",
+                  "Fine-tuned minus base, paired 95% bootstrap interval",
+                  "Fine-tuned minus base (0: no change)", "METEOR",
+                  "Calibration, fine-tuned", "Mean confidence", "Accuracy", "300"):  # fmt: skip
+        assert words in texts, words
 
 
 def test_the_blank_check_tells_a_chart_from_a_blank_page():

@@ -184,6 +184,32 @@ def test_prepare_stage_writes_splits_and_data_metrics(tmp_path, pubmedqa_dir, to
         assert metrics[split]["shortened"] == sum(table["shortened"].to_pylist()) > 0
 
 
+@pytest.mark.child_process
+@needs_pubmedqa
+@needs_tokenizer
+def test_a_context_longer_than_the_model_is_shortened_without_a_warning(
+    tmp_path, pubmedqa_dir, tokenizer_dir
+):
+    """A record whose abstract is some 6,000 tokens (GPT-2 reads 1,024): prepare shortens it on
+    purpose, so transformers' "Token indices sequence length is longer than the specified
+    maximum sequence length" warning would only alarm; the stage, run as DVC runs it, prints
+    nothing on stderr."""
+    import dataclasses
+
+    from pubmedqa_gpt2.data.records import read_official_json
+
+    records = read_official_json(pubmedqa_dir / "ori_pqal.json")
+    long = dataclasses.replace(records[0], contexts=[" ".join(records[0].contexts)] * 30)
+    write_raw(tmp_path, [long, *records[1:]])
+    proc = run_stage(
+        tmp_path, "prepare", tokenizer_params(tokenizer_dir, max_length=1024), child=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", proc.stderr
+    shortened = json.loads((tmp_path / "metrics/data.json").read_text())
+    assert sum(shortened[split]["shortened"] for split in ("train", "dev", "test")) == 1
+
+
 @needs_tokenizer
 def test_prepare_refuses_a_question_too_long_for_the_budget(tmp_path, tokenizer_dir):
     records = [

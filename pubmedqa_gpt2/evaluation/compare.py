@@ -141,6 +141,54 @@ def compare(
     return result
 
 
+# The figures the forest plot draws, in its order, with the words on its axis.
+PLOTTED = {"accuracy": "accuracy", "macro_f1": "macro-F1", "rougeL": "ROUGE-L", "meteor": "METEOR"}
+
+
+def interval_rows(
+    base: list[dict[str, Any]],
+    tuned: list[dict[str, Any]],
+    result: dict[str, Any],
+    n_resamples: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """The forest plot's rows (`eval/compare_intervals.json`): per plotted figure, the base and
+    the fine-tuned value with its own 95% interval (as `metrics/eval_<model>.json` has it: the
+    same function on the same samples) and their paired difference with its interval (as
+    `metrics/compare.json` has it)."""
+    own = {
+        "base": statistics.figure_intervals(base, n_resamples, seed),
+        "fine-tuned": statistics.figure_intervals(tuned, n_resamples, seed),
+    }
+    rows = []
+    for key, words in PLOTTED.items():
+        if key not in result:
+            continue
+        figure_ = result[key]
+        values = {"base": figure_["base"], "fine-tuned": figure_["tuned"]}
+        for series, value in values.items():
+            interval = own[series][key]
+            rows.append(
+                {
+                    "metric": words,
+                    "series": series,
+                    "value": value,
+                    "low": round(interval["low"], 6),
+                    "high": round(interval["high"], 6),
+                }
+            )
+        rows.append(
+            {
+                "metric": words,
+                "series": "difference",
+                "value": figure_["diff"],
+                "low": figure_["low"],
+                "high": figure_["high"],
+            }
+        )
+    return rows
+
+
 def method(n_resamples: int, seed: int, n: int) -> str:
     """How the intervals were computed: `eval/compare.txt`'s second line."""
     return "intervals: paired " + statistics.describe_method(n_resamples, seed, n)

@@ -4,10 +4,11 @@ Decisions (the benchmark's task): one forward pass per prompt, the prediction is
 likely of " yes", " no", " maybe". Long answers (what the notebook measured): greedy
 generation after the predicted decision, scored against the reference with ROUGE, METEOR and
 BLEU (`metrics.py`), and the perplexity of the reference long answer given the prompt and the
-gold decision. `metrics/eval_<model>.json` holds the headline figures with their bootstrap
-intervals; `details.json` says how the intervals were computed ("ci_method": a sentence, no
-metric, so that `dvc metrics diff` stays narrow), and its "perf" key alone holds timings, so
-that the other figures are equal whenever params, data and model are.
+gold decision. Calibration of the decisions (`calibration.py`): the expected calibration error
+and the reliability diagram's bins. `metrics/eval_<model>.json` holds the headline figures with
+their bootstrap intervals; `details.json` says how the intervals were computed ("ci_method": a
+sentence, no metric, so that `dvc metrics diff` stays narrow), and its "perf" key alone holds
+timings, so that the other figures are equal whenever params, data and model are.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from pubmedqa_gpt2.config import EvaluateParams, ModelParams
 from pubmedqa_gpt2.errors import StageError
-from pubmedqa_gpt2.evaluation import statistics
+from pubmedqa_gpt2.evaluation import calibration, statistics
 from pubmedqa_gpt2.evaluation.answers import decide, generate_answers, perplexity, reference_nll
 from pubmedqa_gpt2.evaluation.metrics import decision_metrics, generation_metrics
 from pubmedqa_gpt2.evaluation.testset import TestExample
@@ -39,6 +40,8 @@ class Evaluation:
     probabilities: dict[str, dict[str, float]]
     samples: list[dict[str, Any]]
     confusion: list[dict[str, str]]
+    reliability: list[dict[str, Any]]
+    """The reliability diagram's bins (`calibration.py`): `eval/<model>/calibration.json`."""
     metrics: dict[str, Any]
     """The headline figures with their intervals: `metrics/eval_<model>.json`."""
     details: dict[str, Any]
@@ -129,8 +132,10 @@ def evaluate_model(
             sample.update(score)
         details["meteor_wordnet"] = figures.pop("meteor_wordnet")
         metrics.update(figures)
-    metrics["ci95"] = intervals(samples, settings)
     n_resamples, seed = settings.bootstrap_samples, settings.bootstrap_seed
+    confidence, correct = calibration.confidences(samples)
+    metrics["ece"] = round(float(calibration.expected_calibration_error(confidence, correct)), 6)
+    metrics["ci95"] = statistics.figure_intervals(samples, n_resamples, seed)
     details["ci_method"] = statistics.describe_method(n_resamples, seed, len(samples))
     details["perf"] = {
         "scoring_examples_per_s": round(len(examples) / scoring_s, 3),
@@ -146,26 +151,10 @@ def evaluate_model(
         probabilities={ex.pmid: p for ex, p in zip(examples, probabilities, strict=True)},
         samples=samples,
         confusion=confusion_rows(gold, pred),
+        reliability=calibration.reliability_rows(confidence, correct),
         metrics=metrics,
         details=details,
     )
-
-
-def intervals(samples: Sequence[dict[str, Any]], settings: EvaluateParams) -> dict[str, Any]:
-    """95% bootstrap intervals of the headline figures, from the per-question samples alone."""
-
-    n, seed = settings.bootstrap_samples, settings.bootstrap_seed
-    gold = [s["gold_decision"] for s in samples]
-    pred = [s["predicted_decision"] for s in samples]
-    ci = {
-        "accuracy": statistics.mean_interval([s["correct"] for s in samples], n, seed),
-        "macro_f1": statistics.macro_f1_interval(gold, pred, n, seed),
-    }
-    generated = [s for s in samples if s["generated_answer"] is not None]
-    for key in statistics.ANSWER_SCORES:
-        if generated and key in generated[0]:
-            ci[key] = statistics.mean_interval([s[key] for s in generated], n, seed)
-    return ci
 
 
 def write_outputs(which: str, evaluation: Evaluation) -> None:
@@ -174,6 +163,7 @@ def write_outputs(which: str, evaluation: Evaluation) -> None:
     write_json(folder / "predictions.json", evaluation.predictions)
     write_json(folder / "probabilities.json", evaluation.probabilities)
     write_json(folder / "confusion.json", evaluation.confusion)
+    write_json(folder / "calibration.json", evaluation.reliability)
     write_json(folder / "details.json", evaluation.details)
     with atomic_file(folder / "samples.jsonl") as f:
         for sample in evaluation.samples:

@@ -13,10 +13,12 @@ where exactly one of them is right.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats
 
+from pubmedqa_gpt2.evaluation.calibration import confidences, expected_calibration_error
 from pubmedqa_gpt2.prompt import LABELS
 
 CONFIDENCE = 0.95
@@ -84,6 +86,34 @@ def macro_f1_interval(
 ) -> dict[str, float]:
     """95% interval of macro-F1, recomputed as a whole on each resample of the questions."""
     return _interval((encode_labels(gold), encode_labels(pred)), macro_f1, n_resamples, seed)
+
+
+def calibration_error_interval(
+    samples: Sequence[dict[str, Any]], n_resamples: int, seed: int
+) -> dict[str, float]:
+    """95% interval of the expected calibration error, recomputed (bins and all) on each
+    resample of the questions (`calibration.py`)."""
+    return _interval(confidences(samples), expected_calibration_error, n_resamples, seed)
+
+
+def figure_intervals(
+    samples: Sequence[dict[str, Any]], n_resamples: int, seed: int
+) -> dict[str, dict[str, float]]:
+    """95% intervals of one model's headline figures, from its per-question samples alone
+    (`eval/<model>/samples.jsonl`): `metrics/eval_<model>.json`'s "ci95"."""
+    gold = [s["gold_decision"] for s in samples]
+    pred = [s["predicted_decision"] for s in samples]
+    ci = {
+        "accuracy": mean_interval([s["correct"] for s in samples], n_resamples, seed),
+        "macro_f1": macro_f1_interval(gold, pred, n_resamples, seed),
+    }
+    generated = [s for s in samples if s["generated_answer"] is not None]
+    for key in ANSWER_SCORES:
+        if generated and key in generated[0]:
+            ci[key] = mean_interval([s[key] for s in generated], n_resamples, seed)
+    if all("probabilities" in s for s in samples):
+        ci["ece"] = calibration_error_interval(samples, n_resamples, seed)
+    return ci
 
 
 def paired_difference_interval(

@@ -1,0 +1,103 @@
+"""`pubmedqa-gpt2 summary --over PARAM --plot PAGE`: a sweep as a page a person opens."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from pubmedqa_gpt2 import cli, summary, summary_plot
+from pubmedqa_gpt2.paths import PLOTS_TEMPLATE
+
+from .conftest import ROOT
+from .test_plots import NODE, network_references
+from .test_summary import EXP_SHOW
+
+
+def test_each_run_is_a_point_and_each_group_s_mean_has_its_t_interval():
+    experiments, groups = summary.collect(["train.seed"], EXP_SHOW)
+    rows = summary_plot.plot_rows(groups, experiments)
+    runs = [(r["group"], r["experiment"], r["value"]) for r in rows
+            if r["kind"] == "run" and r["metric"] == "accuracy"]  # fmt: skip
+    one, two = "Group 1: train.learning_rate=0.001", "Group 2: train.learning_rate=0.0005"
+    assert runs == [(one, "a0", 0.50), (one, "a1", 0.56), (one, "a2", 0.53),
+                    (two, "b0", 0.60), (two, "b1", 0.62)]  # fmt: skip
+    means = {r["group"]: r for r in rows if r["kind"] == "mean" and r["metric"] == "accuracy"}
+    # By hand: mean 0.53, sd 0.03, t(0.975, 2 df) = 4.302653: 0.53 -+ 4.302653 x 0.03 / sqrt 3
+    assert means[one]["n"] == 3 and means[one]["value"] == pytest.approx(0.53)
+    assert (means[one]["low"], means[one]["high"]) == pytest.approx((0.455476, 0.604524), abs=1e-6)
+    # mean 0.61, sd 0.0141421, t(0.975, 1 df) = 12.706205: 0.61 -+ 12.706205 x 0.01
+    assert (means[two]["low"], means[two]["high"]) == pytest.approx((0.482938, 0.737062), abs=1e-6)
+    # Every headline metric these experiments have, and nothing else.
+    assert {r["metric"] for r in rows} == {"accuracy", "macro_f1", "accuracy_diff", "mcnemar_p"}
+
+
+def test_a_group_of_one_run_has_a_mean_and_no_interval():
+    assert summary_plot.mean_interval([0.4]) is None
+    experiments, groups = summary.collect(["train.seed", "train.learning_rate"], EXP_SHOW[:1] + [
+        {"rev": "x", "experiments": [EXP_SHOW[1]["experiments"][0]]}])  # fmt: skip
+    rows = summary_plot.plot_rows(groups, experiments)
+    (mean,) = [r for r in rows if r["kind"] == "mean" and r["metric"] == "accuracy"]
+    assert mean["n"] == 1 and mean["value"] == 0.50 and "low" not in mean
+    assert mean["group"] == "Group 1"  # nothing sets it apart
+
+
+@pytest.fixture
+def sweep_page(tmp_path, monkeypatch, capsys):
+    """`summary --plot` in a folder with this repository's offline page template."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / PLOTS_TEMPLATE).parent.mkdir(parents=True)
+    shutil.copy(ROOT / PLOTS_TEMPLATE, tmp_path / PLOTS_TEMPLATE)
+    saved = tmp_path / "exp.json"
+    saved.write_text(json.dumps(EXP_SHOW))
+    cli.main(["summary", "--over", "train.seed", "--input", str(saved), "--json",
+              "--plot", "plots/sweep.html"])  # fmt: skip
+    out, err = capsys.readouterr()
+    return tmp_path / "plots/sweep.html", out, err
+
+
+def test_the_page_is_written_offline_and_json_stays_json(sweep_page):
+    page, out, err = sweep_page
+    assert [g["n"] for g in json.loads(out)] == [3, 2]  # stdout: the JSON alone
+    assert err == "wrote plots/sweep.html: open it in a browser\n"
+    html = page.read_text(encoding="utf-8")
+    assert network_references(html) == []
+    assert html.count("window.vegaEmbed=") == 1 and html.count("vegaEmbed('#") == 1
+
+
+@pytest.mark.child_process
+@pytest.mark.skipif(NODE is None, reason="no node to run the page's scripts")
+def test_the_page_s_own_scripts_draw_a_panel_per_metric(sweep_page):
+    page = sweep_page[0]
+    out = subprocess.run(
+        [NODE, str(ROOT / "tests/render_page.js"), str(page)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    (plot,) = map(json.loads, out.stdout.splitlines())
+    assert plot["title"].startswith("Experiments over train.seed: each run a point")
+    texts = set(plot["texts"])
+    assert {"accuracy", "macro_f1", "accuracy_diff", "mcnemar_p"} <= texts
+    assert "Group 1: train.learning_rate=0.001" in texts
+
+
+def test_a_folder_or_an_unwritable_page_is_one_line(tmp_path, monkeypatch, capsys):
+    saved = tmp_path / "exp.json"
+    saved.write_text(json.dumps(EXP_SHOW))
+    (tmp_path / "plots").mkdir()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for target, message in (
+        (tmp_path / "plots", "a folder; name the page's file"),
+        (blocker / "sweep.html", "cannot write"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["summary", "--over", "train.seed", "--input", str(saved),
+                      "--plot", str(target)])  # fmt: skip
+        assert exit_info.value.code == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert (
+            len(err) == 1 and err[0].startswith(f"error: --plot {target}: ") and message in err[0]
+        )
