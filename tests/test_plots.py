@@ -119,8 +119,10 @@ def test_plot_titles_and_labels_are_words():
     assert names == {"base": "base", "finetuned": "fine-tuned"}
     for plot in (confusion, reliability):
         assert plot["x_label"] and plot["y_label"]
-    (forest,) = [next(iter(p.values())) for p in pipeline["stages"]["compare"]["plots"]]
+    # The answer to the project's question comes first on the page.
+    forest = pipeline["plots"][0]["eval/compare_intervals.json"]
     assert forest["template"] == "forest" and forest["title"] and forest["x_label"]
+    assert "eval/compare_intervals.json" in pipeline["stages"]["compare"]["outs"]
     # The custom templates are DVC's plot templates folder's, in git.
     for name in ("reliability", "forest"):
         assert (ROOT / ".dvc/plots" / f"{name}.json").is_file(), name
@@ -173,7 +175,7 @@ def page(tmp_path_factory) -> Path:
         " y_label: Predicted answer}\n"
         "  - forest.json:\n"
         "      {template: forest, x: value, y: metric, title: Fine-tuned against base,"
-        " x_label: Value (0 to 1)}\n"
+        " x_label: Value (0 to 1), y_label: Metric}\n"
         "  - calibration.json:\n"
         "      {template: reliability, x: confidence, y: accuracy,"
         " title: 'Calibration, fine-tuned', x_label: Mean confidence, y_label: Accuracy}\n"
