@@ -29,10 +29,10 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.e
 
 # The pipelines the tests run train and evaluate small models on a CPU, where glibc's malloc
 # maps afresh, and the kernel zero-fills, the blocks freed the step before (logits above its
-# 32 MiB mmap limit). Kept for reuse, the smoke train stage ran 25% faster and the suite's kernel
-# time fell from 265 s to 106 s (docs/TESTING.md). Set here for the test processes and what they
-# start, not in the stages: for GPT-2 Large on a CPU it cost 1 GB more peak memory
-# (docs/PERFORMANCE.md, section 5). A value already in the environment wins.
+# 32 MiB mmap limit); kept for reuse, the suite runs faster (docs/TESTING.md). Set here for the
+# test processes and what they start, not in the stages: for GPT-2 Large on a CPU it costs more
+# peak memory (docs/PERFORMANCE.md, "Memory freed and allocated again, every step"). A value
+# already in the environment wins.
 for _name, _value in (("MALLOC_MMAP_THRESHOLD_", 128 << 20), ("MALLOC_TRIM_THRESHOLD_", 512 << 20)):
     os.environ.setdefault(_name, str(_value))
 
@@ -103,6 +103,43 @@ def tiny_model_params(tokenizer_dir):
         "seed": 0,
     }
     return committed_params({"model": model}).model
+
+
+# ---- For the training stages (tests/test_train.py, test_checkpoints.py, ...) ----
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, tokenizer):
+    """A stage working directory with prepared splits of 12 (train) and 6 (dev) examples."""
+    from pubmedqa_gpt2 import paths
+    from pubmedqa_gpt2.data.prepare import write_split
+
+    from .training_helpers import records
+
+    prepared = tmp_path / paths.TRAIN_FILE.parent
+    prepared.mkdir(parents=True)
+    write_split(tmp_path / paths.TRAIN_FILE, records(12), tokenizer, max_length=128)
+    write_split(tmp_path / paths.DEV_FILE, records(6, offset=100), tokenizer, max_length=128)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def tiny(tiny_model_params):
+    """Params of a 2-layer random GPT-2 that trains in seconds on a CPU; **train overrides."""
+    model = tiny_model_params.model_dump()
+
+    def params(**train) -> dict:
+        defaults = {
+            "epochs": 2,
+            "batch_size": 4,
+            "eval_batch_size": 4,
+            "logging_steps": 1,
+            "learning_rate": 1e-3,
+        }
+        return {"model": model, "train": defaults | train}
+
+    return params
 
 
 # ---- For the evaluate stage and the CLI (tests/test_evaluate.py, tests/test_cli.py) ----

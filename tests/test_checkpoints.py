@@ -3,17 +3,24 @@ to (`pubmedqa_gpt2/training/checkpoints.py`)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import typing
 
+import pyarrow.parquet as pq
 import pytest
+import torch
 from pydantic import BaseModel
+from safetensors.torch import load_file
 
 from pubmedqa_gpt2 import paths
 from pubmedqa_gpt2.config import Params
 from pubmedqa_gpt2.training.checkpoints import STATE_FILE, reconcile_checkpoints, run_fingerprint
 from pubmedqa_gpt2.training.phase import phase1, phase1_params, phase2
+from stages import train as stage
 
 from .committed import committed_params
+from .training_helpers import curve_steps, curve_text, read_metrics, read_perf, set_params
 
 
 def test_checkpoints_of_another_run_are_dropped(tmp_path):
@@ -161,3 +168,121 @@ def test_the_fingerprint_changes_with_each_file_the_phase_reads_only(data, path,
 def test_the_fingerprint_is_the_same_for_the_same_inputs(data):
     assert phase2_fingerprint(committed_params()) == phase2_fingerprint(BASE)
     assert phase1_fingerprint(committed_params()) == phase1_fingerprint(BASE)
+
+
+# ---- Whole runs: resume, start afresh, what checkpoints hold and when they go ----
+
+
+def test_same_params_same_metrics_and_resume_after_a_finished_run(workdir, tiny):
+    set_params(
+        workdir, tiny(best_metric="dev_accuracy", resumable_checkpoints=True, keep_checkpoints=True)
+    )
+    stage.main()
+    first = read_metrics(workdir)
+    first_curve = (workdir / "dvclive/plots/metrics/train/loss.tsv").read_text()
+    weights = (workdir / paths.FINETUNED / "model.safetensors").read_bytes()
+
+    # Checkpoints persist: the rerun resumes at the end and must give the same outputs.
+    assert list((workdir / paths.CHECKPOINTS).glob("checkpoint-*"))
+    stage.main()
+    assert read_metrics(workdir) == first
+    assert (workdir / "dvclive/plots/metrics/train/loss.tsv").read_text() == first_curve
+    assert (workdir / paths.FINETUNED / "model.safetensors").read_bytes() == weights
+
+    # A fresh run from nothing gives the same numbers too (CPU determinism).
+    for folder in ("models", "dvclive"):
+        shutil.rmtree(workdir / folder)
+    stage.main()
+    assert read_metrics(workdir) == first
+
+
+def test_resume_from_an_interrupted_run_matches_an_uninterrupted_one(workdir, tiny):
+    set_params(workdir, tiny(epochs=2, resumable_checkpoints=True, keep_checkpoints=True))
+    stage.main()
+    whole = read_metrics(workdir)
+    whole_perf = read_perf(workdir)
+    curves = {name: curve_text(workdir, name) for name in ("train/loss", "train/learning_rate")}
+    checkpoints = workdir / paths.CHECKPOINTS
+    last_weights = load_file(checkpoints / "checkpoint-6" / "model.safetensors")
+    last_optimizer = torch.load(checkpoints / "checkpoint-6" / "optimizer.pt")
+
+    # Simulate a run killed after the first epoch: only its first checkpoint survives.
+    shutil.rmtree(checkpoints / "checkpoint-6")
+    state = json.loads((checkpoints / "checkpoint-3" / STATE_FILE).read_text())
+    assert state["global_step"] == 3
+    shutil.rmtree(workdir / "models" / "finetuned")
+    shutil.rmtree(workdir / "dvclive")
+    stage.main()
+    perf = read_perf(workdir)
+    # Only the remaining steps were trained: a restart would run all 6.
+    assert (perf["resumed_from_step"], perf["steps_this_run"]) == (3, 3)
+    # Throughput counts the tokens of this run's steps only: epoch 2, each training example's
+    # prompt and completion once (the whole run saw them twice).
+    epoch = sum(len(row["prompt_ids"]) + len(row["completion_ids"])
+                for row in pq.read_table(paths.TRAIN_FILE).to_pylist())  # fmt: skip
+    assert whole_perf["train_tokens_this_run"] == 2 * epoch
+    assert perf["train_tokens_this_run"] == epoch
+    # tokens/s of the runtime before rounding: runtime_seconds is rounded to 0.01 s
+    runtime, rate = perf["runtime_seconds"], perf["train_tokens_per_second"]
+    assert epoch / (runtime + 0.005) - 0.05 <= rate <= epoch / (runtime - 0.005) + 0.05
+    resumed = read_metrics(workdir)
+    assert resumed["steps"] == 6
+    assert resumed["dev_loss"] == pytest.approx(whole["dev_loss"], rel=1e-5)
+    assert resumed["final_train_loss"] == pytest.approx(whole["final_train_loss"], rel=1e-5)
+    # The curves are replayed from the checkpoint, then continued: each step once, and the
+    # learning rate goes on down the schedule instead of starting it over.
+    assert curve_steps(workdir, "train/loss") == [str(step) for step in range(1, 7)]
+    for name, text in curves.items():
+        assert curve_text(workdir, name) == text, name
+    # Optimizer state continued: Adam's moments and the weights end where the whole run's did.
+    weights = load_file(checkpoints / "checkpoint-6" / "model.safetensors")
+    assert weights.keys() == last_weights.keys()
+    for key, value in weights.items():
+        torch.testing.assert_close(value, last_weights[key], rtol=1e-5, atol=1e-6, msg=key)
+    optimizer = torch.load(checkpoints / "checkpoint-6" / "optimizer.pt")
+    for index, moments in last_optimizer["state"].items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(optimizer["state"][index][key], moments[key], msg=key)
+
+
+def test_changed_params_start_afresh(workdir, tiny, capsys):
+    set_params(workdir, tiny(epochs=1, keep_checkpoints=True))
+    stage.main()
+    set_params(workdir, tiny(epochs=1, learning_rate=5e-4))
+    stage.main()
+    assert "starting afresh" in capsys.readouterr().out
+    assert read_metrics(workdir)["steps"] == 3
+
+
+@pytest.mark.parametrize("resumable", [False, True])
+def test_checkpoints_hold_optimizer_state_only_when_resumable(workdir, tiny, resumable, capsys):
+    set_params(workdir, tiny(epochs=1, resumable_checkpoints=resumable, keep_checkpoints=True))
+    stage.main()
+    (checkpoint,) = (workdir / paths.CHECKPOINTS).glob("checkpoint-*")
+    names = {p.name for p in checkpoint.iterdir()}
+    assert "model.safetensors" in names and STATE_FILE in names
+    assert ("optimizer.pt" in names) == resumable
+    assert ("scheduler.pt" in names) == resumable
+    capsys.readouterr()
+    # The same run again: resumable checkpoints are resumed from, weights-only ones are not.
+    stage.main()
+    out = capsys.readouterr().out
+    assert ("resuming from" in out) == resumable
+    assert ("weights-only checkpoints" in out) == (not resumable)
+
+
+def test_checkpoints_are_deleted_after_a_successful_run(workdir, tiny, capsys):
+    set_params(workdir, tiny(epochs=1))
+    stage.main()
+    assert not (workdir / paths.CHECKPOINTS).exists()
+    assert (workdir / paths.FINETUNED / "model.safetensors").is_file()
+    out = capsys.readouterr().out
+    # The memory the training state needs is said before training (fp32 weights, gradients
+    # and AdamW moments: 16 bytes a trained parameter), against the machine's memory. By hand:
+    # the tiny model's 3,382,080 parameters (see the LoRA test) x 16 = 54,113,280 bytes.
+    assert read_metrics(workdir)["total_parameters"] == 3_382_080
+    assert (
+        "weights, gradients and AdamW state need 0.1 GB (3,382,080 parameters, 3,382,080 "
+        "trained), before activations" in out
+    )
+    assert "available on this machine" in out

@@ -176,7 +176,7 @@ def test_one_experiment_on_two_slurm_tasks_equals_two_local_processes(
     from pubmedqa_gpt2.data.prepare import write_split
 
     from .committed import write_params
-    from .test_train import records
+    from .training_helpers import records
 
     runs = {}
     for where in ("local", "slurm"):

@@ -1,6 +1,6 @@
 """Several data-parallel processes (`pubmedqa_gpt2/training/launch.py`): the command, the
 first node of a SLURM job, and what each way of ending means. The processes themselves run
-in tests/test_train.py (two on a CPU) and tests/test_cluster.py (through srun)."""
+here (two on a CPU, last) and tests/test_cluster.py (through srun)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import sys
 import pytest
 import torch
 
+from pubmedqa_gpt2 import paths
 from pubmedqa_gpt2.errors import StageError
 from pubmedqa_gpt2.training import launch
 from pubmedqa_gpt2.training.stop import STOP_FILE_ENV, STOPPED_EXIT
+
+from .training_helpers import curve, read_metrics, read_perf, run_module, set_params
 
 SLURM = {"SLURM_JOB_ID": "12345", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "gpu07"}
 
@@ -139,3 +142,21 @@ def test_more_processes_than_gpus_are_refused_before_any_starts(
         ended(0, environ, num_processes=processes)
     assert str(err.value) == message and ended.commands == []
     ended(0, environ, num_processes=processes // 2)  # one per GPU: fine
+
+
+@pytest.mark.child_process
+def test_two_cpu_processes(workdir, tiny):
+    set_params(workdir, tiny(epochs=2, num_processes=2, warmup_ratio=0.5, lr_scheduler="linear"))
+    result = run_module(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # 12 examples over 2 processes of batch 4: 2 steps per epoch, 4 in all.
+    assert read_metrics(workdir)["steps"] == 4
+    # Warmup is half of the run's 4 optimizer steps: 2 (counted for one process of batch 4,
+    # 6 steps, it would be 3). Linear schedule, peak 1e-3; step k runs at the schedule's value
+    # after k - 1 steps: warmup 0/2, 1/2, then the peak, then (4 - 3) / (4 - 2) of it.
+    lr = curve(workdir, "train/learning_rate")
+    assert [lr[step] for step in (1, 2, 3, 4)] == pytest.approx([0.0, 5e-4, 1e-3, 5e-4])
+    assert (workdir / paths.FINETUNED / "model.safetensors").is_file()
+    # Memory is reported for every process, not only the first.
+    ranks = read_perf(workdir)["ranks"]
+    assert len(ranks) == 2 and all(r["device"] == "cpu" and r["peak_rss_bytes"] > 0 for r in ranks)

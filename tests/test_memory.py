@@ -98,3 +98,14 @@ def test_out_of_memory_messages_say_what_was_asked_and_free():
 def test_gigabytes_are_decimal_rounded_to_one_place():
     assert memory.gb(1_050_000_000) == "1.1 GB"  # 1.05 x 10^9 bytes
     assert memory.gb(12_384_481_280) == "12.4 GB"
+
+
+def test_a_gpu_too_small_for_the_training_state_is_refused_with_advice():
+    from pubmedqa_gpt2.memory import memory_line
+
+    gpt2_large = 774_030_080  # full fine-tuning: 16 x 774M = 12.4 GB
+    with pytest.raises(StageError, match=r"more than the GPU's 8.6 GB: set train.lora.enabled"):
+        memory_line(gpt2_large, gpt2_large, gpu_capacity=8_589_934_592)
+    line = memory_line(gpt2_large, gpt2_large, gpu_capacity=85_899_345_920)
+    assert line.startswith("weights, gradients and AdamW state need 12.4 GB")
+    assert line.endswith("; the GPU has 85.9 GB")

@@ -325,7 +325,8 @@ def test_repro_from_nothing_produces_every_output_then_runs_nothing(smoke, pubme
         for series, model in (("base", "base"), ("fine-tuned", "finetuned")):
             interval = read_json(repo / f"metrics/eval_{model}.json")["ci95"][key]
             row = rows[metric, series]
-            assert (row["low"], row["high"]) == pytest.approx((interval["low"], interval["high"]))
+            expected = (interval["low"], interval["high"])
+            assert (row["low"], row["high"]) == pytest.approx(expected, abs=1e-6)  # 6 places
         difference = rows[metric, "difference"]
         assert [difference[k] for k in ("value", "low", "high")] == [
             compare[key][k] for k in ("diff", "low", "high")
@@ -476,6 +477,10 @@ def test_metrics_params_and_plots_diff_between_two_commits(sweep_copy):
     page = (repo / "plots/index.html").read_text()
     assert "file://" in out or "index.html" in out
     assert "confusion" in page.lower() and "loss" in page
+    # The comparison as a forest plot, and calibration, for both commits side by side.
+    assert "Fine-tuned against base on the test set" in page and "Calibration, fine-tuned" in page
+    forest = page[page.index('<div id = "eval_compare_intervals_json"') :].split("</div>")[0]
+    assert '"rev": "HEAD~1"' in forest and '"rev": "HEAD"' in forest
 
 
 SET_PARAM = """

@@ -18,10 +18,7 @@ from pubmedqa_gpt2.model.loading import build_model
 from pubmedqa_gpt2.training.phase import PHASE1, phase2
 from stages import pretrain, train
 
-from . import test_train
-from .test_train import records, set_params
-
-tiny = test_train.tiny  # the fixture: a 2-layer random GPT-2 and quick train params
+from .training_helpers import records, set_params
 
 
 @pytest.fixture

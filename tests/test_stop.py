@@ -17,7 +17,7 @@ from pubmedqa_gpt2.training.trainer import DecisionTrainer
 from stages import train as stage
 
 from .conftest import needs_tokenizer
-from .test_train import read_metrics, read_perf, set_params, tiny, workdir  # noqa: F401
+from .training_helpers import read_metrics, read_perf, set_params
 
 pytestmark = needs_tokenizer
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from pubmedqa_gpt2.errors import StageError
 from pubmedqa_gpt2.training.settings import optimizer_steps, resolve_precision, run_arguments
@@ -64,3 +65,39 @@ def test_older_transformers_get_activation_checkpointing_under_its_old_name(monk
         "gradient_checkpointing": True,
         "gradient_checkpointing_kwargs": {"use_reentrant": False},
     }
+
+
+def test_activation_checkpointing_is_asked_for_by_the_name_transformers_knows(tmp_path):
+    """On when train.gradient_checkpointing is, off otherwise, and without the deprecation
+    warning recent transformers prints for the old argument name."""
+    import warnings
+
+    from pubmedqa_gpt2.training.settings import training_arguments
+
+    for on in (True, False):
+        train = committed_params({"train": {"gradient_checkpointing": on}}).train
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            args = training_arguments(train, "fp32", 0, cuda=False, output_dir=tmp_path)
+        assert args.gradient_checkpointing is on  # transformers mirrors the two names
+        assert not [w for w in caught if "checkpointing" in str(w.message)]
+    train = committed_params({"train": {"gradient_checkpointing": True}}).train
+    args = training_arguments(train, "fp32", 0, cuda=False, output_dir=tmp_path)
+    assert args.gradient_checkpointing_kwargs == {"use_reentrant": False}
+
+
+def test_train_and_evaluate_refuse_emulated_bf16(monkeypatch):
+    """A V100 or T4 runs bf16 only by emulation, slower than fp16: train, evaluate and the
+    CLI all pick fp16 there, through the same function."""
+    from pubmedqa_gpt2.model.loading import gpu_has_bf16, inference_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    # torch's own answer on such a card: yes with emulation, no without.
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation
+    )
+    assert not gpu_has_bf16()
+    assert inference_dtype(torch.device("cuda")) == torch.float16
+    assert resolve_precision("auto", True, gpu_has_bf16()) == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert inference_dtype(torch.device("cuda")) == torch.bfloat16

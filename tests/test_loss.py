@@ -1,0 +1,137 @@
+"""The training loss (`pubmedqa_gpt2/training/loss.py`): the model's own causal-LM loss on the
+labelled tokens, by hand, through the Trainer, and on every token with `loss_on: all`."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from pubmedqa_gpt2 import paths
+from pubmedqa_gpt2.prompt import Encoded
+from pubmedqa_gpt2.training import recipe
+from pubmedqa_gpt2.training import trainer as trainer_module
+from pubmedqa_gpt2.training.collator import Collator
+from pubmedqa_gpt2.training.examples import IGNORE_INDEX, read_split, to_features
+from stages import train as stage
+
+from .training_helpers import LABEL_IDS, read_metrics, set_params
+
+
+@pytest.mark.parametrize("loss_on", ["completion", "all"])
+def test_loss_equals_a_hand_computed_cross_entropy(tiny_model_params, loss_on):
+    """The model's loss on a collated batch is the mean negative log-likelihood of exactly
+    the completion tokens (end-of-text included), computed here by hand from full logits."""
+    from pubmedqa_gpt2.model.loading import build_model
+
+    model = build_model(tiny_model_params).eval()
+    eos = 50256
+    examples = [
+        Encoded([11, 12, 13, 14, 15], [3763, 21, eos], False),
+        Encoded([31, 32], [645, 41, 42, eos], False),
+    ]
+    batch = Collator(pad_id=eos)([to_features(ex, loss_on) for ex in examples])
+    with torch.no_grad():
+        loss = model(**batch).loss
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    terms = []
+    for row, ex in enumerate(examples):
+        tokens = ex.prompt_ids + ex.completion_ids
+        first = len(ex.prompt_ids) if loss_on == "completion" else 1
+        for pos in range(first, len(tokens)):  # token `pos` is predicted at position pos - 1
+            terms.append(-log_probs[row, pos - 1, tokens[pos]])
+    assert len(terms) == (3 + 4 if loss_on == "completion" else 7 + 5)
+    assert loss.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("loss_on", ["completion", "all"])
+@pytest.mark.parametrize("num_items", [None, 11])
+def test_the_trainer_s_loss_and_gradients_are_the_model_s_own(
+    tiny_model_params, tmp_path, loss_on, num_items
+):
+    """The Trainer's loss runs the LM head on the labelled positions only, yet gives the
+    figure and the gradients of transformers' own causal-LM loss on full logits: the mean NLL
+    of the labelled tokens, or their sum over the Trainer's `num_items_in_batch` (gradient
+    accumulation's count). The head sees one row per labelled token, and only during the loss."""
+    from transformers import TrainingArguments
+
+    from pubmedqa_gpt2.model.loading import build_model
+
+    model = build_model(tiny_model_params).eval()  # no dropout: both passes see one function
+    with torch.no_grad():  # an untied head, so a row mix-up in it shows in the gradients
+        model.config.tie_word_embeddings = False
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.clone() + 0.1)
+    eos = 50256
+    examples = [
+        Encoded([11, 12, 13, 14, 15], [3763, 21, eos], False),
+        Encoded([31, 32], [645, 41, 42, eos], False),
+        Encoded([51, 52, 53, 54, 55, 56, 57, 58], [3863, eos], False),
+    ]
+    batch = Collator(pad_id=eos)([to_features(ex, loss_on) for ex in examples])
+    labelled = 3 + 4 + 2 if loss_on == "completion" else 7 + 5 + 9  # position 0 predicts none
+    # transformers' own loss: full logits, labels shifted inside the model.
+    full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = batch["input_ids"].clone()
+    targets[batch["attention_mask"] == 0] = IGNORE_INDEX
+    if loss_on == "completion":
+        for row, ex in enumerate(examples):
+            targets[row, : len(ex.prompt_ids)] = IGNORE_INDEX
+    nll = torch.nn.functional.cross_entropy(
+        full[:, :-1].reshape(-1, full.shape[-1]).float(), targets[:, 1:].reshape(-1),
+        reduction="sum",
+    )  # fmt: skip
+    expected = nll / (num_items if num_items is not None else labelled)
+    expected.backward()
+    expected_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    rows_seen = []
+    model.lm_head.register_forward_hook(lambda _m, _a, out: rows_seen.append(out.shape))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = trainer_module.DecisionTrainer(
+        model=model, args=args, dev_examples=[], label_ids=LABEL_IDS
+    )
+    loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items)
+    loss.backward()
+    assert rows_seen == [torch.Size([labelled, model.config.vocab_size])]
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(parameter.grad, expected_grads[name], rtol=1e-3, atol=1e-5)
+    model(input_ids=batch["input_ids"])  # outside the loss, the head sees every position
+    assert rows_seen[-1] == torch.Size([3, batch["input_ids"].shape[1], model.config.vocab_size])
+
+
+def test_loss_on_all_learns_the_prompt_tokens_too(workdir, tiny, monkeypatch):
+    """With train.loss_on: all every real token is a label; with completion only the
+    completion's are; and the run's losses differ accordingly."""
+    seen: dict[str, list[tuple[int, int, int]]] = {}
+
+    class Recording(Collator):
+        def __call__(self, features):
+            batch = super().__call__(features)
+            labelled = int((batch["labels"] != IGNORE_INDEX).sum())
+            real = int(batch["attention_mask"].sum())
+            completion = sum(len(f["input_ids"]) - f["labels"].count(IGNORE_INDEX)
+                             for f in features)  # fmt: skip
+            seen[mode].append((labelled, real, completion))
+            return batch
+
+    monkeypatch.setattr(recipe, "Collator", Recording)
+    examples = read_split(workdir / paths.TRAIN_FILE, LABEL_IDS)
+    completion_tokens = sum(len(ex.completion_ids) for ex in examples)
+    losses = {}
+    for mode in ("completion", "all"):
+        seen[mode] = []
+        set_params(workdir, tiny(epochs=1, loss_on=mode))
+        stage.main()
+        losses[mode] = read_metrics(workdir)["dev_loss"]
+        shutil.rmtree(workdir / "models")
+        train_batches = seen[mode][:3]  # 12 examples, batch 4; then the dev batches
+        assert sum(real for _, real, _ in train_batches) > 2 * completion_tokens
+        if mode == "all":
+            assert all(labelled == real for labelled, real, _ in seen[mode])
+        else:
+            assert sum(labelled for labelled, _, _ in train_batches) == completion_tokens
+    assert losses["all"] != pytest.approx(losses["completion"], rel=1e-3)
