@@ -508,14 +508,14 @@ def run_queue(repo: Path, n: int) -> str:
 
 
 def test_queued_experiments_run_to_completion(sweep_copy):
-    """The seed sweep (`seed_sweep`: `dvc exp run --queue -S train.seed=0,1,2`, one queue
-    worker): the queue says all three succeeded, and `dvc exp show` lists each experiment with
+    """The seed sweep (`seed_sweep`: `dvc exp run --queue -S train.seed=0,1`, one queue
+    worker): the queue says both succeeded, and `dvc exp show` lists each experiment with
     its own seed and the metrics of its own commit."""
     repo = sweep_copy
     status = sh(["dvc", "queue", "status"], cwd=repo)
-    assert status.count("Success") == 3 and "Failed" not in status, status
+    assert status.count("Success") == 2 and "Failed" not in status, status
     shown = shown_experiments(repo)
-    assert len(shown) == 3 and all(name in status for name in shown), status
+    assert len(shown) == 2 and all(name in status for name in shown), status
     seeds = []
     for rev in shown.values():
         data = rev["data"]
@@ -523,7 +523,7 @@ def test_queued_experiments_run_to_completion(sweep_copy):
         accuracy = data["metrics"]["metrics/eval_finetuned.json"]["data"]["accuracy"]
         committed = committed_json(repo, rev["rev"], "metrics/eval_finetuned.json")
         assert accuracy == committed["accuracy"]
-    assert sorted(seeds) == [0, 1, 2]
+    assert sorted(seeds) == [0, 1]
 
 
 def test_push_to_a_local_remote_then_pull_into_a_fresh_clone(smoke, tmp_path):
@@ -658,14 +658,16 @@ def test_cli_answers_a_test_question_with_the_finetuned_model(smoke):
 
 @pytest.fixture(scope="session")
 def seed_sweep(smoke, tmp_path_factory) -> Path:
-    """Three queued experiments of the smoke run with train.seed 0, 1 and 2, run by a worker:
-    made once for the whole run (`once_per_session`); each test gets its own copy."""
+    """Two queued experiments of the smoke run with train.seed 0 and 1, run by a worker: made
+    once for the whole run (`once_per_session`); each test gets its own copy. (Seed 1 answers
+    some test questions differently from the baseline's seed 42, seed 0 does not: the diff
+    tests use the one whose answers moved.)"""
 
     def make(folder: Path) -> None:
         repo = copy_of(smoke[0], folder / "repo")
-        sh(["dvc", "exp", "run", "--queue", "-S", "train.seed=0,1,2"], cwd=repo)
-        status = run_queue(repo, 3)
-        assert status.count("Success") == 3, status
+        sh(["dvc", "exp", "run", "--queue", "-S", "train.seed=0,1"], cwd=repo)
+        status = run_queue(repo, 2)
+        assert status.count("Success") == 2, status
         sh(["dvc", "queue", "stop", "--kill"], cwd=repo, check=False)  # no worker left behind
 
     return once_per_session(tmp_path_factory, "sweep", make) / "repo"
@@ -717,13 +719,13 @@ def experiment_that_moved_accuracy(repo: Path, revs: dict[str, str]) -> str:
 def test_seed_sweep_summary_equals_the_experiments_metrics_files(sweep_copy):
     repo = sweep_copy
     revs = experiment_revs(repo)
-    assert len(revs) == 3
+    assert len(revs) == 2
     seeds = {name: committed_json_params(repo, rev)["train"]["seed"] for name, rev in revs.items()}
-    assert sorted(seeds.values()) == [0, 1, 2]
+    assert sorted(seeds.values()) == [0, 1]
     (group,) = json.loads(
         sh(["pubmedqa-gpt2", "summary", "--over", "train.seed", "--json"], cwd=repo)
     )
-    assert group["n"] == 3 and sorted(group["experiments"]) == sorted(revs)
+    assert group["n"] == 2 and sorted(group["experiments"]) == sorted(revs)
     files = {
         name: {
             "eval": committed_json(repo, rev, "metrics/eval_finetuned.json"),
@@ -741,9 +743,9 @@ def test_seed_sweep_summary_equals_the_experiments_metrics_files(sweep_copy):
     }
     for column, values in expected.items():
         stats = group["metrics"][column]
-        mean = sum(values) / 3
-        sd = (sum((v - mean) ** 2 for v in values) / 2) ** 0.5
-        assert stats["n"] == 3
+        mean = sum(values) / 2
+        sd = (sum((v - mean) ** 2 for v in values) / 1) ** 0.5  # n - 1
+        assert stats["n"] == 2
         assert stats["mean"] == pytest.approx(mean)
         assert stats["sd"] == pytest.approx(sd)
         assert (stats["min"], stats["max"]) == pytest.approx((min(values), max(values)))
@@ -769,7 +771,7 @@ def readme_line(prefix: str) -> str:
 
 
 def test_the_readme_experiments_table_fits_100_columns(sweep_copy):
-    """The README's `dvc exp show` line on three experiments: within 100 columns, nothing cut
+    """The README's `dvc exp show` line on the sweep's experiments: within 100 columns, nothing cut
     short, columns in reading order (value, change, interval, p), accuracy to 3 significant
     digits and McNemar's p to 2; and plain `dvc exp show` names no experiment at 160 columns,
     as the README says."""
@@ -807,15 +809,16 @@ def test_the_readme_experiments_table_fits_100_columns(sweep_copy):
     text = sh(["pubmedqa-gpt2", "summary", "--over", "train.seed"], cwd=repo)
     print(text)
     assert max(len(line) for line in text.splitlines()) <= 120, text
-    assert "3 experiments: " in text and all(name in text for name in revs), text
-    assert "| accuracy | 3 |" in text, text
+    assert "2 experiments: " in text and all(name in text for name in revs), text
+    assert "| accuracy | 2 |" in text, text
 
 
 # ---- Training learns: 450 questions, a small model, through the pipeline ----
 
 
 def test_training_on_the_real_questions_learns_what_a_small_model_can(smoke, tmp_path):
-    """A random-init GPT-2 (2 layers, 128 wide) fine-tuned on all 450 training questions:
+    """A random-init GPT-2 (2 layers, 128 wide) fine-tuned on all 450 training questions for
+    2 epochs:
     test accuracy at least the majority-class rate (276/500), and the reference long answers
     at least 10x more likely (perplexity) than before. A broken objective (the notebook's
     misaligned labels) or evaluation fails this."""
@@ -823,8 +826,8 @@ def test_training_on_the_real_questions_learns_what_a_small_model_can(smoke, tmp
     settings = {
         "model.overrides.n_embd": "128",
         "prepare.max_train_samples": "null",
-        "train.epochs": "4",
-        "train.learning_rate": "1e-3",
+        "train.epochs": "2",
+        "train.learning_rate": "2e-3",
         "train.warmup_ratio": "0.05",
     }
     flags = [arg for key, value in settings.items() for arg in ("-S", f"{key}={value}")]
