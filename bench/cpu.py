@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from bench import (
+from bench.common import (
     ROOT,
     committed,
     load_average,

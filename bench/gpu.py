@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from bench import (
+from bench.common import (
     PUBMEDQA_DIR,
     TOKENIZER_DIR,
     committed,

@@ -260,7 +260,7 @@ def plan(pubmedqa: Path, tokenizer: Path) -> dict[str, float]:
     """What the default experiment costs on one H100 by bench.gpu's cost model, at the
     ASSUMED_* rates and PQA-L's real lengths: training compute, both evaluations, checkpoint
     writes. Process starts, model builds and bench.gpu itself come on top."""
-    from bench import committed, length
+    from bench.common import committed, length
     from bench.gpu import (
         TRAIN_EXAMPLES,
         checkpoint_writes_s,
@@ -560,7 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gpu_check: see {logs}/install.log and {logs}/imports.log", file=sys.stderr)
         return 1
 
-    from bench import require_shared
+    from bench.shared_data import require_shared
 
     pubmedqa, tokenizer = require_shared()
     stages = pipeline_stages(ROOT / "dvc.yaml")

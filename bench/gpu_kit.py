@@ -32,7 +32,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from bench import SHARED, require_shared
+from bench.shared_data import SHARED, require_shared
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = ROOT / "bench" / "gpu_kit_requirements.txt"

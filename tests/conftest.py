@@ -278,6 +278,62 @@ def write_synthetic_pqa_a(path: Path, official: dict, n: int, shared: int = 0) -
     return rows
 
 
+# ---- For the end-to-end tests (tests/test_pipeline.py, test_experiments.py, test_remotes.py,
+# test_cluster.py): shared runs, made once per session. Their helpers are in tests/e2e.py,
+# imported where used: it imports this module. ----
+
+
+@pytest.fixture(scope="session")
+def source(tmp_path_factory) -> Path:
+    """The repository the e2e tests clone: the working tree, committed in a scratch copy."""
+    from .e2e import snapshot_working_tree
+
+    return snapshot_working_tree(tmp_path_factory.mktemp("source") / "repo")
+
+
+@pytest.fixture(scope="session")
+def smoke(source, tmp_path_factory) -> tuple[Path, str]:
+    """The README's offline quickstart, run as written (the placeholder paths aside) in a
+    fresh clone of the code under test, in one shell that stops at the first failing command;
+    the result is committed in the clone. Once for the whole run, also under pytest-xdist:
+    tests read it or work in a copy (`copy_of`), never in it."""
+    from .e2e import PLACEHOLDERS, commit_all, once_per_session, readme_quickstart, sh
+
+    def make(folder: Path) -> None:
+        repo = folder / "repo"
+        sh(["git", "clone", "--quiet", str(source), str(repo)], cwd=folder)
+        commands = readme_quickstart((source / "README.md").read_text())
+        for placeholder, path in PLACEHOLDERS.items():
+            assert placeholder in commands, placeholder
+            commands = commands.replace(placeholder, str(path))
+        # Unset here: the quickstart has to set them itself.
+        unset = {"PUBMEDQA_DIR": "", "GPT2_TOKENIZER_DIR": "", "HF_HUB_OFFLINE": ""}
+        output = sh(["bash", "-e", "-o", "pipefail", "-c", commands], cwd=repo, env=unset)
+        commit_all(repo, "smoke run")
+        (folder / "output.txt").write_text(output)
+
+    folder = once_per_session(tmp_path_factory, "smoke", make)
+    return folder / "repo", (folder / "output.txt").read_text()
+
+
+@pytest.fixture(scope="session")
+def seed_sweep(smoke, tmp_path_factory) -> Path:
+    """Two queued experiments of the smoke run with train.seed 0 and 1, run by a worker: made
+    once for the whole run (`once_per_session`); each test gets its own copy. (Seed 1 answers
+    some test questions differently from the baseline's seed 42, seed 0 does not: the diff
+    tests use the one whose answers moved.)"""
+    from .e2e import copy_of, once_per_session, run_queue, sh
+
+    def make(folder: Path) -> None:
+        repo = copy_of(smoke[0], folder / "repo")
+        sh(["dvc", "exp", "run", "--queue", "-S", "train.seed=0,1"], cwd=repo)
+        status = run_queue(repo, 2)
+        assert status.count("Success") == 2, status
+        sh(["dvc", "queue", "stop", "--kill"], cwd=repo, check=False)  # no worker left behind
+
+    return once_per_session(tmp_path_factory, "sweep", make) / "repo"
+
+
 # ---- Order: the longest tests first, so that the pytest-xdist workers end together ----
 
 

@@ -22,16 +22,7 @@ import pytest
 
 from . import slurm_cluster
 from .conftest import ROOT, needs_pubmedqa, needs_tokenizer
-from .test_pipeline import (  # noqa: F401 (fixtures)
-    committed_json,
-    copy_of,
-    experiment_revs,
-    seed_sweep,
-    sh,
-    shown_experiments,
-    smoke,
-    source,
-)
+from .e2e import committed_json, copy_of, experiment_revs, sh, shown_experiments
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("slurm")]
 

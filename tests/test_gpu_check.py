@@ -546,3 +546,20 @@ def test_random_weights_are_drawn_on_the_device_that_will_run_them(monkeypatch):
     assert modeling.init_device() == torch.device("cuda", 3)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert modeling.init_device() == torch.device("cpu")
+
+
+@pytest.mark.child_process
+def test_the_kit_builder_imports_neither_torch_nor_the_project():
+    """`make gpu-kit` runs in any interpreter with `packaging`: importing the builder pulls in
+    no torch, no transformers and nothing of `pubmedqa_gpt2` (bench/shared_data.py, not
+    bench/common.py)."""
+    probe = (
+        "import sys; import bench.gpu_kit; "
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'transformers', 'pubmedqa_gpt2', 'numpy')); print(heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

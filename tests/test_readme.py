@@ -1,5 +1,5 @@
 """The README stays a short page of what to type, and what it says to type is what CI runs.
-(Its offline quickstart is run as written by the smoke fixture of tests/test_pipeline.py; its
+(Its offline quickstart is run as written by the smoke fixture of tests/conftest.py; its
 results table is checked by tests/test_report.py.)"""
 
 from __future__ import annotations

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from pubmedqa_gpt2.config import Params
+from pubmedqa_gpt2.config import Params, TrainParams
 from pubmedqa_gpt2.data.prepared import check_fits
 from pubmedqa_gpt2.devices import claim_gpus
 from pubmedqa_gpt2.errors import StageError
@@ -146,21 +147,42 @@ def setup(params: Params, phase: Phase) -> Run:
     set_seed(cfg.seed)
     callbacks = phase_callbacks(cfg.save_steps, phase.dvclive)
     stop = StopOnRequest()
-    trainer = DecisionTrainer(
-        model=model,
-        args=args,
-        train_dataset=[to_features(ex, cfg.loss_on) for ex in train_examples],
-        eval_dataset=[to_features(ex, cfg.loss_on) for ex in dev_examples],
-        data_collator=Collator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        callbacks=[*callbacks, stop],
-        dev_examples=dev_examples,
-        label_ids=label_ids,
-    )
+    collator = Collator(tokenizer.pad_token_id)
+    trainer = make_trainer(
+        model, args, cfg, train_examples, dev_examples, collator, [*callbacks, stop],
+        tokenizer=tokenizer, label_ids=label_ids,
+    )  # fmt: skip
     return Run(
         params, phase, tokenizer, train_examples, dev_examples, precision, args, trainer,
         callbacks[-1], stop, resume, tokens_seen(resume), world_size, trainable, total,
     )  # fmt: skip
+
+
+def make_trainer(
+    model,
+    args: TrainingArguments,
+    cfg: TrainParams,
+    train_examples: Sequence[Encoded],
+    dev_examples: Sequence[Encoded],
+    collator: Collator,
+    callbacks: list,
+    tokenizer=None,
+    label_ids: Sequence[int] = (),
+) -> DecisionTrainer:
+    """The Trainer of a run: the project's trainer class over the examples' features (the loss
+    on `cfg.loss_on`), dev accuracy from `dev_examples` and `label_ids`. The benchmarks build
+    theirs here too (`bench/common.py`), with no dev examples."""
+    return DecisionTrainer(
+        model=model,
+        args=args,
+        train_dataset=[to_features(ex, cfg.loss_on) for ex in train_examples],
+        eval_dataset=[to_features(ex, cfg.loss_on) for ex in dev_examples],
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        dev_examples=list(dev_examples),
+        label_ids=list(label_ids),
+    )
 
 
 def starting_model(params: Params, phase: Phase):
