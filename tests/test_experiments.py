@@ -144,7 +144,7 @@ def test_seed_sweep_summary_equals_the_experiments_metrics_files(sweep_copy):
         assert (stats["min"], stats["max"]) == pytest.approx((min(values), max(values)))
     assert len(set(expected["accuracy"])) > 1  # the seeds did change the runs
     table = sh(["pubmedqa-gpt2", "summary", "--over", "train.seed"], cwd=repo)
-    assert "| metric | n | mean | sd | min | max |" in table and "| accuracy | 3 |" in table
+    assert "| metric | n | mean | sd | min | max |" in table and "| accuracy | 2 |" in table
     assert all(name in table for name in revs)  # each group names its experiments
     print(table)  # quoted in the issue note (pytest -s)
 
