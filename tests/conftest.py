@@ -11,6 +11,8 @@ are exported in the two variables, for the benchmarks and the commands the tests
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -384,3 +386,62 @@ def _no_gpu_claim_outlives_its_test():
     now = os.environ.get("CUDA_VISIBLE_DEVICES")
     assert not leaked, f"the test left GPUs {leaked} claimed"
     assert now == visible, f"the test left CUDA_VISIBLE_DEVICES={now!r} (was {visible!r})"
+
+
+# ---- `slurm submit` in a repository of its own (tests/test_slurm.py, test_slurm_status.py) ----
+
+
+@pytest.fixture(scope="module")
+def committed_repo(tmp_path_factory) -> Path:
+    """A committed repository with params.yaml and DVC initialised (made once: copied)."""
+    from .committed import write_params
+    from .e2e import git
+
+    repo = tmp_path_factory.mktemp("template") / "repo"
+    repo.mkdir()
+    git("init", "--quiet", "-b", "main", cwd=repo)
+    write_params(repo)
+    subprocess.run(["dvc", "init", "--quiet"], cwd=repo, check=True)
+    git("add", "-A", cwd=repo)
+    git("commit", "--quiet", "-m", "start", cwd=repo)
+    return repo
+
+
+@pytest.fixture
+def user_repo(tmp_path, committed_repo):
+    """The committed repository, with a bare remote on the "shared filesystem" and a DVC cache
+    there; `sbatch` is a stub that records its call."""
+    from .e2e import git
+
+    repo, shared = tmp_path / "repo", tmp_path / "shared"
+    shutil.copytree(committed_repo, repo, symlinks=True)
+    shared.mkdir()
+    git("init", "--quiet", "--bare", str(shared / "origin.git"), cwd=tmp_path)
+    git("remote", "add", "cluster", str(shared / "origin.git"), cwd=repo)
+    (repo / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {shared / 'cache'}\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/sbatch.txt\necho 99\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    return repo
+
+
+@pytest.fixture
+def submit(monkeypatch, capsys):
+    """`pubmedqa-gpt2 slurm submit --git-remote cluster ARGS` in `repo`, in this process, with
+    `sbatch` the stub (or PATH `path`): (exit status, stdout, stderr) as a finished process."""
+    from pubmedqa_gpt2 import cli
+
+    def run(repo: Path, *args: str, path: str | None = None) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(repo)
+        monkeypatch.setenv("PATH", path or f"{repo.parent / 'bin'}:{os.environ['PATH']}")
+        capsys.readouterr()
+        code = 0
+        try:
+            cli.main(["slurm", "submit", "--git-remote", "cluster", *args])
+        except SystemExit as exc:
+            code = exc.code
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+    return run

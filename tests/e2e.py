@@ -282,3 +282,8 @@ def experiment_that_moved_accuracy(repo: Path, revs: dict[str, str]) -> str:
     ]
     assert moved, "every experiment of the seed sweep compared as the baseline did"
     return moved[0]
+
+
+def git(*args, cwd):
+    """A git command in `cwd`, quietly; fails the test if it fails."""
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pubmedqa_gpt2 import cli
 from pubmedqa_gpt2.errors import StageError
 from pubmedqa_gpt2.slurm import status as slurm_status
 from pubmedqa_gpt2.slurm.script import render
@@ -25,7 +24,7 @@ from pubmedqa_gpt2.slurm.sweep import expand
 from pubmedqa_gpt2.training import launch
 from pubmedqa_gpt2.training.stop import STOPPED_EXIT
 
-from .committed import write_params
+from .e2e import git
 
 # ---- The sweep: `dvc exp run -S`'s expansion ----
 
@@ -186,60 +185,6 @@ def test_several_slurm_tasks_launch_one_node_agent_each_through_srun(monkeypatch
 
 
 # ---- `slurm submit`: every refusal before anything is submitted ----
-
-
-def git(*args, cwd):
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def committed_repo(tmp_path_factory) -> Path:
-    """A committed repository with params.yaml and DVC initialised (made once: copied)."""
-    repo = tmp_path_factory.mktemp("template") / "repo"
-    repo.mkdir()
-    git("init", "--quiet", "-b", "main", cwd=repo)
-    write_params(repo)
-    subprocess.run(["dvc", "init", "--quiet"], cwd=repo, check=True)
-    git("add", "-A", cwd=repo)
-    git("commit", "--quiet", "-m", "start", cwd=repo)
-    return repo
-
-
-@pytest.fixture
-def user_repo(tmp_path, committed_repo):
-    """The committed repository, with a bare remote on the "shared filesystem" and a DVC cache
-    there; `sbatch` is a stub that records its call."""
-    repo, shared = tmp_path / "repo", tmp_path / "shared"
-    shutil.copytree(committed_repo, repo, symlinks=True)
-    shared.mkdir()
-    git("init", "--quiet", "--bare", str(shared / "origin.git"), cwd=tmp_path)
-    git("remote", "add", "cluster", str(shared / "origin.git"), cwd=repo)
-    (repo / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {shared / 'cache'}\n")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/sbatch.txt\necho 99\n')
-    (bin_dir / "sbatch").chmod(0o755)
-    return repo
-
-
-@pytest.fixture
-def submit(monkeypatch, capsys):
-    """`pubmedqa-gpt2 slurm submit --git-remote cluster ARGS` in `repo`, in this process, with
-    `sbatch` the stub (or PATH `path`): (exit status, stdout, stderr) as a finished process."""
-
-    def run(repo: Path, *args: str, path: str | None = None) -> subprocess.CompletedProcess:
-        monkeypatch.chdir(repo)
-        monkeypatch.setenv("PATH", path or f"{repo.parent / 'bin'}:{os.environ['PATH']}")
-        capsys.readouterr()
-        code = 0
-        try:
-            cli.main(["slurm", "submit", "--git-remote", "cluster", *args])
-        except SystemExit as exc:
-            code = exc.code
-        out = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out.out, out.err)
-
-    return run
 
 
 def nothing_happened(repo: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 from pubmedqa_gpt2 import cli
 from pubmedqa_gpt2.slurm import status as slurm_status
 
-from .test_slurm import committed_repo, git, submit, user_repo  # noqa: F401 (fixtures)
+from .e2e import git
 
 SQUEUE = """#!/bin/bash
 # squeue -h -r -j JOB -o "%i %T": one line per array task still queued
