@@ -25,7 +25,7 @@ printf '99_2 RUNNING\\n99_3 PENDING\\n99_4 COMPLETING\\n99_[5-6] PENDING\\n99 PE
 
 
 @pytest.fixture
-def sweep(user_repo, submit, monkeypatch):  # noqa: F811
+def sweep(user_repo, submit, monkeypatch):
     """A submitted sweep of 5 experiments (job 99), the stand-ins on PATH; (repo, manifest)."""
     ws = user_repo.parent / "shared" / "ws"
     got = submit(user_repo, "-S", "train.seed=range(0,5)", "--workspaces", str(ws))
