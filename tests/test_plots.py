@@ -98,6 +98,7 @@ def test_dvc_config_names_the_template():
     assert (ROOT / ".dvc" / path).resolve() == TEMPLATE.resolve()
 
 
+@pytest.mark.repo_files  # reads .dvc/plots/, which mutmut's copy leaves out
 def test_plot_titles_and_labels_are_words():
     pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     titles = {}
