@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -101,3 +102,35 @@ def test_a_folder_or_an_unwritable_page_is_one_line(tmp_path, monkeypatch, capsy
         assert (
             len(err) == 1 and err[0].startswith(f"error: --plot {target}: ") and message in err[0]
         )
+
+
+def test_the_chart_draws_a_point_per_run_and_a_diamond_and_interval_per_group():
+    """The page's chart compiled and drawn in this process (vl-convert, the vega-lite the page
+    inlines): per metric panel, one point per run, and per group a diamond at the mean on its
+    interval's rule; the labels in words, whole (not cut short)."""
+    vlc = pytest.importorskip("vl_convert", reason="vl-convert-python draws the chart")
+    experiments, groups = summary.collect(["train.seed"], EXP_SHOW)
+    chart = summary_plot.spec(summary_plot.plot_rows(groups, experiments), ["train.seed"])
+    svg = vlc.vegalite_to_svg(chart, vl_version="5.21")
+    texts = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+    assert texts[-1].startswith("Experiments over train.seed: each run a point")
+    for words in (
+        "accuracy",
+        "macro_f1",
+        "accuracy_diff",
+        "mcnemar_p",
+        "Group 1: train.learning_rate=0.001",
+        "Group 2: train.learning_rate=0.0005",
+    ):
+        assert words in texts, words  # fmt: skip
+
+    def marks(layer: int, kind: str) -> int:
+        found = re.findall(
+            rf'<g class="mark-{kind} role-mark child_layer_{layer}_marks"[^>]*>(.*?)</g>', svg
+        )
+        return sum(group.count("<path") + group.count("<line") for group in found)
+
+    # 5 runs x 4 metrics; 2 groups x 4 metrics, each mean with its rule (both groups n >= 2)
+    assert (marks(0, "symbol"), marks(1, "rule"), marks(2, "symbol")) == (20, 8, 8)
+    # Each rule spans its group's interval (vega's own labels of the drawn marks).
+    assert "low: 0.455475868647; group: Group 1: train.learning_rate=0.001; high: 0.60452413" in svg
