@@ -69,6 +69,19 @@ def test_bins_hold_their_upper_edge_and_one_is_in_the_last():
     assert calibration.bin_of(edges).tolist() == [0, 0, 0, 3, 3, 4, 9, 9]
 
 
+def test_a_probability_rounded_above_one_stays_in_the_last_bin():
+    # float32 softmax then float64: a confidence may come out a hair above 1
+    assert calibration.bin_of(np.array([1.0 + 1e-7, 1.5])).tolist() == [9, 9]
+
+
+def test_rows_are_rounded_to_six_places():
+    # one bin, 0.41, 0.42, 0.44 (mean 0.4233333...), one of three right (0.3333333...)
+    three = [sample(0.41, True), sample(0.42, False), sample(0.44, False)]
+    assert calibration.reliability_rows(*calibration.confidences(three)) == [
+        {"bin": "0.4-0.5", "confidence": 0.423333, "accuracy": 0.333333, "count": 3}
+    ]
+
+
 def test_reliability_rows_are_the_non_empty_bins_with_their_counts():
     rows = calibration.reliability_rows(*calibration.confidences(HAND))
     assert rows == [
