@@ -204,6 +204,30 @@ def test_the_forest_plot_rows_hold_both_models_and_their_difference():
             assert row["low"] <= row["value"] <= row["high"], row
 
 
+def test_forest_rows_skip_a_middle_figure_and_keep_six_places():
+    """A run scored without ROUGE-L (but with METEOR): its rows skip it and go on; every
+    interval is stored to 6 places, as the metrics files are."""
+    gold = [LABELS[i % 3] for i in range(12)]
+    base = samples([(g, "yes") for g in gold], [0.1 + 0.013 * i for i in range(12)])
+    tuned = samples([(g, g if i % 2 else "no") for i, g in enumerate(gold)],
+                    [0.3 - 0.011 * i for i in range(12)])  # fmt: skip
+    for sample in base + tuned:
+        del sample["rougeL"]
+    rows = stage.interval_rows(base, tuned, stage.compare(base, tuned, 300, 1), 300, 1)
+    assert [r["metric"] for r in rows][::3] == ["accuracy", "macro-F1", "METEOR"]
+    for row in rows:
+        for key in ("value", "low", "high"):
+            assert row[key] == round(row[key], 6), row
+
+
+def test_one_generated_answer_gets_its_scores_point_interval():
+    one = samples([("yes", "yes"), ("no", "yes"), ("maybe", "no")], [0.2, 0.3, 0.4])
+    for sample in one[1:]:
+        sample["generated_answer"] = None
+    intervals = statistics.figure_intervals(one, 100, 0)
+    assert intervals["rougeL"] == {"low": 0.2, "high": 0.2}  # one score: the point
+
+
 def write_samples(folder: Path, model: str, rows: list[dict]) -> None:
     path = folder / samples_file(model)
     path.parent.mkdir(parents=True, exist_ok=True)
