@@ -127,6 +127,13 @@ def summarize(experiments: Sequence[Experiment], over: Iterable[str]) -> list[di
     return out
 
 
+def group_label(number: int, group: dict[str, Any]) -> str:
+    """ "Group 1: train.learning_rate=0.001": the group's number and the params that set it
+    apart (the Markdown heading, the sweep plot's axis)."""
+    apart = ", ".join(f"{k}={v}" for k, v in group["params"].items())
+    return f"Group {number}" + (f": {apart}" if apart else "")
+
+
 WIDTH = 120  # the text output fits a terminal this wide
 
 
@@ -136,8 +143,7 @@ def markdown(groups: Sequence[dict[str, Any]], over: Sequence[str]) -> str:
     max. Lines stay within WIDTH columns, however many groups and metrics."""
     lines = [f"Experiments over {', '.join(over)}, grouped by every other param"]
     for number, group in enumerate(groups, start=1):
-        apart = ", ".join(f"{k}={v}" for k, v in group["params"].items())
-        lines += ["", f"## Group {number}" + (f": {apart}" if apart else "")]
+        lines += ["", f"## {group_label(number, group)}"]
         plural = "experiment" if group["n"] == 1 else "experiments"
         names = f"{group['n']} {plural}: " + ", ".join(group["experiments"])
         lines += ["", *textwrap.wrap(names, WIDTH, break_on_hyphens=False)]

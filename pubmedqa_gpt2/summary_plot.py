@@ -16,56 +16,47 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scipy import stats
+from scipy.stats import t as t_distribution
 
 from pubmedqa_gpt2.errors import StageError
 from pubmedqa_gpt2.io import atomic_file
 from pubmedqa_gpt2.paths import PLOTS_TEMPLATE
-from pubmedqa_gpt2.summary import HEADLINE, Experiment
+from pubmedqa_gpt2.summary import HEADLINE, Experiment, group_label
 
 CONFIDENCE = 0.95
 
 
-def mean_interval(values: Sequence[float]) -> tuple[float, float] | None:
-    """The 95% Student-t interval of the mean of `values` (None for fewer than two)."""
-    n = len(values)
+def mean_interval(stats: dict[str, Any]) -> tuple[float, float] | None:
+    """The 95% Student-t interval of a mean, from `summary.describe`'s figures (None for fewer
+    than two runs)."""
+    n, mean, sd = stats["n"], stats["mean"], stats["sd"]
     if n < 2:
         return None
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = stats.t.ppf((1 + CONFIDENCE) / 2, n - 1) * sd / math.sqrt(n)
+    half = t_distribution.ppf((1 + CONFIDENCE) / 2, n - 1) * sd / math.sqrt(n)
     return mean - half, mean + half
-
-
-def group_label(number: int, group: dict[str, Any]) -> str:
-    """ "Group 1: train.learning_rate=0.001", as the Markdown summary heads it."""
-    apart = ", ".join(f"{k}={v}" for k, v in group["params"].items())
-    return f"Group {number}" + (f": {apart}" if apart else "")
 
 
 def plot_rows(
     groups: Sequence[dict[str, Any]], experiments: Sequence[Experiment]
 ) -> list[dict[str, Any]]:
     """The plot's data: a "run" row per experiment and metric, a "mean" row per group and
-    metric (with `low`, `high` and `n`; no interval for one run)."""
+    metric (the group's statistics from `summary.summarize`, with `low` and `high` but for a
+    group of one run)."""
     by_name = {e.name: e for e in experiments}
     rows: list[dict[str, Any]] = []
     for number, group in enumerate(groups, start=1):
         label = group_label(number, group)
         members = [by_name[name] for name in group["experiments"]]
-        for column, _, _ in HEADLINE:
-            values = [(e.name, e.metrics[column]) for e in members if column in e.metrics]
-            if not values:
-                continue
-            for name, value in values:
-                rows.append(
-                    {"kind": "run", "group": label, "metric": column, "experiment": name,
-                     "value": value}
-                )  # fmt: skip
-            numbers = [v for _, v in values]
-            mean = {"kind": "mean", "group": label, "metric": column,
-                    "value": sum(numbers) / len(numbers), "n": len(numbers)}  # fmt: skip
-            interval = mean_interval(numbers)
+        for column, stats in group["metrics"].items():
+            for e in members:
+                if column in e.metrics:
+                    rows.append(
+                        {"kind": "run", "group": label, "metric": column, "experiment": e.name,
+                         "value": e.metrics[column]}
+                    )  # fmt: skip
+            mean = {"kind": "mean", "group": label, "metric": column, "value": stats["mean"],
+                    "n": stats["n"]}  # fmt: skip
+            interval = mean_interval(stats)
             if interval is not None:
                 mean["low"], mean["high"] = interval
             rows.append(mean)

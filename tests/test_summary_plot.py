@@ -36,7 +36,7 @@ def test_each_run_is_a_point_and_each_group_s_mean_has_its_t_interval():
 
 
 def test_a_group_of_one_run_has_a_mean_and_no_interval():
-    assert summary_plot.mean_interval([0.4]) is None
+    assert summary_plot.mean_interval(summary.describe([0.4])) is None
     experiments, groups = summary.collect(["train.seed", "train.learning_rate"], EXP_SHOW[:1] + [
         {"rev": "x", "experiments": [EXP_SHOW[1]["experiments"][0]]}])  # fmt: skip
     rows = summary_plot.plot_rows(groups, experiments)
