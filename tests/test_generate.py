@@ -64,19 +64,26 @@ def test_penalize_repeats_by_hand() -> None:
     assert penalize_repeats(logits, seen, 2.0).tolist() == [[1.0, -4.0, 1.0]]
 
 
+# How the decode step runs (model/decoding.py); cuda_graph needs CUDA (not here).
+DECODE_STEPS = ("dynamic", "static")
+
+
+@pytest.mark.parametrize("decode_step", DECODE_STEPS)
 @pytest.mark.parametrize("settings", SETTINGS)
-def test_batched_generation_equals_one_at_a_time(model, settings) -> None:
+def test_batched_generation_equals_one_at_a_time(model, settings, decode_step) -> None:
     # Lengths up to the model's 48 positions: the long ones get fewer new tokens, or none.
     prompts = random_rows((5, 17, 1, 30, 44, 9, 47, 48), seed=1)
-    kwargs = dict(max_new_tokens=10, eos_id=VOCAB - 1, pad_id=PAD, **settings)
+    kwargs = dict(max_new_tokens=10, eos_id=VOCAB - 1, pad_id=PAD, decode_step=decode_step)
+    kwargs |= settings
     batched = generate_greedy(model, prompts, batch_size=3, **kwargs)
     alone = [generate_greedy(model, [p], batch_size=1, **kwargs)[0] for p in prompts]
     assert batched == alone
     assert all(len(p) + len(g) <= N_POSITIONS for p, g in zip(prompts, batched, strict=True))
 
 
+@pytest.mark.parametrize("decode_step", DECODE_STEPS)
 @pytest.mark.parametrize("settings", SETTINGS)
-def test_generation_equals_hugging_face_generate(model, settings) -> None:
+def test_generation_equals_hugging_face_generate(model, settings, decode_step) -> None:
     for prompt in random_rows((5, 17, 9, 30), seed=2):
         ids = torch.tensor([prompt])
         expected = model.generate(
@@ -91,8 +98,9 @@ def test_generation_equals_hugging_face_generate(model, settings) -> None:
         if expected and expected[-1] == VOCAB - 1:
             expected = expected[:-1]  # ours leaves the end-of-text token out
         got = generate_greedy(
-            model, [prompt], max_new_tokens=12, eos_id=VOCAB - 1, pad_id=PAD, **settings
-        )
+            model, [prompt], max_new_tokens=12, eos_id=VOCAB - 1, pad_id=PAD,
+            decode_step=decode_step, **settings,
+        )  # fmt: skip
         assert got == [expected]
 
 
@@ -120,7 +128,8 @@ def test_rejects_prompts_that_do_not_fit(model) -> None:
         generate_greedy(model, [[]], max_new_tokens=3, eos_id=NO_EOS, pad_id=PAD)
 
 
-def test_rows_stop_where_hugging_face_stops_at_end_of_text(model) -> None:
+@pytest.mark.parametrize("decode_step", DECODE_STEPS)
+def test_rows_stop_where_hugging_face_stops_at_end_of_text(model, decode_step) -> None:
     """End-of-text set to a token the rows do generate: each row ends where Hugging Face's
     `generate` ends it (without the token), in one batch whose rows stop at different steps,
     and a row whose first token is end-of-text is empty."""
@@ -135,7 +144,9 @@ def test_rows_stop_where_hugging_face_stops_at_end_of_text(model) -> None:
                 pad_token_id=PAD, eos_token_id=eos,
             )[0, len(prompt):].tolist()  # fmt: skip
             expected.append(out[:-1] if out and out[-1] == eos else out)
-        got = generate_greedy(model, prompts, max_new_tokens=12, eos_id=eos, pad_id=PAD)
+        got = generate_greedy(
+            model, prompts, max_new_tokens=12, eos_id=eos, pad_id=PAD, decode_step=decode_step
+        )
         assert got == expected
         assert len({len(row) for row in got}) > 1  # rows of the batch stop at different steps
     assert got[1] == []  # its first token was end-of-text

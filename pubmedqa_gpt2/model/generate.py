@@ -12,12 +12,14 @@ fp32 logits (see `scoring.py`), whatever the model's dtype.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from pubmedqa_gpt2.model.decoding import DECODERS, auto_batch_size, resolve_mode
 from pubmedqa_gpt2.model.scoring import Fp32Head
 
 
@@ -70,6 +72,11 @@ def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -
 CHECK_EVERY = 8  # decoding steps between checks that every row has finished (a host sync)
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _generate_batch(
     model,
     head: Fp32Head,
@@ -79,6 +86,8 @@ def _generate_batch(
     pad_id: int,
     repetition_penalty: float,
     no_repeat_ngram_size: int,
+    mode: str,
+    stats: dict,
 ) -> list[list[int]]:
     """Greedy continuations of one batch; row i gets at most `budgets[i]` new tokens.
 
@@ -87,14 +96,15 @@ def _generate_batch(
     whether any row is still active only every CHECK_EVERY steps, so a GPU is not made to
     wait for the host at each token. Finished rows keep computing (masked, their tokens not
     kept) until then. N-gram blocking reads each row's tokens on the host at every step.
+    The model's step runs as `mode` says (`decoding.py`); `stats` adds up the decode steps
+    and their seconds.
     """
-    from transformers import DynamicCache
-
     device = next(model.parameters()).device
     limit = model.config.n_positions
     ids, mask = pad_left(rows, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    lengths = mask.sum(dim=1)  # real tokens of each row so far
     steps = max(budgets)
     budget = torch.as_tensor(list(budgets), device=device)
     active = budget > 0
@@ -108,13 +118,11 @@ def _generate_batch(
         seen = seen.scatter_add_(1, ids, mask) > 0
     blocker = NgramBlocker(no_repeat_ngram_size, rows) if no_repeat_ngram_size > 0 else None
 
-    cache = DynamicCache()
-    step_ids = ids
+    decoder = DECODERS[mode](model, ids, mask, steps)
+    hidden = decoder.prefill(positions)
+    _synchronize(device)
+    start, decoded = time.perf_counter(), 0
     for step in range(steps):
-        # The cache is the second positional parameter (`past_key_values`, later `cache`).
-        hidden = model.base_model(
-            step_ids, cache, attention_mask=mask, position_ids=positions, use_cache=True
-        ).last_hidden_state[:, -1]
         logits = head(hidden)
         if seen is not None:
             logits = penalize_repeats(logits, seen, repetition_penalty)
@@ -132,17 +140,26 @@ def _generate_batch(
             seen[every_row, chosen] |= active
         count += active
         active &= (chosen != eos_id) & (count < budget)
+        if step + 1 == steps or ((step + 1) % CHECK_EVERY == 0 and not active.any()):
+            break
         # Finished rows keep computing (masked, at a valid position) until the batch is done.
         step_ids = torch.where(active, chosen, pad_id)[:, None]
-        positions = mask.sum(dim=1, keepdim=True).clamp(max=limit - 1)
-        mask = torch.cat([mask, active.long()[:, None]], dim=1)
-        if (step + 1) % CHECK_EVERY == 0 and not active.any():
-            break
+        hidden = decoder.step(step_ids, lengths.clamp(max=limit - 1)[:, None], active)
+        lengths = lengths + active
+        decoded += 1
     out = []
     for row, n in zip(tokens.tolist(), count.tolist(), strict=True):
         generated = row[:n]
         out.append(generated[:-1] if generated and generated[-1] == eos_id else generated)
+    stats["decode_steps"] += decoded
+    stats["decode_s"] += time.perf_counter() - start
+    if decoder.fallback:
+        stats["fallback"] = decoder.fallback
     return out
+
+
+def _free_gpu_bytes(device: torch.device) -> int | None:
+    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
 
 
 @torch.inference_mode()
@@ -152,23 +169,39 @@ def generate_greedy(
     max_new_tokens: int,
     eos_id: int,
     pad_id: int,
-    batch_size: int = 16,
+    batch_size: int | str = 16,
     repetition_penalty: float = 1.0,
     no_repeat_ngram_size: int = 0,
     progress: str | None = None,
+    decode_step: str = "dynamic",
+    stats: dict | None = None,
 ) -> list[list[int]]:
     """The greedy continuation of each prompt, without its end-of-text token, in input order.
 
     Each prompt gets at most `max_new_tokens`, and never more than fit the model's positions.
     Prompts are generated longest first (batches of similar length, the memory peak early).
-    `progress` names a progress bar; None shows none.
+    `batch_size` "auto" sizes the batches to the GPU's free memory (`decoding.auto_batch_size`);
+    `decode_step` says how each step runs (`decoding.py`). `stats`, a dict, receives the mode
+    and batch size used, the decode steps run (prompts' own pass not counted), their seconds
+    and milliseconds per step, and why a CUDA graph was not used, if it was asked for and
+    failed. `progress` names a progress bar; None shows none.
     """
     model.eval()
+    device = next(model.parameters()).device
     limit = model.config.n_positions
     head = Fp32Head(model)
     for i, prompt in enumerate(prompts):
         if not prompt or len(prompt) > limit:
             raise ValueError(f"prompt {i} has {len(prompt)} tokens; need 1 to {limit}")
+    mode = resolve_mode(decode_step, device)
+    if batch_size == "auto":
+        longest = max((len(p) for p in prompts), default=0) + max_new_tokens
+        element = next(model.parameters()).element_size()
+        batch_size = auto_batch_size(
+            model.config, longest, element, _free_gpu_bytes(device), len(prompts)
+        )
+    stats = {} if stats is None else stats
+    stats.update(decode_step=mode, generation_batch_size=batch_size, decode_steps=0, decode_s=0.0)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out: list[list[int]] = [[] for _ in prompts]
     with tqdm(total=len(prompts), desc=progress, unit="ex", disable=progress is None) as bar:
@@ -177,9 +210,12 @@ def generate_greedy(
             rows = [prompts[i] for i in index]
             budgets = [min(max_new_tokens, limit - len(r)) for r in rows]
             results = _generate_batch(
-                model, head, rows, budgets, eos_id, pad_id, repetition_penalty, no_repeat_ngram_size
-            )
+                model, head, rows, budgets, eos_id, pad_id, repetition_penalty,
+                no_repeat_ngram_size, mode, stats,
+            )  # fmt: skip
             for i, tokens in zip(index, results, strict=True):
                 out[i] = tokens
             bar.update(len(index))
+    if stats["decode_steps"]:
+        stats["decode_step_ms"] = 1e3 * stats["decode_s"] / stats["decode_steps"]
     return out

@@ -1,0 +1,115 @@
+"""The decode step's modes (model/decoding.py): the static KV cache gives the tokens the dynamic
+one gives, whatever the attention implementation; `auto` picks by device; an automatic
+generation batch is sized from memory as computed by hand; the decode steps are counted."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pubmedqa_gpt2.model.decoding import auto_batch_size, resolve_mode, row_bytes
+from pubmedqa_gpt2.model.generate import generate_greedy
+
+VOCAB = 500
+
+
+def gpt2(attention: str):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(3)
+    config = GPT2Config(
+        n_layer=3, n_embd=48, n_head=4, n_positions=96, vocab_size=VOCAB,
+        bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1, attn_implementation=attention,
+    )  # fmt: skip
+    return GPT2LMHeadModel(config).eval()
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_static_cache_gives_the_dynamic_caches_tokens(attention) -> None:
+    """Rows of many lengths in batches of 4, some reaching the 96 positions, repetition
+    penalty and n-gram blocking on: token for token the same in both modes, with either
+    attention implementation (SDPA takes a boolean mask, eager an additive one)."""
+    model = gpt2(attention)
+    generator = torch.Generator().manual_seed(0)
+    lengths = (3, 90, 41, 7, 60, 95, 12, 33, 1, 77)
+    prompts = [torch.randint(1, VOCAB - 1, (n,), generator=generator).tolist() for n in lengths]
+    for settings in ({}, {"repetition_penalty": 1.2, "no_repeat_ngram_size": 3}):
+        kwargs = dict(max_new_tokens=20, eos_id=VOCAB - 1, pad_id=0, batch_size=4, **settings)
+        dynamic = generate_greedy(model, prompts, decode_step="dynamic", **kwargs)
+        static = generate_greedy(model, prompts, decode_step="static", **kwargs)
+        assert static == dynamic
+        assert sum(map(len, dynamic)) > 100  # rows did generate (not a vacuous equality)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_static_decoder_computes_the_dynamic_decoders_states(attention) -> None:
+    """The same tokens fed to both decoders, one row finishing after the second step: every
+    step's last hidden states agree to float rounding."""
+    from pubmedqa_gpt2.model.decoding import DynamicDecoder, StaticDecoder
+    from pubmedqa_gpt2.model.generate import pad_left
+
+    model = gpt2(attention)
+    ids, mask = pad_left([[5, 6, 7, 8], [9, 10]], pad_id=0)
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    feed = torch.tensor([[11, 12], [13, 0], [14, 0], [15, 0]])  # row 1 stops after its 1st
+    states = []
+    with torch.inference_mode():
+        for decoder in (DynamicDecoder(model, ids, mask, 5), StaticDecoder(model, ids, mask, 5)):
+            lengths, seen = mask.sum(dim=1), [decoder.prefill(positions)]
+            for step, tokens in enumerate(feed):
+                active = torch.tensor([True, step == 0])
+                seen.append(decoder.step(tokens[:, None], lengths[:, None], active))
+                lengths = lengths + active
+            states.append(torch.stack(seen))
+    torch.testing.assert_close(states[1], states[0], atol=1e-5, rtol=1e-5)
+    assert not torch.equal(states[0][1], states[0][2])  # the steps did move
+
+
+def test_decode_steps_are_counted() -> None:
+    """Three prompts, 5 new tokens each, no end-of-text: per batch one pass over the prompts
+    and 4 decode steps; batches of 2 make two batches, so 8 steps."""
+    model = gpt2("sdpa")
+    stats: dict = {}
+    out = generate_greedy(
+        model, [[5, 6], [7], [8, 9, 10]], max_new_tokens=5, eos_id=-1, pad_id=0, batch_size=2,
+        decode_step="static", stats=stats,
+    )  # fmt: skip
+    assert [len(t) for t in out] == [5, 5, 5]
+    assert stats["decode_steps"] == 8
+    assert stats["decode_step"] == "static" and stats["generation_batch_size"] == 2
+    assert stats["decode_step_ms"] == pytest.approx(1e3 * stats["decode_s"] / 8)
+    assert "fallback" not in stats
+
+
+def test_auto_modes_by_device() -> None:
+    assert resolve_mode("auto", torch.device("cpu")) == "dynamic"
+    assert resolve_mode("auto", torch.device("cuda", 0)) == "cuda_graph"
+    assert resolve_mode("static", torch.device("cpu")) == "static"
+    with pytest.raises(ValueError, match="cuda_graph needs a CUDA device"):
+        resolve_mode("cuda_graph", torch.device("cpu"))
+    with pytest.raises(ValueError, match="must be one of auto, dynamic, static, cuda_graph"):
+        resolve_mode("graph", torch.device("cpu"))
+
+
+def test_auto_batch_size_by_hand() -> None:
+    """GPT-2 Large in bf16 at 1,152 positions: keys and values 2 x 36 x 1152 x 1280 x 2 bytes
+    = 212,336,640, plus 3 fp32 rows of logits 3 x 4 x 50,257 = 603,084: 212,939,724 a row."""
+    from transformers import GPT2Config
+
+    large = GPT2Config(n_layer=36, n_embd=1280, n_head=20, vocab_size=50257)
+    assert row_bytes(large, 1152, 2) == 212_939_724
+    gib = 2**30
+    assert auto_batch_size(large, 1152, 2, 10 * gib, 500) == 25  # 5,368,709,120 / 212,939,724
+    assert auto_batch_size(large, 1152, 2, 70 * gib, 500) == 64  # 176 rows fit: the cap
+    assert auto_batch_size(large, 1152, 2, 70 * gib, 40) == 40  # no more rows than prompts
+    assert auto_batch_size(large, 1152, 2, 100 << 20, 500) == 1  # too little: one row
+    assert auto_batch_size(large, 1152, 2, None, 500) == 16  # no GPU
+    assert auto_batch_size(large, 1152, 2, None, 3) == 3
+
+
+def test_auto_batch_on_the_cpu_is_16() -> None:
+    model = gpt2("sdpa")
+    stats: dict = {}
+    prompts = [[i + 1] for i in range(20)]
+    generate_greedy(model, prompts, 2, -1, 0, batch_size="auto", stats=stats)
+    assert stats["generation_batch_size"] == 16
