@@ -321,12 +321,17 @@ def bench_prepare(sizes: Sizes) -> dict[str, Any]:
 def bench_evaluation(sizes: Sizes) -> dict[str, float]:
     """Examples/s of decision scoring and of generation, batched and one at a time."""
     from pubmedqa_gpt2.evaluation.answers import decide, generate_answers
+    from pubmedqa_gpt2.model.decoding import AUTO_BATCH_CPU
 
     params = shape_params(sizes.eval_shape)
     tokenizer = load_tokenizer(params.tokenizer_source)
     examples = random.Random(1).sample(pubmedqa_examples(tokenizer), sizes.score_examples)
     prompts = [ex.prompt_ids for ex in examples]
     batched = committed("evaluate", max_new_tokens=sizes.max_new_tokens)
+    if batched.generation_batch_size == "auto":  # what `auto` is without a GPU
+        batched = committed(
+            "evaluate", max_new_tokens=sizes.max_new_tokens, generation_batch_size=AUTO_BATCH_CPU
+        )
     single = committed(
         "evaluate", max_new_tokens=sizes.max_new_tokens, batch_size=1, generation_batch_size=1
     )

@@ -185,8 +185,12 @@ class EvaluateParams(Section):
     """How many test questions get a generated long answer (null: all 500)."""
     max_new_tokens: int = Field(ge=1)
     """Longest generated long answer, in tokens."""
-    generation_batch_size: int = Field(ge=1)
-    """Prompts decoded together."""
+    generation_batch_size: int | Literal["auto"]
+    """Prompts decoded together; auto: as many as half the free GPU memory holds, up to 64
+    (16 without a GPU; model/decoding.py)."""
+    decode_step: Literal["auto", "dynamic", "static", "cuda_graph"]
+    """How each greedy step runs (model/decoding.py): auto is cuda_graph on a GPU (a static KV
+    cache, the step captured once per batch and replayed), dynamic on a CPU."""
     repetition_penalty: float = Field(gt=0.0)
     """Greedy decoding's repetition penalty (1.0: none)."""
     no_repeat_ngram_size: int = Field(ge=0)
@@ -195,6 +199,13 @@ class EvaluateParams(Section):
     """Resamples of the test questions for every 95% interval (evaluate and compare)."""
     bootstrap_seed: int = Field(ge=0, le=MAX_SEED)
     """Seed of those resamples."""
+
+    @field_validator("generation_batch_size", mode="before")
+    @classmethod
+    def _count_or_auto(cls, value: object) -> object:
+        if value == "auto" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError("must be a count >= 1 or auto")
 
 
 class Params(Section):

@@ -63,6 +63,8 @@ def another_value(annotation, value):
         return next(choice for choice in args if choice != value)
     if value is None:  # int | None, str | None
         return 3 if int in args else "other"
+    if value == "auto" and int in args:  # int | Literal["auto"]
+        return 3
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):

@@ -171,7 +171,7 @@ BOUNDS = {
     "evaluate.batch_size": COUNT,
     "evaluate.generate_examples": ([-1], [0, None]),  # 0: no generation
     "evaluate.max_new_tokens": COUNT,
-    "evaluate.generation_batch_size": COUNT,
+    "evaluate.generation_batch_size": (COUNT[0] + ["many"], [1, "auto"]),
     "evaluate.repetition_penalty": ([0, -1.0], [0.5, 1.0]),  # a divisor of the logits
     "evaluate.no_repeat_ngram_size": ([-1], [0, 1]),  # 0: no constraint
     "evaluate.bootstrap_samples": ([99, 0], [100]),  # fewer make a 95% interval meaningless
@@ -191,6 +191,7 @@ def test_every_numeric_setting_has_its_bounds_listed():
     numeric = []
     for key, field in sections():
         kinds = {field.annotation, *getattr(field.annotation, "__args__", ())}
+        kinds |= {getattr(kind, "__origin__", None) for kind in kinds}  # Annotated[int, ...]
         if kinds & {int, float} and key != "model.overrides":
             numeric.append(key)
     assert sorted(numeric) == sorted(BOUNDS)

@@ -36,6 +36,10 @@ PERF_KEYS = {
     "scoring_examples_per_s",
     "perplexity_examples_per_s",
     "generation_examples_per_s",
+    "decode_step",
+    "generation_batch_size",
+    "decode_steps",
+    "decode_step_ms",
 }
 
 
@@ -214,6 +218,11 @@ def test_base_run_writes_every_output_consistently(eval_workdir, monkeypatch) ->
     assert metrics["perplexity"] > 1.0
     assert "perf" not in metrics and set(details["perf"]) == PERF_KEYS
     assert details["perf"]["device"] == "cpu" and details["perf"]["dtype"] == "float32"
+    # 5 answers in 2 batches of 3 with 8 new tokens at most (conftest's params), `auto` on a
+    # CPU: the dynamic cache; each batch decodes at most 7 steps after the prompts' own pass.
+    assert details["perf"]["decode_step"] == "dynamic"
+    assert details["perf"]["generation_batch_size"] == 3
+    assert 1 <= details["perf"]["decode_steps"] <= 2 * 7
 
 
 def test_runs_are_deterministic_and_base_equals_its_saved_copy(eval_workdir, monkeypatch) -> None:

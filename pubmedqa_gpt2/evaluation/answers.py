@@ -47,8 +47,10 @@ def generate_answers(
     decisions: Sequence[str],
     settings: EvaluateParams,
     progress: str | None,
+    stats: dict | None = None,
 ) -> list[str]:
-    """The greedy long answer after each prompt and its decision's text, as the template goes."""
+    """The greedy long answer after each prompt and its decision's text, as the template goes;
+    `stats` receives how the decoding ran (`generate_greedy`)."""
     follow = decision_ids(tokenizer)
     tokens = generate_greedy(
         model,
@@ -60,6 +62,8 @@ def generate_answers(
         repetition_penalty=settings.repetition_penalty,
         no_repeat_ngram_size=settings.no_repeat_ngram_size,
         progress=progress,
+        decode_step=settings.decode_step,
+        stats=stats,
     )
     return [
         tokenizer.decode(t, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()

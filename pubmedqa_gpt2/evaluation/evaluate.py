@@ -92,10 +92,11 @@ def evaluate_model(
 
     limit = settings.generate_examples
     n_generated = len(examples) if limit is None else min(limit, len(examples))
-    start = time.perf_counter()
+    start, decoding = time.perf_counter(), {}
     generated = generate_answers(
-        model, tokenizer, prompts[:n_generated], pred[:n_generated], settings, progress("generate")
-    )
+        model, tokenizer, prompts[:n_generated], pred[:n_generated], settings,
+        progress("generate"), decoding,
+    )  # fmt: skip
     generation_s = time.perf_counter() - start
 
     samples = [
@@ -146,6 +147,15 @@ def evaluate_model(
     }
     if n_generated:
         details["perf"]["generation_examples_per_s"] = round(n_generated / generation_s, 3)
+        # How the decoding ran: mode, rows per batch, steps after the prompts' own pass and
+        # their milliseconds each (on a GPU the figure that says whether the host kept up).
+        details["perf"]["decode_step"] = decoding["decode_step"]
+        details["perf"]["generation_batch_size"] = decoding["generation_batch_size"]
+        details["perf"]["decode_steps"] = decoding["decode_steps"]
+        if decoding["decode_steps"]:
+            details["perf"]["decode_step_ms"] = round(decoding["decode_step_ms"], 3)
+        if "fallback" in decoding:
+            details["perf"]["decode_fallback"] = decoding["fallback"]
     return Evaluation(
         predictions={ex.pmid: p for ex, p in zip(examples, pred, strict=True)},
         probabilities={ex.pmid: p for ex, p in zip(examples, probabilities, strict=True)},
