@@ -79,9 +79,11 @@ cpu-large: ## GPT-2 Large's shape trained a few steps on this CPU, in a clone (D
 		-S train.batch_size=1 -S train.gradient_checkpointing=true
 	cat "$(DIR)/metrics/train.json" "$(DIR)/perf/train.json"
 
-# The folder bench/gpu_check.sh needs on a bare, offline GPU machine (wheels, data, tokenizer):
-# copy it there beside the working tree. Needs PyPI; refused if a wheel's requirement is met
-# neither by a pin nor by the GPU image, or if it and the tracked files pass 60 MiB.
+# The folder gpu_check/run.sh needs on a bare, offline GPU machine (wheels, data, tokenizer):
+# copy it there beside the working tree. Needs PyPI and any Python with pip (KIT_PYTHON), not
+# the project; refused if a wheel's requirement is met neither by a pin nor by the GPU image,
+# or if it and the tracked files pass 60 MiB.
 GPU_KIT ?= gpu-kit
+KIT_PYTHON ?= python3
 gpu-kit: ## the folder the GPU check needs on an offline GPU machine (GPU_KIT=dir)
-	$(PYTHON) -m bench.gpu_kit $(GPU_KIT)
+	$(KIT_PYTHON) -m gpu_check.kit $(GPU_KIT)

@@ -1,7 +1,7 @@
 """GPU benchmark: GPT-2 Large training throughput, MFU and peak memory, and the pipeline's cost.
 
     python -m bench.gpu                                  # one H100: a few minutes
-    python -m bench.gpu --fused-adamw --compile --out gpu.json
+    python -m bench.gpu --optim adamw_torch --compile --out gpu.json
     python -m bench.gpu --tiny                           # 2-layer model, CPU: checks that it runs
 
 GPT-2 Large with random weights (`pubmedqa_gpt2/model/loading.py`; the same FLOPs as the real
@@ -58,14 +58,20 @@ from pubmedqa_gpt2.config import ModelParams, TrainParams
 from pubmedqa_gpt2.model.loading import build_model, load_tokenizer
 from pubmedqa_gpt2.prompt import Encoded
 
-# Dense bf16 peak FLOP/s by device name, first match wins (NVIDIA datasheets, no sparsity).
-PEAK_FLOPS = (
-    ("H100 PCIe", 756e12),
-    ("H100 NVL", 835e12),
-    ("H100", 989e12),  # SXM ("NVIDIA H100 80GB HBM3")
-    ("H200", 989e12),
-    ("A100", 312e12),
-)
+# Dense bf16 peak FLOP/s by the exact name torch reports (NVIDIA datasheets, no sparsity); a
+# card not listed gets no MFU rather than a neighbour's rating.
+PEAK_FLOPS = {
+    "NVIDIA H100 80GB HBM3": 989e12,  # SXM
+    "NVIDIA H100 PCIe": 756e12,
+    "NVIDIA H100 NVL": 835e12,
+    "NVIDIA H200": 989e12,  # SXM
+    "NVIDIA H200 NVL": 835e12,
+    "NVIDIA GH200 480GB": 989e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+    "NVIDIA A100 80GB PCIe": 312e12,
+    "NVIDIA A100-PCIE-40GB": 312e12,
+}
 MODES = ("full", "checkpointing", "lora")
 FALLBACK_LENGTH = 384  # PubMedQA-like length when the data is not available
 FALLBACK_COMPLETION = 54  # PQA-L's mean completion (decision + long answer) in tokens
@@ -88,14 +94,14 @@ class Settings:
     eval_examples: int
     max_new_tokens: int
     modes: tuple[str, ...]
-    fused_adamw: bool
+    optim: str | None  # None: the Trainer's default (adamw_torch_fused on torch >= 2.8)
     compile: bool
     write_test_bytes: int
 
 
 def peak_flops(device_name: str) -> float | None:
-    """The dense bf16 peak FLOP/s of a device by its name; None when unknown (or a CPU)."""
-    return next((peak for key, peak in PEAK_FLOPS if key in device_name), None)
+    """The dense bf16 peak FLOP/s of a device by its exact name; None when unknown (or a CPU)."""
+    return PEAK_FLOPS.get(device_name.strip())
 
 
 def flop_parameters(model) -> tuple[int, int]:
@@ -169,8 +175,8 @@ def train_run(
 ) -> dict[str, float | None]:
     """Figures of one warm-up epoch plus one timed epoch over `examples`."""
     overrides: dict[str, Any] = {}
-    if settings.fused_adamw:
-        overrides["optim"] = "adamw_torch_fused"
+    if settings.optim:
+        overrides["optim"] = settings.optim
     if settings.compile:
         overrides["torch_compile"] = True
     release(device)
@@ -254,6 +260,7 @@ def bench_evaluation(
             eos_id=eos,
             pad_id=eos,
             batch_size=defaults.generation_batch_size,
+            decode_step=defaults.decode_step,
         ),
     }
     passes["scoring"]()  # warm-up, untimed: the first kernels and allocations of this model
@@ -345,7 +352,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
     parser.add_argument("--batch-size", type=int, default=committed("train").batch_size)
     parser.add_argument("--steps", type=int, help="timed optimizer steps per run (30; tiny 2)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--fused-adamw", action="store_true", help="optim=adamw_torch_fused")
+    parser.add_argument(
+        "--optim",
+        help="the Trainer's optim, e.g. adamw_torch (foreach) against the default, "
+        "adamw_torch_fused on torch >= 2.8",
+    )
     parser.add_argument("--compile", action="store_true", help="torch_compile=True")
     parser.add_argument("--out", type=Path, help="also write every figure to this JSON file")
     parser.add_argument(
@@ -363,7 +374,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
         eval_examples=4 if args.tiny else 64,
         max_new_tokens=4 if args.tiny else committed("evaluate").max_new_tokens,
         modes=tuple(args.modes),
-        fused_adamw=args.fused_adamw,
+        optim=args.optim,
         compile=args.compile,
         write_test_bytes=(16 if args.tiny else 1024) << 20,
     )
@@ -387,8 +398,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{'unknown: MFU n/a' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}); "
         f"torch {torch.__version__}, transformers {transformers.__version__}\n"
         f"   {settings.model.name} random weights {shape}; batch {settings.batch_size}, "
-        f"{settings.steps} timed steps per run after a warm-up epoch; fused AdamW "
-        f"{'on' if settings.fused_adamw else 'off'}, torch.compile "
+        f"{settings.steps} timed steps per run after a warm-up epoch; optimizer "
+        f"{settings.optim or 'the Trainer default'}, torch.compile "
         f"{'on' if settings.compile else 'off'}"
     )
     source = "PubMedQA (PQA-L)" if PUBMEDQA_DIR and TOKENIZER_DIR else "fixed fallback"

@@ -110,7 +110,7 @@ def test_synthetic_examples_have_the_asked_shape():
 @pytest.mark.e2e
 def test_gpu_script_runs_tiny_on_cpu_and_writes_every_figure(tmp_path, capsys):
     out = tmp_path / "gpu.json"
-    gpu.main(["--tiny", "--steps", "1", "--fused-adamw", "--out", str(out)])
+    gpu.main(["--tiny", "--steps", "1", "--optim", "adamw_torch", "--out", str(out)])
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
     runs = result["training"]

@@ -3,6 +3,7 @@ on request (`stop.py`), and the progress bar with the logged figures in its post
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -28,18 +29,30 @@ def curve_wanted(key: str) -> bool:
 
 
 class StepCount(TrainerCallback):
-    """The step training (re)started at, and the optimizer steps taken since (fewer than the
-    run's after a resume)."""
+    """The step training (re)started at, the optimizer steps taken since (fewer than the run's
+    after a resume), and their seconds: from each step's beginning to its end, the device
+    synchronised there, so neither the dev evaluations nor the checkpoint writes between
+    steps count (`loop_seconds`, the time a training MFU divides by)."""
 
     def __init__(self):
         self.first_step = 0
         self.steps = 0
+        self.loop_seconds = 0.0
+        self._began: float | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.first_step = state.global_step  # a resumed run starts at its checkpoint's step
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._began = time.perf_counter()
+
     def on_step_end(self, args, state, control, **kwargs):
         self.steps += 1
+        if self._began is not None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.loop_seconds += time.perf_counter() - self._began
+            self._began = None
 
 
 class StepCheckpoints(TrainerCallback):

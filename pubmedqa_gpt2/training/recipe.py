@@ -267,6 +267,7 @@ def save(run: Run, result) -> None:
     tokens = trainer.state.num_input_tokens_seen - run.tokens_before
     perf = {
         "runtime_seconds": round(runtime, 2),
+        "train_loop_seconds": round(run.step_count.loop_seconds, 2),
         "train_tokens_per_second": round(tokens / runtime, 1) if runtime else None,
         "train_tokens_this_run": tokens,
         "resumed_from_step": run.step_count.first_step,

