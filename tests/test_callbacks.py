@@ -98,3 +98,21 @@ def test_the_console_shows_progress_bars_not_log_lines_nor_harmless_warnings(wor
     assert "lm_head.weight" not in console and "missing keys" not in console
     assert "loss_type" not in console
     assert "warn" not in console.lower(), console  # no other warning either, here
+
+
+def test_the_loop_clock_counts_the_steps_not_what_happens_between_them(monkeypatch):
+    """Two steps of 0.5 s with a 3 s checkpoint write between them (a fake clock): 1.0 s of
+    training loop, 2 steps; a step that never ended adds nothing."""
+    from pubmedqa_gpt2.training import callbacks
+
+    now = [100.0]
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: now[0])
+    count = callbacks.StepCount()
+    for _ in range(2):
+        count.on_step_begin(None, None, None)
+        now[0] += 0.5
+        count.on_step_end(None, None, None)
+        now[0] += 3.0  # dev evaluation and checkpoint write
+    count.on_step_begin(None, None, None)
+    now[0] += 7.0
+    assert count.steps == 2 and count.loop_seconds == 1.0

@@ -43,6 +43,8 @@ def test_training_run_writes_model_metrics_and_curves(workdir, tiny, capsys, mon
     assert "perf" not in metrics
     perf = read_perf(workdir)
     assert perf["runtime_seconds"] > 0 and perf["precision"] == "fp32" and perf["processes"] == 1
+    # The training loop alone: less than the run, which also evaluates on dev and saves.
+    assert 0 < perf["train_loop_seconds"] < perf["runtime_seconds"]
     assert perf["device"] == "cpu" and len(perf["ranks"]) == 1
     assert perf["ranks"][0]["peak_rss_bytes"] > 0
     # Tokens/s counts the real (non-padding) tokens of 2 epochs; runtime is rounded to 10 ms.
