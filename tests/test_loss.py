@@ -135,3 +135,25 @@ def test_loss_on_all_learns_the_prompt_tokens_too(workdir, tiny, monkeypatch):
         else:
             assert sum(labelled for labelled, _, _ in train_batches) == completion_tokens
     assert losses["all"] != pytest.approx(losses["completion"], rel=1e-3)
+
+
+def test_a_compiled_model_has_no_graph_break_from_the_head_hook():
+    """The hook is set (as the Trainer's compute_loss sets it) around a forward that dynamo
+    traces: one graph, no break (a boolean-mask index inside the hook broke it twice)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from pubmedqa_gpt2.training.loss import head_on_labelled_positions
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64,
+                        bos_token_id=99, eos_token_id=99)  # fmt: skip
+    model = GPT2LMHeadModel(config)
+    ids = torch.randint(0, 100, (2, 10))
+    labels = ids.clone()
+    labels[0, :6] = labels[1, :3] = -100
+    torch._dynamo.reset()
+    with head_on_labelled_positions(model.lm_head, labels):
+        explained = torch._dynamo.explain(lambda x: model(x).logits)(ids)
+        logits = model(ids).logits
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    assert logits.shape == (4 + 7, 100)  # positions 5..8 of row 0, 2..8 of row 1

@@ -35,11 +35,15 @@ def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
 def head_on_labelled_positions(head: torch.nn.Module, labels: torch.Tensor) -> Iterator[None]:
     """While inside, `head` maps only the hidden states of the positions that predict a label:
     [batch, length, width] in, [labelled tokens, vocabulary] out, in (row, position) order."""
-    read = predicting_positions(labels)
+    # The rows to keep, as flat indices found here, outside the model: inside it (compiled or
+    # not) the hook only gathers them, an op whose output shape is its index's, so a compiled
+    # forward has no data-dependent shape and no graph break (a boolean mask would have one).
+    rows = predicting_positions(labels).flatten().nonzero().squeeze(1)
 
     def keep_read_rows(_module, args):
         hidden = args[0]
-        return (hidden[read.to(hidden.device)], *args[1:])
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        return (flat.index_select(0, rows.to(hidden.device)), *args[1:])
 
     handle = head.register_forward_pre_hook(keep_read_rows)
     try:
