@@ -67,16 +67,15 @@ def test_the_plan_fits_the_budget_or_caps_the_check_s_answers(pubmedqa_dir, toke
     assert not hopeless["fits"] and "still does not fit" in hopeless["capped"]
 
 
-def test_the_train_stage_mfu_counts_its_training_set_over_the_card_peak(tmp_path):
-    """Two examples of 100 and 50 tokens, 2 epochs, on an H100 SXM (989 TFLOP/s): FLOPs over
-    the training loop's 1 s, or over the whole run's 4 s with evaluations and checkpoints."""
+def _trained_work(work: Path) -> float:
+    """A work folder of a train stage: two examples of 100 and 50 tokens, 2 epochs, GPT-2's
+    width, 2 layers; returns its FLOPs counted by hand."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from pubmedqa_gpt2.config import load_params
     from pubmedqa_gpt2.model.loading import random_config
 
-    work = tmp_path
     (work / "data/prepared").mkdir(parents=True)
     table = pa.table({"prompt_ids": [[1] * 90, [1] * 40], "completion_ids": [[2] * 10, [2] * 10]})
     pq.write_table(table, work / "data/prepared/train.parquet")
@@ -87,10 +86,19 @@ def test_the_train_stage_mfu_counts_its_training_set_over_the_card_peak(tmp_path
             "train": {"epochs": 2},
         },
     )
-    perf = {"device": "NVIDIA H100 80GB HBM3", "train_loop_seconds": 1.0, "runtime_seconds": 4.0}
     config = random_config(load_params(work / "params.yaml").model)
     n = gpu.flop_parameters(gpu.meta_model(config))[0]
-    by_hand = 2 * sum(t * (6 * n + 12 * 2 * 768 * t) for t in (100, 50))
+    return 2 * sum(t * (6 * n + 12 * 2 * 768 * t) for t in (100, 50))
+
+
+PERF = {"device": "NVIDIA H100 80GB HBM3", "train_loop_seconds": 1.0, "runtime_seconds": 4.0}
+
+
+def test_the_train_stage_mfu_counts_its_training_set_over_the_card_peak(tmp_path):
+    """On an H100 SXM (989 TFLOP/s): FLOPs over the training loop's 1 s, or over the whole
+    run's 4 s with evaluations and checkpoints."""
+    work, perf = tmp_path, PERF
+    by_hand = _trained_work(work)
     loop = plan.training_mfu(work, perf, "train_loop_seconds")
     assert loop == pytest.approx(by_hand / 989e12)
     assert plan.training_mfu(work, perf, "runtime_seconds") == pytest.approx(loop / 4)
@@ -107,3 +115,22 @@ def test_cards_are_rated_by_their_exact_names():
     assert gpu.peak_flops("NVIDIA H100 PCIe") == 756e12
     assert gpu.peak_flops("NVIDIA H100") is None
     assert gpu.peak_flops("cpu") is None
+
+
+def test_the_summary_s_mfu_is_the_training_loop_s(tmp_path):
+    """The check's summary (check.summarize) of the same run: MFU over the loop's 1 s, and over
+    the stage's 4 s as the figure with evaluations and checkpoints."""
+    import json
+
+    from gpu_check import check
+
+    work = tmp_path / "work"
+    work.mkdir()
+    by_hand = _trained_work(work)
+    (work / "perf").mkdir()
+    (work / "perf/train.json").write_text(json.dumps(PERF))
+    summary = check.summarize([], work, None)
+    assert summary["train_mfu"] == pytest.approx(by_hand / 989e12)
+    assert summary["train_mfu_with_evaluations_and_checkpoints"] == pytest.approx(
+        by_hand / 989e12 / 4
+    )
