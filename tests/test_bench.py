@@ -207,13 +207,12 @@ def test_cpu_pipeline_benchmark_times_a_noop_repro_and_imports(capsys):
 def test_the_decode_benchmark_counts_fewer_host_kernels_with_a_captured_step():
     """bench.decode --quick (4 layers): per decode step, the dynamic cache dispatches every
     kernel of the model from the host; what the captured step leaves the host (the loop's own
-    ops and the copies into the graph) is a fraction of it, and the static cache alone does
-    not add any."""
+    ops and the copies into the graph) is a fraction of it."""
     from bench import decode
 
     figures = decode.main(["--quick", "--batch", "4"])
     dynamic, static, replay = (figures[m] for m in ("dynamic", "static", "replay_stand_in"))
     assert replay["kernels"] < dynamic["kernels"] / 3
-    assert static["kernels"] <= dynamic["kernels"]
+    assert replay["kernels"] < static["kernels"] / 3
     assert all(f["host_ms"] > 0 and f["aten_ops"] >= f["kernels"] for f in figures.values())
     assert "replay_stand_in" not in decode.DECODERS
