@@ -45,7 +45,7 @@ import yaml  # noqa: E402 - on the GPU image; the project's own imports come aft
 
 from gpu_check.pipeline import make_workdir, pipeline_stages, python_argv  # noqa: E402
 from gpu_check.provenance import kit_hash, project_state  # noqa: E402
-from gpu_check.record import ARCHIVE, Record, Step, collect, read_json  # noqa: E402
+from gpu_check.record import ARCHIVE, Results, Step, collect, json_or_none  # noqa: E402
 
 GPU_TARGET_S = 9 * 60  # the whole check on one H100 (issue 10)
 # One command on a lent machine runs at most 600 s: the whole call, install included, stops
@@ -68,7 +68,7 @@ def run_step(
     logs: Path,
     budget_end: float,
     env: dict[str, str] | None = None,
-    record: Record | None = None,
+    record: Results | None = None,
 ) -> Step:
     """Run one step, its output teed to logs/<name>.log (flushed line by line), stopped at
     `budget_end` (time.monotonic); `record` refreshes the summary while it runs."""
@@ -139,7 +139,9 @@ def cuda_refusal() -> str | None:
     )
 
 
-def summarize(steps: list[Step], work: Path, plan: dict | None, bench: dict | None = None) -> dict:
+def check_figures(
+    steps: list[Step], work: Path, plan: dict | None, bench: dict | None = None
+) -> dict:
     """The figures a reader of the check wants first; each step's measured seconds beside the
     plan's expected (and pessimistic) ones."""
     from gpu_check.plan import training_mfu
@@ -155,7 +157,7 @@ def summarize(steps: list[Step], work: Path, plan: dict | None, bench: dict | No
     if not (work / "params.yaml").is_file():
         return summary
     collect(work, work.parent)
-    perf = read_json(work / "perf/train.json") or {}
+    perf = json_or_none(work / "perf/train.json") or {}
     ranks = perf.get("ranks") or [{}]
     summary.update(
         device=perf.get("device"),
@@ -171,8 +173,8 @@ def summarize(steps: list[Step], work: Path, plan: dict | None, bench: dict | No
         evaluate={},
     )
     for which in ("base", "finetuned"):
-        details = read_json(work / f"eval/{which}/details.json")
-        metrics = read_json(work / f"metrics/eval_{which}.json")
+        details = json_or_none(work / f"eval/{which}/details.json")
+        metrics = json_or_none(work / f"metrics/eval_{which}.json")
         if details and metrics:
             perf = details["perf"]
             summary["evaluate"][which] = {
@@ -216,7 +218,7 @@ def _seconds(value: float | None) -> str:
     return "    n/a" if value is None else f"{value:7.1f}"
 
 
-def render(summary: dict) -> str:
+def summary_text(summary: dict) -> str:
     lines = ["", "== GPU check summary", f"   {'step':<22} {'measured':>9} {'expected':>9} "
              f"{'pessim.':>9}  status"]  # fmt: skip
     for step in summary["steps"]:
@@ -255,7 +257,7 @@ def render(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def install_kit(kit: Path, site: Path, out: Path, budget_end: float, record: Record) -> bool:
+def install_kit(kit: Path, site: Path, out: Path, budget_end: float, record: Results) -> bool:
     """The kit's wheels into `site` (and its data as the default data); False if it failed."""
     os.environ.setdefault("PUBMEDQA_DIR", str(kit / "pubmedqa"))
     os.environ.setdefault("GPT2_TOKENIZER_DIR", str(kit / "gpt2-tokenizer"))
@@ -292,11 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.results:
         args.results.mkdir(parents=True, exist_ok=True)
     plan: dict = {}
-    record = Record(
+    record = Results(
         out,
         args.results.resolve() if args.results else None,
         started,
-        lambda steps, **kw: summarize(steps, work, plan, **kw),
+        lambda steps, **kw: check_figures(steps, work, plan, **kw),
     )
     record.extra = {
         "tiny": args.tiny,
@@ -337,7 +339,7 @@ def run_check(args, out, work, site, budget_end, record, plan) -> int:
         record.write("stopped: a package cannot be imported")
         print(f"gpu_check: see {logs}/install.log and {logs}/imports.log", file=sys.stderr)
         return 1
-    record.extra["environment"] = read_json(out / "environment.json")
+    record.extra["environment"] = json_or_none(out / "environment.json")
 
     from bench.shared_data import require_shared
     from gpu_check.plan import plan as make_plan
@@ -381,8 +383,8 @@ def run_check(args, out, work, site, budget_end, record, plan) -> int:
         status = "stopped at the deadline"
     else:
         status = "failed: " + next(s.name for s in record.steps if s.status != "ok")
-    summary = record.write(status, bench=read_json(bench_json))
-    print(render(summary))
+    summary = record.write(status, bench=json_or_none(bench_json))
+    print(summary_text(summary))
     print(
         f"\nwrote {out}/summary.json, logs/ and metrics/"
         + (f"; {args.results}/summary.json and {ARCHIVE}" if args.results else "")

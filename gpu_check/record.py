@@ -34,7 +34,7 @@ class Step:
     status: str  # ok | failed (exit N) | timed out | skipped | killed (SIGTERM)
 
 
-def read_json(path: Path) -> dict | None:
+def json_or_none(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -88,7 +88,7 @@ def archive_bytes(out: Path, log_tail: int | None = None) -> bytes:
     return buffer.getvalue()
 
 
-class Record:
+class Results:
     """summary.json (and, with --results, its copy and the archive), rewritten after every
     step and every REFRESH_S seconds while one runs. `summarize(steps)` gives the figures of
     the run so far; `extra` is merged in as it is."""

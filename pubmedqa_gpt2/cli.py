@@ -211,7 +211,7 @@ def summarize_experiments(args: argparse.Namespace) -> str:
     return json.dumps(groups, indent=2) if args.json else summary.markdown(groups, args.over)
 
 
-def render(answer: dict[str, Any]) -> str:
+def answer_text(answer: dict[str, Any]) -> str:
     """The answer for a person to read."""
     probabilities = ", ".join(f"{label} {p:.3f}" for label, p in answer["probabilities"].items())
     lines = [f"Question: {answer['question']}"]
@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(slurm_commands.run(args))
             return
         answer = ask(args)
-        print(json.dumps(answer, ensure_ascii=False) if args.json else render(answer))
+        print(json.dumps(answer, ensure_ascii=False) if args.json else answer_text(answer))
 
     run_stage(run)
 

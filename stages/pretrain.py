@@ -17,18 +17,18 @@ from __future__ import annotations
 from pubmedqa_gpt2.config import load_params
 from pubmedqa_gpt2.errors import StageError, run_stage
 from pubmedqa_gpt2.io import atomic_dir, write_json
-from pubmedqa_gpt2.training.phase import PHASE1, phase1, phase1_params
+from pubmedqa_gpt2.training.phase import PRETRAIN_PHASE, pretrain_params, pretrain_phase
 
 
 def write_disabled() -> None:
     """Phase 1 is off: outputs that say so (DVC needs them), and `train` starts from the base."""
     note = "Phase 1 is off (pretrain.enabled: false): train starts from the base model.\n"
-    for folder in (PHASE1.output, PHASE1.dvclive):
+    for folder in (PRETRAIN_PHASE.output, PRETRAIN_PHASE.dvclive):
         with atomic_dir(folder) as out:
             (out / "README.md").write_text(note, encoding="utf-8")
-    write_json(PHASE1.metrics_file, {"enabled": False})
-    write_json(PHASE1.perf_file, {"enabled": False})
-    print(f"pretrain: off; wrote {PHASE1.output}/README.md")
+    write_json(PRETRAIN_PHASE.metrics_file, {"enabled": False})
+    write_json(PRETRAIN_PHASE.perf_file, {"enabled": False})
+    print(f"pretrain: off; wrote {PRETRAIN_PHASE.output}/README.md")
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     # Imported here: torch and transformers take seconds to import, and phase 1 is mostly off.
     from pubmedqa_gpt2.training.recipe import run_phase
 
-    run_phase(phase1_params(params), phase1(params))
+    run_phase(pretrain_params(params), pretrain_phase(params))
 
 
 if __name__ == "__main__":

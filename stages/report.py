@@ -13,13 +13,13 @@ import sys
 
 from pubmedqa_gpt2.config import load_params
 from pubmedqa_gpt2.errors import run_stage
-from pubmedqa_gpt2.evaluation.report import commit_hint, render, replace_block
+from pubmedqa_gpt2.evaluation.report import commit_hint, replace_block, results_table
 from pubmedqa_gpt2.io import atomic_file
 from pubmedqa_gpt2.paths import README, RESULTS_FILE
 
 
 def main() -> None:
-    table = render(load_params())
+    table = results_table(load_params())
     with atomic_file(RESULTS_FILE) as f:
         f.write(table)
     if "--readme" in sys.argv[1:]:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from pubmedqa_gpt2.config import load_params
 from pubmedqa_gpt2.errors import run_stage
-from pubmedqa_gpt2.training.phase import phase2
+from pubmedqa_gpt2.training.phase import train_phase
 from pubmedqa_gpt2.training.recipe import run_phase
 
 
 def main() -> None:
     params = load_params()
-    run_phase(params, phase2(params))
+    run_phase(params, train_phase(params))
 
 
 if __name__ == "__main__":

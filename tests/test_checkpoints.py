@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from pubmedqa_gpt2 import paths
 from pubmedqa_gpt2.config import Params
 from pubmedqa_gpt2.training.checkpoints import STATE_FILE, reconcile_checkpoints, run_fingerprint
-from pubmedqa_gpt2.training.phase import phase1, phase1_params, phase2
+from pubmedqa_gpt2.training.phase import pretrain_params, pretrain_phase, train_phase
 from stages import train as stage
 
 from .committed import committed_params
@@ -113,11 +113,11 @@ def data(tmp_path, monkeypatch):
 
 
 def phase2_fingerprint(params: Params) -> str:
-    return run_fingerprint(params, phase2(params))
+    return run_fingerprint(params, train_phase(params))
 
 
 def phase1_fingerprint(params: Params) -> str:
-    return run_fingerprint(phase1_params(params), phase1(params))
+    return run_fingerprint(pretrain_params(params), pretrain_phase(params))
 
 
 @pytest.mark.parametrize(("section", "key", "change"), CHANGES, ids=[c[1] for c in CHANGES])

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from pubmedqa_gpt2 import paths
-from pubmedqa_gpt2.training.phase import PHASE2
+from pubmedqa_gpt2.training.phase import TRAIN_PHASE
 from stages import train as stage
 
 from .training_helpers import set_params
@@ -18,7 +18,7 @@ def test_a_killed_run_is_reported_by_the_next_one(workdir, tiny, capsys):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a process that existed and is gone, as a SIGKILLed run is
     paths.CHECKPOINTS.mkdir(parents=True)
-    PHASE2.running_file.write_text(json.dumps({"pid": dead.pid}))
+    TRAIN_PHASE.running_file.write_text(json.dumps({"pid": dead.pid}))
     set_params(workdir, tiny(epochs=1))
     stage.main()
     out = capsys.readouterr().out

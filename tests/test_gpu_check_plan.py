@@ -118,7 +118,7 @@ def test_cards_are_rated_by_their_exact_names():
 
 
 def test_the_summary_s_mfu_is_the_training_loop_s(tmp_path):
-    """The check's summary (check.summarize) of the same run: MFU over the loop's 1 s, and over
+    """The check's summary (check.check_figures) of the same run: MFU over the loop's 1 s, and over
     the stage's 4 s as the figure with evaluations and checkpoints."""
     import json
 
@@ -129,7 +129,7 @@ def test_the_summary_s_mfu_is_the_training_loop_s(tmp_path):
     by_hand = _trained_work(work)
     (work / "perf").mkdir()
     (work / "perf/train.json").write_text(json.dumps(PERF))
-    summary = check.summarize([], work, None)
+    summary = check.check_figures([], work, None)
     assert summary["train_mfu"] == pytest.approx(by_hand / 989e12)
     assert summary["train_mfu_with_evaluations_and_checkpoints"] == pytest.approx(
         by_hand / 989e12 / 4

@@ -18,7 +18,7 @@ def test_results_hold_the_summary_and_one_archive_cut_to_16_mib(tmp_path):
     # 20 MiB of incompressible log: the archive keeps each log's last 256 KiB.
     (out / "logs/train.log").write_bytes(os.urandom(20 << 20))
     (out / "logs/report.log").write_text("done\n")
-    record = rec.Record(out, results, time.time())
+    record = rec.Results(out, results, time.time())
     record.add(rec.Step("train", 12.5, "ok"), "ran train")
     assert sorted(p.name for p in results.iterdir()) == ["gpu_check.tar.gz", "summary.json"]
     summary = json.loads((results / "summary.json").read_text())
@@ -42,7 +42,7 @@ def test_a_running_step_is_refreshed_with_its_log_so_far(tmp_path, monkeypatch):
     (out / "logs").mkdir(parents=True)
     results.mkdir()
     started = time.time() - 100  # the check began 100 s ago
-    record = rec.Record(out, results, started)
+    record = rec.Results(out, results, started)
     log = out / "logs/train.log"
     log.write_text("loading\n")
     record.start("train")

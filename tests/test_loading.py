@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pubmedqa_gpt2.model.loading import build_model, load_model
-from pubmedqa_gpt2.training.phase import PHASE2
+from pubmedqa_gpt2.training.phase import TRAIN_PHASE
 from pubmedqa_gpt2.training.recipe import starting_model
 
 from .committed import committed_params
@@ -38,7 +38,7 @@ def test_model_seed_draws_the_random_weights(params_of_seed):
         torch.testing.assert_close(again[name], first[name], rtol=0, atol=0, msg=name)
     for name in drawn:
         assert not torch.equal(other[name], first[name]), name
-    started = weights(starting_model(params_of_seed(1), PHASE2))
+    started = weights(starting_model(params_of_seed(1), TRAIN_PHASE))
     for name in first:
         torch.testing.assert_close(started[name], other[name], rtol=0, atol=0, msg=name)
 
@@ -56,7 +56,7 @@ def test_without_a_dtype_the_weights_are_fp32(tiny_model_params):
     """Master weights for training: fp32 (AMP on top); train asks for it explicitly too."""
     assert {p.dtype for p in build_model(tiny_model_params).parameters()} == {torch.float32}
     params = committed_params({"model": tiny_model_params.model_dump()})
-    assert {p.dtype for p in starting_model(params, PHASE2).parameters()} == {torch.float32}
+    assert {p.dtype for p in starting_model(params, TRAIN_PHASE).parameters()} == {torch.float32}
 
 
 @pytest.mark.parametrize(

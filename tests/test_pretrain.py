@@ -15,7 +15,7 @@ from pubmedqa_gpt2.config import load_params
 from pubmedqa_gpt2.data.prepare import write_split
 from pubmedqa_gpt2.errors import StageError, run_stage
 from pubmedqa_gpt2.model.loading import build_model
-from pubmedqa_gpt2.training.phase import PHASE1, phase2
+from pubmedqa_gpt2.training.phase import PRETRAIN_PHASE, train_phase
 from stages import pretrain, train
 
 from .training_helpers import records, set_params
@@ -28,7 +28,7 @@ def phase_workdir(tmp_path, monkeypatch, tokenizer):
     write_split(tmp_path / paths.TRAIN_FILE, records(8), tokenizer, max_length=128)
     write_split(tmp_path / paths.DEV_FILE, records(6, offset=100), tokenizer, max_length=128)
     artificial = [r for r in records(20, offset=500)]
-    write_split(tmp_path / PHASE1.train_file, artificial, tokenizer, max_length=128)
+    write_split(tmp_path / PRETRAIN_PHASE.train_file, artificial, tokenizer, max_length=128)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -55,7 +55,7 @@ def test_phase_2_starts_from_phase_1_weights_not_the_base_model(phase_workdir, t
     within 1e-6, and far from the base model's."""
     set_params(phase_workdir, phase_params(tiny, True, learning_rate=1e-12, epochs=1))
     pretrain.main()
-    phase1 = weights(PHASE1.output)
+    phase1 = weights(PRETRAIN_PHASE.output)
     base = build_model(load_params().model).state_dict()
     moved = [k for k in phase1 if not torch.allclose(phase1[k], base[k], atol=1e-3)]
     assert len(moved) > len(phase1) // 2  # phase 1 trained the base model
@@ -72,27 +72,27 @@ def test_phase_2_starts_from_phase_1_weights_not_the_base_model(phase_workdir, t
 def test_phase_1_trains_on_the_first_n_pqa_a_examples_and_reports_pqa_l_dev(phase_workdir, tiny):
     set_params(phase_workdir, phase_params(tiny, True))
     pretrain.main()
-    metrics = json.loads(PHASE1.metrics_file.read_text())
+    metrics = json.loads(PRETRAIN_PHASE.metrics_file.read_text())
     assert metrics["train_examples"] == 12  # pretrain.max_samples of the 20
     assert metrics["dev_examples"] == 6  # PQA-L's dev fold
     assert metrics["steps"] == 2 * 3  # 2 epochs of 12 examples in batches of 4
     assert {"dev_loss", "dev_accuracy", "best_step"} <= metrics.keys()
     curve = phase_workdir / "dvclive-pretrain/plots/metrics/eval/loss.tsv"
     assert len(curve.read_text().splitlines()) == 1 + 2  # header, then one row an epoch
-    assert not PHASE1.checkpoints.exists()  # deleted after success, as train's
-    saved = json.loads((PHASE1.output / "params.json").read_text())
+    assert not PRETRAIN_PHASE.checkpoints.exists()  # deleted after success, as train's
+    saved = json.loads((PRETRAIN_PHASE.output / "params.json").read_text())
     assert saved["train"]["learning_rate"] == 1e-3 and saved["train"]["epochs"] == 2
-    assert "PQA-A, phase 1" in (PHASE1.output / "README.md").read_text()
+    assert "PQA-A, phase 1" in (PRETRAIN_PHASE.output / "README.md").read_text()
     assert not paths.FINETUNED.exists() and not paths.TRAIN_METRICS.exists()
 
 
 def test_phase_1_off_writes_outputs_that_say_so_and_train_starts_from_the_base(phase_workdir, tiny):
     set_params(phase_workdir, phase_params(tiny, False))
     pretrain.main()
-    assert json.loads(PHASE1.metrics_file.read_text()) == {"enabled": False}
-    assert "off" in (PHASE1.output / "README.md").read_text()
-    assert phase2(load_params()).start_from is None
-    assert not (PHASE1.output / "model.safetensors").exists()
+    assert json.loads(PRETRAIN_PHASE.metrics_file.read_text()) == {"enabled": False}
+    assert "off" in (PRETRAIN_PHASE.output / "README.md").read_text()
+    assert train_phase(load_params()).start_from is None
+    assert not (PRETRAIN_PHASE.output / "model.safetensors").exists()
 
 
 def test_phase_1_needs_pqa_a(phase_workdir, tiny, capsys):
@@ -103,7 +103,7 @@ def test_phase_1_needs_pqa_a(phase_workdir, tiny, capsys):
         run_stage(pretrain.main)
     assert exit_info.value.code == 1
     assert "set data.artificial: true" in capsys.readouterr().err
-    assert not PHASE1.output.exists()
+    assert not PRETRAIN_PHASE.output.exists()
 
 
 def test_phase_1_s_messages_name_its_own_settings(phase_workdir, tiny, capsys):
@@ -113,8 +113,8 @@ def test_phase_1_s_messages_name_its_own_settings(phase_workdir, tiny, capsys):
 
     gone = subprocess.Popen(["true"])
     gone.wait()  # a pid whose process has ended: the last run "was killed"
-    PHASE1.checkpoints.mkdir(parents=True)
-    PHASE1.running_file.write_text(json.dumps({"pid": gone.pid}))
+    PRETRAIN_PHASE.checkpoints.mkdir(parents=True)
+    PRETRAIN_PHASE.running_file.write_text(json.dumps({"pid": gone.pid}))
     set_params(phase_workdir, phase_params(tiny, True))
     pretrain.main()
     out = capsys.readouterr().out
@@ -179,7 +179,7 @@ PHASE1_SETTINGS = {
 
 
 def test_phase_1_trains_with_its_own_section_and_never_train_s():
-    from pubmedqa_gpt2.training.phase import phase1_params
+    from pubmedqa_gpt2.training.phase import pretrain_params
     from tests.committed import committed_params
 
     pretrain_section = {"enabled": True, "max_samples": 12, **PHASE1_SETTINGS}
@@ -189,7 +189,7 @@ def test_phase_1_trains_with_its_own_section_and_never_train_s():
          "train": {"epochs": 9, "learning_rate": 0.1, "num_processes": 3, "seed": 1}}
     )  # fmt: skip
     for p in (params, other_train):
-        phase1 = phase1_params(p)
+        phase1 = pretrain_params(p)
         assert phase1.train.model_dump() == PHASE1_SETTINGS
         assert phase1.model == p.model and phase1.pretrain == p.pretrain
     assert params.train.model_dump() != PHASE1_SETTINGS  # the params themselves unchanged
@@ -246,9 +246,9 @@ def test_phase_2_resumes_only_from_checkpoints_of_the_same_phase_1_model(tmp_pat
         {"data": {"artificial": True}, "pretrain": {"enabled": True},
          "train": {"resumable_checkpoints": True}}
     )  # fmt: skip
-    phase = phase2(params)
-    assert phase.start_from == PHASE1.output
-    for path in (phase.train_file, paths.DEV_FILE, PHASE1.output / "model.safetensors"):
+    phase = train_phase(params)
+    assert phase.start_from == PRETRAIN_PHASE.output
+    for path in (phase.train_file, paths.DEV_FILE, PRETRAIN_PHASE.output / "model.safetensors"):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"first")
     args = SimpleNamespace(process_index=0, main_process_first=lambda **kw: nullcontext())
@@ -257,17 +257,17 @@ def test_phase_2_resumes_only_from_checkpoints_of_the_same_phase_1_model(tmp_pat
     def resume_after_a_checkpoint(params=params):
         checkpoint.mkdir(parents=True, exist_ok=True)
         (checkpoint / STATE_FILE).write_text("{}")
-        return recipe.checkpoint_to_resume(params, phase2(params), args)
+        return recipe.checkpoint_to_resume(params, train_phase(params), args)
 
     assert recipe.checkpoint_to_resume(params, phase, args) is None  # records this run
     assert resume_after_a_checkpoint() == str(checkpoint)  # the same run: resumed
-    (PHASE1.output / "model.safetensors").write_bytes(b"phase 1 ran again")
+    (PRETRAIN_PHASE.output / "model.safetensors").write_bytes(b"phase 1 ran again")
     assert recipe.checkpoint_to_resume(params, phase, args) is None
     assert not checkpoint.exists()
     # Phase 1 off: phase 2 starts from the base model, and no phase-1 file counts.
     off = committed_params({"train": {"resumable_checkpoints": True}})
-    assert phase2(off).start_from is None
-    assert recipe.checkpoint_to_resume(off, phase2(off), args) is None
+    assert train_phase(off).start_from is None
+    assert recipe.checkpoint_to_resume(off, train_phase(off), args) is None
     assert resume_after_a_checkpoint(off) == str(checkpoint)
-    (PHASE1.output / "model.safetensors").write_bytes(b"changed, unused")
-    assert recipe.checkpoint_to_resume(off, phase2(off), args) == str(checkpoint)
+    (PRETRAIN_PHASE.output / "model.safetensors").write_bytes(b"changed, unused")
+    assert recipe.checkpoint_to_resume(off, train_phase(off), args) == str(checkpoint)

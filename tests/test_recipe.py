@@ -13,7 +13,7 @@ from pubmedqa_gpt2 import paths
 from pubmedqa_gpt2.config import load_params
 from pubmedqa_gpt2.errors import StageError, run_stage
 from pubmedqa_gpt2.training import recipe
-from pubmedqa_gpt2.training.phase import PHASE2
+from pubmedqa_gpt2.training.phase import TRAIN_PHASE
 from stages import train as stage
 
 from .training_helpers import set_params
@@ -70,7 +70,7 @@ def test_a_process_that_sees_several_gpus_is_refused(workdir, tiny, monkeypatch)
     monkeypatch.setattr(TrainingArguments, "n_gpu", property(lambda self: 2))
     set_params(workdir, tiny())
     with pytest.raises(StageError, match="sees 2 GPUs; set train.num_processes"):
-        recipe.train(load_params(workdir / "params.yaml"), PHASE2)
+        recipe.train(load_params(workdir / "params.yaml"), TRAIN_PHASE)
     assert not (workdir / paths.FINETUNED).exists()
 
 
@@ -107,4 +107,4 @@ def test_cuda_out_of_memory_in_training_is_one_line_with_advice(workdir, tiny, m
         "factor, set train.gradient_checkpointing: true, set train.lora.enabled: true, or lower "
         "prepare.max_length"
     ]
-    assert not (workdir / paths.FINETUNED).exists() and not PHASE2.running_file.exists()
+    assert not (workdir / paths.FINETUNED).exists() and not TRAIN_PHASE.running_file.exists()

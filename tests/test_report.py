@@ -17,7 +17,7 @@ from .conftest import ROOT
 
 def test_the_readme_table_is_what_the_committed_metrics_give(monkeypatch):
     monkeypatch.chdir(ROOT)
-    table = report.render(load_params(ROOT / "params.yaml"))
+    table = report.results_table(load_params(ROOT / "params.yaml"))
     readme = (ROOT / "README.md").read_text()
     between_markers = readme.split(report.BEGIN)[1].split(report.END)[0].removeprefix("\n")
     assert between_markers == table, "run `python -m stages.report --readme`"
@@ -41,7 +41,7 @@ def test_rows_show_the_figures_with_their_intervals_and_sources(tmp_path, monkey
     write(tmp_path / "metrics/eval_base.json", base)
     model = {"name": "gpt2", "init": "random", "overrides": {"n_layer": 2}}
     params = committed_params({"model": model, "train": {"epochs": 2}})
-    table = report.render(params)
+    table = report.results_table(params)
     lines = table.splitlines()
     assert lines[2] == (
         "| gpt2, base | `gpt2` (random init, n_layer=2); 450 questions x 2 epochs, lr 2e-05; "
@@ -61,7 +61,7 @@ def test_rows_show_the_figures_with_their_intervals_and_sources(tmp_path, monkey
     assert (
         "Paired comparison (`metrics/compare.json`): fine-tuning changed accuracy by -2.4 points "
         "(95% CI -7.6 to +3.0; McNemar exact p = 0.41; 83 questions fixed, 95 broken; "
-        "500 test questions)." in report.render(params)
+        "500 test questions)." in report.results_table(params)
     )
 
 
@@ -115,7 +115,7 @@ def test_a_fine_tuned_row_a_lora_run_and_missing_figures(tmp_path, monkeypatch):
         {"model": model, "train": {"epochs": 1, "lora": {"enabled": True}},
          "prepare": {"max_train_samples": 8, "fold": 3}}
     )  # fmt: skip
-    lines = report.render(params).splitlines()
+    lines = report.results_table(params).splitlines()
     setup = "`gpt2` (random init, n_layer=2, n_embd=64); 8 questions x 1 epochs, lr 2e-05, LoRA; dev fold 3"  # noqa: E501
     assert lines[2] == f"| gpt2, base | {setup} | not run yet | | | | |"
     assert (

@@ -9,8 +9,8 @@ from dataclasses import replace
 
 import yaml
 
-from pubmedqa_gpt2.training.phase import PHASE1, PHASE2
-from pubmedqa_gpt2.training.saving import model_card, summarize
+from pubmedqa_gpt2.training.phase import PRETRAIN_PHASE, TRAIN_PHASE
+from pubmedqa_gpt2.training.saving import model_card, training_metrics
 
 from .committed import committed_params
 
@@ -32,17 +32,17 @@ def test_the_metrics_are_the_best_checkpoint_s_and_the_last_logged_loss():
         ],
         best_global_step=3, global_step=6, epoch=2.0,
     )  # fmt: skip
-    assert summarize(state, {"train_examples": 12}) == {
+    assert training_metrics(state, {"train_examples": 12}) == {
         "dev_loss": 2.4, "dev_accuracy": 0.5, "best_step": 3, "best_epoch": 1.0,
         "final_train_loss": 2.0, "steps": 6, "epochs": 2.0, "train_examples": 12,
     }  # fmt: skip
     state.log_history = [e for e in state.log_history if "loss" not in e]
-    assert summarize(state, {})["final_train_loss"] is None  # no step logged a loss
+    assert training_metrics(state, {})["final_train_loss"] is None  # no step logged a loss
 
 
 def test_the_model_card_says_what_the_model_is_and_how_it_was_trained():
     params = committed_params({"model": {"name": "gpt2", "init": "random"}})
-    card = model_card(params, METRICS, PHASE2)
+    card = model_card(params, METRICS, TRAIN_PHASE)
     lines = card.splitlines()
     assert lines[0] == "# gpt2 fine-tuned on PubMedQA (PQA-L)"
     assert lines[2].startswith("Base: `gpt2` (random initialisation). Reasoning-required setting:")
@@ -65,10 +65,10 @@ def test_the_model_card_says_what_the_model_is_and_how_it_was_trained():
 
 def test_the_model_card_names_pretrained_weights_and_phase_1():
     params = committed_params()  # gpt2-large, pretrained
-    card = model_card(params, METRICS, replace(PHASE2, start_from=PHASE1.output))
+    card = model_card(params, METRICS, replace(TRAIN_PHASE, start_from=PRETRAIN_PHASE.output))
     assert "Base: `gpt2-large` (pretrained weights, then phase 1 on PQA-A: started from " in card
-    assert f"started from `{PHASE1.output}`)." in card
-    assert model_card(params, METRICS, PHASE1).startswith(
+    assert f"started from `{PRETRAIN_PHASE.output}`)." in card
+    assert model_card(params, METRICS, PRETRAIN_PHASE).startswith(
         "# gpt2-large fine-tuned on PubMedQA (PQA-A, phase 1)\n\nBase: `gpt2-large` (pretrained "
         "weights). "
     )

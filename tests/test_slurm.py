@@ -18,7 +18,7 @@ import yaml
 
 from pubmedqa_gpt2.errors import StageError
 from pubmedqa_gpt2.slurm import status as slurm_status
-from pubmedqa_gpt2.slurm.script import render
+from pubmedqa_gpt2.slurm.script import batch_script
 from pubmedqa_gpt2.slurm.settings import ClusterSettings, load_settings
 from pubmedqa_gpt2.slurm.sweep import expand
 from pubmedqa_gpt2.training import launch
@@ -74,7 +74,7 @@ def test_the_script_asks_slurm_for_the_site_s_resources_and_a_warning_before_the
         partition="gpu", account="lab", gpus_per_task=2, cpus_per_task=16, mem="64G",
         time="12:00:00", max_parallel=2, signal_seconds=600, sbatch=["--qos=long"],
     )  # fmt: skip
-    script = render(manifest(tmp_path), settings)
+    script = batch_script(manifest(tmp_path), settings)
     options = sbatch_options(script)
     for wanted in (
         "--array=0-2%2", "--gres=gpu:2", "--cpus-per-task=16", "--partition=gpu", "--account=lab",
@@ -84,10 +84,12 @@ def test_the_script_asks_slurm_for_the_site_s_resources_and_a_warning_before_the
         assert wanted in options, wanted
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)  # valid bash
     assert f'[ "$status" = {STOPPED_EXIT} ]' in script and "scontrol requeue" in script
-    cpu = sbatch_options(render(manifest(tmp_path), ClusterSettings(gpus_per_task=0, time=None)))
+    cpu = sbatch_options(
+        batch_script(manifest(tmp_path), ClusterSettings(gpus_per_task=0, time=None))
+    )
     assert not any(o.startswith(("--gres", "--time", "--partition")) for o in cpu)
     assert "--array=0-2" in cpu  # no throttle: every task may run at once
-    no_requeue = sbatch_options(render(manifest(tmp_path), ClusterSettings(requeue=False)))
+    no_requeue = sbatch_options(batch_script(manifest(tmp_path), ClusterSettings(requeue=False)))
     assert "--no-requeue" in no_requeue and not any("USR1" in o for o in no_requeue)
 
 
@@ -107,7 +109,7 @@ def fake_task(tmp_path: Path, body: str) -> str:
     data |= {"python": str(fake_python), "bin": str(bin_dir)}
     workspace = tmp_path / "sweep-1" / "tasks" / "0"
     (workspace / ".git").mkdir(parents=True, exist_ok=True)  # cloned already (a requeue)
-    return render(data, ClusterSettings())
+    return batch_script(data, ClusterSettings())
 
 
 def run_batch(tmp_path: Path, script: str, signal_after: float | None = None):
@@ -323,7 +325,7 @@ def test_status_reads_results_logs_and_the_remote_without_accounting(tmp_path, m
     rows = slurm_status.task_states(data)
     assert rows[3]["state"] == "done"  # on the remote, its result file lost: it landed
     assert rows[2]["error"].startswith("the task ended without a result; see ")
-    table = slurm_status.render(data, rows)
+    table = slurm_status.status_table(data, rows)
     assert "| sweep-1-0 | train.seed=0 | done | 0.5000 |" in table
     assert table.endswith("0 pending, 0 running, 2 done, 2 failed")
 
@@ -361,7 +363,7 @@ def test_the_docs_show_the_script_submit_writes_for_the_documented_settings():
         "bin": "/shared/alice/venvs/pubmedqa/bin",
         "experiments": [{"name": f"{DOC_SWEEP}-{i}", "set": [f"train.seed={i}"]} for i in range(3)],
     }  # fmt: skip
-    assert shown == render(data, ClusterSettings(**settings))
+    assert shown == batch_script(data, ClusterSettings(**settings))
 
 
 @pytest.mark.parametrize(

@@ -140,7 +140,7 @@ def test_the_table_lists_every_override_and_a_count_per_state():
         {"experiment": "sw-1", "set": ["train.seed=1", "train.epochs=1"], "state": "failed",
          "error": "boom"},
     ]  # fmt: skip
-    assert slurm_status.render(manifest, rows).splitlines() == [
+    assert slurm_status.status_table(manifest, rows).splitlines() == [
         "sw: job array 7, commit cccccccccccc",
         "",
         "| experiment | params | state | accuracy / error |",

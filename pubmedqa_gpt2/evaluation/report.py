@@ -75,7 +75,7 @@ def configuration(params: Params) -> str:
     )
 
 
-def render(params: Params) -> str:
+def results_table(params: Params) -> str:
     """The results table in Markdown, and the comparison's sentence under it."""
     header = (
         "| model | configuration | accuracy | macro-F1 | ROUGE-L | METEOR | source |\n"

@@ -41,7 +41,7 @@ def sbatch_lines(settings: ClusterSettings, sweep: str, folder: Path, tasks: int
     return [f"#SBATCH {option}" for option in options + settings.sbatch]
 
 
-def render(manifest: dict, settings: ClusterSettings) -> str:
+def batch_script(manifest: dict, settings: ClusterSettings) -> str:
     """The whole batch script of the sweep `manifest` describes."""
     folder = Path(manifest["folder"])
     q = shlex.quote

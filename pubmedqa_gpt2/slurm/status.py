@@ -114,7 +114,7 @@ def pull_done(repo: Path, manifest: dict, rows: list[dict]) -> None:
         raise StageError(f"dvc exp pull {manifest['git_remote']}: {why}")
 
 
-def render(manifest: dict, rows: list[dict]) -> str:
+def status_table(manifest: dict, rows: list[dict]) -> str:
     """The sweep as a Markdown table, and a count per state."""
     lines = [
         f"{manifest['sweep']}: job array {manifest['job_id']}, commit {manifest['commit'][:12]}",
@@ -141,4 +141,4 @@ def status(repo: Path, settings: ClusterSettings, sweep: str | None, as_json: bo
     pull_done(repo, manifest, rows)
     if as_json:
         return json.dumps({"sweep": manifest["sweep"], "job_id": manifest["job_id"], "tasks": rows})
-    return render(manifest, rows)
+    return status_table(manifest, rows)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from pubmedqa_gpt2.errors import StageError
-from pubmedqa_gpt2.slurm.script import render
+from pubmedqa_gpt2.slurm.script import batch_script
 from pubmedqa_gpt2.slurm.settings import ClusterSettings
 from pubmedqa_gpt2.slurm.sweep import expand
 
@@ -141,7 +141,7 @@ def prepare(repo: Path, settings: ClusterSettings, overrides: list[str]) -> dict
 def submit(repo: Path, settings: ClusterSettings, overrides: list[str], dry_run: bool) -> str:
     """Check, write and submit the sweep; what to tell the user."""
     manifest = prepare(repo, settings, overrides)
-    script = render(manifest, settings)
+    script = batch_script(manifest, settings)
     if dry_run:
         return script
     if shutil.which("sbatch") is None:

@@ -21,7 +21,7 @@ def run_fingerprint(params: Params, phase: Phase) -> str:
     """What decides the phase's training trajectory: the model and training params, which
     examples it trains on (its file, and how many of them), the dev split (it picks the
     checkpoint kept) and the weights it starts from. `params.train` holds the phase's own
-    section (`phase1_params` for phase 1)."""
+    section (`pretrain_params` for phase 1)."""
     digest = hashlib.sha256()
     settings = {
         "model": params.model.model_dump(),

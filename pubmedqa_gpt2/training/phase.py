@@ -12,7 +12,7 @@ from pubmedqa_gpt2.config import Params
 
 @dataclass(frozen=True)
 class Phase:
-    """One training phase's files; its settings are `params.train` (see `phase1_params`)."""
+    """One training phase's files; its settings are `params.train` (see `pretrain_params`)."""
 
     section: str  # the params.yaml section its settings come from, for messages
     module: str  # the stage's module, relaunched under torch.distributed.run
@@ -32,7 +32,7 @@ class Phase:
         return self.checkpoints / "running.json"
 
 
-PHASE2 = Phase(
+TRAIN_PHASE = Phase(
     section="train",
     module="stages.train",
     data="PQA-L",
@@ -44,7 +44,7 @@ PHASE2 = Phase(
     perf_file=paths.TRAIN_PERF,
 )
 
-PHASE1 = Phase(
+PRETRAIN_PHASE = Phase(
     section="pretrain",
     module="stages.pretrain",
     data="PQA-A, phase 1",
@@ -57,16 +57,20 @@ PHASE1 = Phase(
 )
 
 
-def phase2(params: Params) -> Phase:
+def train_phase(params: Params) -> Phase:
     """The train stage's phase: from phase 1's model when the pretrain stage ran."""
-    return replace(PHASE2, start_from=PHASE1.output) if params.pretrain.enabled else PHASE2
+    return (
+        replace(TRAIN_PHASE, start_from=PRETRAIN_PHASE.output)
+        if params.pretrain.enabled
+        else TRAIN_PHASE
+    )
 
 
-def phase1(params: Params) -> Phase:
+def pretrain_phase(params: Params) -> Phase:
     """The pretrain stage's phase: the first `pretrain.max_samples` PQA-A examples."""
-    return replace(PHASE1, max_examples=params.pretrain.max_samples)
+    return replace(PRETRAIN_PHASE, max_examples=params.pretrain.max_samples)
 
 
-def phase1_params(params: Params) -> Params:
+def pretrain_params(params: Params) -> Params:
     """The params phase 1 trains with: section `pretrain`'s training settings as `train`."""
     return params.model_copy(update={"train": params.pretrain.training()})

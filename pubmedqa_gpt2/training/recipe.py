@@ -48,7 +48,7 @@ from pubmedqa_gpt2.training.launch import launch
 from pubmedqa_gpt2.training.lora import apply_lora
 from pubmedqa_gpt2.training.perf import device_figures, gather_from_ranks, memory_line
 from pubmedqa_gpt2.training.phase import Phase
-from pubmedqa_gpt2.training.saving import save_model, summarize
+from pubmedqa_gpt2.training.saving import save_model, training_metrics
 from pubmedqa_gpt2.training.settings import run_arguments
 from pubmedqa_gpt2.training.stop import STOPPED_EXIT
 from pubmedqa_gpt2.training.trainer import DecisionTrainer
@@ -283,7 +283,7 @@ def save(run: Run, result) -> None:
         "trainable_parameters": run.trainable,
         "total_parameters": run.total,
     }
-    metrics = summarize(trainer.state, counts)
+    metrics = training_metrics(trainer.state, counts)
     final = trainer.model.merge_and_unload() if cfg.lora.enabled else trainer.model
     save_model(final, run.tokenizer, run.params, metrics, phase)
     write_json(phase.metrics_file, metrics)

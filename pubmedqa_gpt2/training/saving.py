@@ -9,7 +9,7 @@ from pubmedqa_gpt2.io import atomic_dir, write_json
 from pubmedqa_gpt2.training.phase import Phase
 
 
-def summarize(state, counts: dict) -> dict:
+def training_metrics(state, counts: dict) -> dict:
     """metrics/train.json: the saved checkpoint's dev metrics and how the run went.
 
     The same for the same params and data on CPU; timings and memory, which differ from run
