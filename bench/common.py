@@ -16,7 +16,7 @@ import torch
 from transformers import PrinterCallback, TrainerCallback, set_seed
 
 from bench.shared_data import PUBMEDQA_DIR, ROOT, SHARED, TOKENIZER_DIR, require_shared
-from pubmedqa_gpt2.config import ModelParams, TrainParams, load_params, with_changes
+from pubmedqa_gpt2.core.config import ModelParams, TrainParams, load_params, with_changes
 from pubmedqa_gpt2.data.prepare import encode_records
 from pubmedqa_gpt2.data.records import read_official_json
 from pubmedqa_gpt2.prompt import Encoded

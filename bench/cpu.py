@@ -48,7 +48,7 @@ from bench.common import (
     small_gpt2,
     useful_tokens,
 )
-from pubmedqa_gpt2.config import EvaluateParams, ModelParams, TrainParams, load_params
+from pubmedqa_gpt2.core.config import EvaluateParams, ModelParams, TrainParams, load_params
 from pubmedqa_gpt2.model.loading import build_model, load_tokenizer
 from pubmedqa_gpt2.prompt import Encoded
 
@@ -198,8 +198,8 @@ def prepare_workdir(folder: Path, labeled: list, artificial: int, tokenizer_dir:
     """A stage working directory: data/raw with PQA-L and `artificial` records, params.yaml."""
     import yaml
 
+    from pubmedqa_gpt2.core.paths import RAW_ARTIFICIAL, RAW_DIR, RAW_LABELED
     from pubmedqa_gpt2.data.records import write_jsonl
-    from pubmedqa_gpt2.paths import RAW_ARTIFICIAL, RAW_DIR, RAW_LABELED
 
     (folder / RAW_DIR).mkdir(parents=True)
     write_jsonl(folder / RAW_LABELED, labeled)

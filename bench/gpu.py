@@ -54,7 +54,7 @@ from bench.common import (
     pubmedqa_examples,
     useful_tokens,
 )
-from pubmedqa_gpt2.config import ModelParams, TrainParams
+from pubmedqa_gpt2.core.config import ModelParams, TrainParams
 from pubmedqa_gpt2.model.loading import build_model, load_tokenizer
 from pubmedqa_gpt2.prompt import Encoded
 

@@ -167,7 +167,7 @@ def training_mfu(work_dir: Path, perf: dict, seconds_key: str) -> float | None:
     bench.gpu counts them (6N + 12*L*d*T per token) over the prepared training set times the
     epochs run, divided by `perf[seconds_key]` (the training loop alone, or the whole run)."""
     from bench.gpu import meta_model, peak_flops, training_flops_of_lengths
-    from pubmedqa_gpt2.config import load_params
+    from pubmedqa_gpt2.core.config import load_params
     from pubmedqa_gpt2.data.prepared import read_prepared
     from pubmedqa_gpt2.model.loading import random_config
 

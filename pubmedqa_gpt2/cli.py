@@ -30,9 +30,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pubmedqa_gpt2.config import EvaluateParams, load_section
-from pubmedqa_gpt2.errors import StageError, run_stage
-from pubmedqa_gpt2.paths import FINETUNED, PARAMS_FILE, TEST_FILE
+from pubmedqa_gpt2.core.config import EvaluateParams, load_section
+from pubmedqa_gpt2.core.errors import StageError, run_stage
+from pubmedqa_gpt2.core.paths import FINETUNED, PARAMS_FILE, TEST_FILE
 from pubmedqa_gpt2.slurm import commands as slurm_commands
 
 DECODING = ("max_new_tokens", "repetition_penalty", "no_repeat_ngram_size")

@@ -27,7 +27,7 @@ import time
 from collections.abc import MutableMapping
 from pathlib import Path
 
-from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.core.errors import StageError
 
 LOCK_DIR_ENV = "PUBMEDQA_GPU_LOCK_DIR"
 DEFAULT_LOCK_DIR = "/tmp/pubmedqa-gpu-locks"

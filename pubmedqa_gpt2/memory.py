@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.core.errors import StageError
 
 
 def train_advice(section: str = "train") -> str:

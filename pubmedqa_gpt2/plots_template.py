@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pubmedqa_gpt2.paths import PLOTS_TEMPLATE
+from pubmedqa_gpt2.core.paths import PLOTS_TEMPLATE
 
 TEMPLATE = PLOTS_TEMPLATE
 

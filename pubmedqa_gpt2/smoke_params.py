@@ -15,8 +15,8 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from pubmedqa_gpt2.config import load_params, merge
-from pubmedqa_gpt2.errors import StageError, run_stage
+from pubmedqa_gpt2.core.config import load_params, merge
+from pubmedqa_gpt2.core.errors import StageError, run_stage
 
 SMOKE_FILE = Path(__file__).resolve().parent.parent / "smoke.yaml"
 

@@ -22,8 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pubmedqa_gpt2.errors import StageError
-from pubmedqa_gpt2.paths import COMPARE_METRICS, TRAIN_METRICS, eval_metrics
+from pubmedqa_gpt2.core.errors import StageError
+from pubmedqa_gpt2.core.paths import COMPARE_METRICS, TRAIN_METRICS, eval_metrics
 
 TUNED, TRAIN, COMPARE = str(eval_metrics("finetuned")), str(TRAIN_METRICS), str(COMPARE_METRICS)
 # (column, metrics file, dotted key): what a sweep compares.

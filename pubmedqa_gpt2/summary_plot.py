@@ -18,9 +18,9 @@ from typing import Any
 
 from scipy.stats import t as t_distribution
 
-from pubmedqa_gpt2.errors import StageError
-from pubmedqa_gpt2.io import atomic_file
-from pubmedqa_gpt2.paths import PLOTS_TEMPLATE
+from pubmedqa_gpt2.core.errors import StageError
+from pubmedqa_gpt2.core.io import atomic_file
+from pubmedqa_gpt2.core.paths import PLOTS_TEMPLATE
 from pubmedqa_gpt2.summary import HEADLINE, Experiment, group_label
 
 CONFIDENCE = 0.95

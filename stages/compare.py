@@ -5,8 +5,16 @@ rows: each figure of both models and their difference, with intervals)."""
 
 from __future__ import annotations
 
-from pubmedqa_gpt2.config import load_params
-from pubmedqa_gpt2.errors import run_stage
+from pubmedqa_gpt2.core.config import load_params
+from pubmedqa_gpt2.core.errors import run_stage
+from pubmedqa_gpt2.core.io import atomic_file, write_json
+from pubmedqa_gpt2.core.paths import (
+    COMPARE_METRICS,
+    COMPARE_PLOT,
+    COMPARE_SENTENCE,
+    EVALUATED,
+    samples_file,
+)
 from pubmedqa_gpt2.evaluation.compare import (
     compare,
     interval_rows,
@@ -14,14 +22,6 @@ from pubmedqa_gpt2.evaluation.compare import (
     pair_samples,
     read_samples,
     sentence,
-)
-from pubmedqa_gpt2.io import atomic_file, write_json
-from pubmedqa_gpt2.paths import (
-    COMPARE_METRICS,
-    COMPARE_PLOT,
-    COMPARE_SENTENCE,
-    EVALUATED,
-    samples_file,
 )
 
 

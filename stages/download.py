@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from pubmedqa_gpt2.config import load_params
+from pubmedqa_gpt2.core.config import load_params
+from pubmedqa_gpt2.core.errors import run_stage
 from pubmedqa_gpt2.data.download import ensure_official_file
-from pubmedqa_gpt2.errors import run_stage
 
 
 def main() -> None:

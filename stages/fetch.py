@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from pubmedqa_gpt2.config import load_params
+from pubmedqa_gpt2.core.config import load_params
+from pubmedqa_gpt2.core.errors import run_stage
+from pubmedqa_gpt2.core.io import atomic_dir
+from pubmedqa_gpt2.core.paths import RAW_ARTIFICIAL, RAW_DIR, RAW_LABELED
 from pubmedqa_gpt2.data.records import write_jsonl
 from pubmedqa_gpt2.data.sources import load_artificial, load_labeled
-from pubmedqa_gpt2.errors import run_stage
-from pubmedqa_gpt2.io import atomic_dir
-from pubmedqa_gpt2.paths import RAW_ARTIFICIAL, RAW_DIR, RAW_LABELED
 
 
 def main() -> None:

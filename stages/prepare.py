@@ -4,13 +4,13 @@
 
 from __future__ import annotations
 
-from pubmedqa_gpt2.config import load_params
+from pubmedqa_gpt2.core.config import load_params
+from pubmedqa_gpt2.core.errors import run_stage
+from pubmedqa_gpt2.core.io import atomic_dir, write_json
+from pubmedqa_gpt2.core.paths import DATA_METRICS, PREPARED_DIR, RAW_ARTIFICIAL, RAW_LABELED
 from pubmedqa_gpt2.data.prepare import assemble_splits, data_summary, write_splits
 from pubmedqa_gpt2.data.records import iter_jsonl
-from pubmedqa_gpt2.errors import run_stage
-from pubmedqa_gpt2.io import atomic_dir, write_json
 from pubmedqa_gpt2.model.loading import load_tokenizer
-from pubmedqa_gpt2.paths import DATA_METRICS, PREPARED_DIR, RAW_ARTIFICIAL, RAW_LABELED
 
 
 def main() -> None:

@@ -14,9 +14,9 @@ the loss curves in `dvclive-pretrain/`.
 
 from __future__ import annotations
 
-from pubmedqa_gpt2.config import load_params
-from pubmedqa_gpt2.errors import StageError, run_stage
-from pubmedqa_gpt2.io import atomic_dir, write_json
+from pubmedqa_gpt2.core.config import load_params
+from pubmedqa_gpt2.core.errors import StageError, run_stage
+from pubmedqa_gpt2.core.io import atomic_dir, write_json
 from pubmedqa_gpt2.training.phase import PRETRAIN_PHASE, pretrain_params, pretrain_phase
 
 

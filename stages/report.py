@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import sys
 
-from pubmedqa_gpt2.config import load_params
-from pubmedqa_gpt2.errors import run_stage
+from pubmedqa_gpt2.core.config import load_params
+from pubmedqa_gpt2.core.errors import run_stage
+from pubmedqa_gpt2.core.io import atomic_file
+from pubmedqa_gpt2.core.paths import README, RESULTS_FILE
 from pubmedqa_gpt2.evaluation.report import commit_hint, replace_block, results_table
-from pubmedqa_gpt2.io import atomic_file
-from pubmedqa_gpt2.paths import README, RESULTS_FILE
 
 
 def main() -> None:

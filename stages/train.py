@@ -11,8 +11,8 @@ adapters are merged in), the curves in `dvclive/`, `metrics/train.json`, `perf/t
 
 from __future__ import annotations
 
-from pubmedqa_gpt2.config import load_params
-from pubmedqa_gpt2.errors import run_stage
+from pubmedqa_gpt2.core.config import load_params
+from pubmedqa_gpt2.core.errors import run_stage
 from pubmedqa_gpt2.training.phase import train_phase
 from pubmedqa_gpt2.training.recipe import run_phase
 

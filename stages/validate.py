@@ -11,9 +11,9 @@ so that a valid change reruns only the stages whose own params changed.
 
 from __future__ import annotations
 
-from pubmedqa_gpt2.config import load_params
-from pubmedqa_gpt2.errors import run_stage
-from pubmedqa_gpt2.paths import PARAMS_CHECKED, PARAMS_FILE
+from pubmedqa_gpt2.core.config import load_params
+from pubmedqa_gpt2.core.errors import run_stage
+from pubmedqa_gpt2.core.paths import PARAMS_CHECKED, PARAMS_FILE
 
 NOTE = (
     "params.yaml was valid when the `validate` stage last ran (python -m stages.validate).\n"

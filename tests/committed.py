@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from pubmedqa_gpt2.config import Params, load_params, merge, with_changes
+from pubmedqa_gpt2.core.config import Params, load_params, merge, with_changes
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 

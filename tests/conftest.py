@@ -113,7 +113,7 @@ def tiny_model_params(tokenizer_dir):
 @pytest.fixture
 def workdir(tmp_path, monkeypatch, tokenizer):
     """A stage working directory with prepared splits of 12 (train) and 6 (dev) examples."""
-    from pubmedqa_gpt2 import paths
+    from pubmedqa_gpt2.core import paths
     from pubmedqa_gpt2.data.prepare import write_split
 
     from .training_helpers import records

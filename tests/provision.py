@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+from pubmedqa_gpt2.core.io import atomic_dir
 from pubmedqa_gpt2.data import download
 from pubmedqa_gpt2.data.download import ensure_official_file
-from pubmedqa_gpt2.io import atomic_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ class Sources:
 
     @classmethod
     def official(cls) -> Sources:
-        from pubmedqa_gpt2.config import load_params
+        from pubmedqa_gpt2.core.config import load_params
 
         data = load_params(ROOT / "params.yaml").data
         return cls(data_url=data.url, data_md5=data.md5)
@@ -143,7 +143,7 @@ def ensure_tokenizer(target: Path, sources: Sources) -> str:
     `sources.tokenizer` saved there if it encodes the checks; returns what was done."""
     from transformers import AutoTokenizer
 
-    from pubmedqa_gpt2.errors import StageError
+    from pubmedqa_gpt2.core.errors import StageError
 
     if (target / "tokenizer.json").is_file():
         return f"{target}: cached"

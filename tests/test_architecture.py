@@ -26,8 +26,8 @@ LAYERS = [
     ["summary_plot"],  # a sweep's page: the groups `summary` makes
     ["training", "evaluation", "summary", "smoke_params", "plots_template"],
     ["data", "model"],
-    ["config", "prompt", "devices", "memory"],
-    ["errors", "io", "paths"],
+    ["prompt", "devices", "memory"],
+    ["core"],  # config, errors, io, paths: what every stage reads
 ]
 
 
@@ -107,12 +107,12 @@ def test_the_checks_catch_what_they_guard():
     graph = import_graph()  # a graph of its own, changed below
     graph.add_import(importer="stages.pretrain", imported="stages.train")
     assert stage_to_stage_imports(graph) == ["stages.pretrain -> stages.train"]
-    graph.add_import(importer="pubmedqa_gpt2.config", imported="pubmedqa_gpt2.training.recipe")
+    graph.add_import(importer="pubmedqa_gpt2.core.config", imported="pubmedqa_gpt2.training.recipe")
     graph.add_import(importer="pubmedqa_gpt2.cli", imported="stages.evaluate")
     graph.add_import(importer="pubmedqa_gpt2.training.trainer", imported="pubmedqa_gpt2.evaluation")
     assert layer_violations(graph) == [
         "pubmedqa_gpt2.cli -> stages.evaluate (the library imports a stage)",
-        "pubmedqa_gpt2.config -> pubmedqa_gpt2.training.recipe "
+        "pubmedqa_gpt2.core.config -> pubmedqa_gpt2.training.recipe "
         "(a lower layer imports a higher one)",
         "pubmedqa_gpt2.training.trainer -> pubmedqa_gpt2.evaluation (independent components)",
     ]
@@ -181,6 +181,15 @@ def dep_problems(root: Path = ROOT) -> dict[str, list[str]]:
         unused = [d for d in code_deps if not any(covers(d, f) for f in imported)]
         found = [f"imported, not a dep: {f}" for f in missing]
         found += [f"a dep, never imported: {d}" for d in unused]
+        for dep in code_deps:  # a folder is a dep only where the stage imports all of it
+            if (root / dep).is_dir() and dep not in unused:
+                modules = {
+                    p.relative_to(root).as_posix()
+                    for p in (root / dep).rglob("*.py")
+                    if p.name != "__init__.py" and "__pycache__" not in p.parts
+                }
+                if not_imported := sorted(modules - imported):
+                    found.append(f"a folder dep, partly imported: {dep} (not {not_imported})")
         if found:
             problems[name] = found
     return problems
@@ -194,7 +203,8 @@ def test_every_stage_depends_on_exactly_the_code_it_imports():
 
 def test_the_deps_check_fails_on_a_missing_and_on_an_unused_dep(tmp_path):
     """The check above on a copy of the project whose dvc.yaml lacks one imported module of
-    train and lists one module train never imports."""
+    train and lists one module train never imports, and gives validate, which imports three
+    of the four modules of pubmedqa_gpt2/core, the whole folder."""
     import shutil
 
     for folder in (STAGES, LIBRARY):
@@ -208,6 +218,9 @@ def test_the_deps_check_fails_on_a_missing_and_on_an_unused_dep(tmp_path):
         "      - pubmedqa_gpt2/evaluation/compare.py\n",
         1,
     )
+    three = "".join(f"      - pubmedqa_gpt2/core/{m}.py\n" for m in ("config", "errors", "paths"))
+    assert head.count(three) == 1
+    head = head.replace(three, "      - pubmedqa_gpt2/core\n")
     (tmp_path / "dvc.yaml").write_text(head + tail)
     import sys
 
@@ -226,5 +239,8 @@ def test_the_deps_check_fails_on_a_missing_and_on_an_unused_dep(tmp_path):
         "train": [
             "imported, not a dep: pubmedqa_gpt2/model/scoring.py",
             "a dep, never imported: pubmedqa_gpt2/evaluation/compare.py",
-        ]
+        ],
+        "validate": [
+            "a folder dep, partly imported: pubmedqa_gpt2/core (not ['pubmedqa_gpt2/core/io.py'])"
+        ],
     }

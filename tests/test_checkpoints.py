@@ -13,8 +13,8 @@ import torch
 from pydantic import BaseModel
 from safetensors.torch import load_file
 
-from pubmedqa_gpt2 import paths
-from pubmedqa_gpt2.config import Params
+from pubmedqa_gpt2.core import paths
+from pubmedqa_gpt2.core.config import Params
 from pubmedqa_gpt2.training.checkpoints import STATE_FILE, reconcile_checkpoints, run_fingerprint
 from pubmedqa_gpt2.training.phase import pretrain_params, pretrain_phase, train_phase
 from stages import train as stage

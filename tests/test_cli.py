@@ -136,7 +136,7 @@ def test_json_has_the_same_keys_whatever_the_input(eval_workdir, capsys) -> None
 
 def decoding_flags() -> dict[str, str]:
     """`ask`'s options named after a field of the `evaluate` section: {flag: field}."""
-    from pubmedqa_gpt2.config import EvaluateParams
+    from pubmedqa_gpt2.core.config import EvaluateParams
 
     (ask_parser,) = [
         action.choices["ask"] for action in cli.build_parser()._actions if action.dest == "command"
@@ -151,7 +151,7 @@ def decoding_flags() -> dict[str, str]:
 def test_every_decoding_flag_reaches_the_generation_settings(eval_workdir, capsys, monkeypatch):
     """Each flag, given alone with a value other than params.yaml's, is the value generation
     runs with; the other settings stay params.yaml's."""
-    from pubmedqa_gpt2.config import load_section
+    from pubmedqa_gpt2.core.config import load_section
     from pubmedqa_gpt2.evaluation import answers
 
     flags = decoding_flags()

@@ -163,7 +163,7 @@ def test_two_jobs_on_one_node_each_with_its_gpu_0_take_no_lock_and_never_wait(sl
 def test_one_experiment_on_two_slurm_tasks_equals_two_local_processes(
     slurm, tmp_path, tokenizer, tiny_model_params
 ):
-    from pubmedqa_gpt2 import paths
+    from pubmedqa_gpt2.core import paths
     from pubmedqa_gpt2.data.prepare import write_split
 
     from .committed import write_params

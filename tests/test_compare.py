@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.core.errors import StageError
+from pubmedqa_gpt2.core.paths import COMPARE_METRICS, COMPARE_PLOT, COMPARE_SENTENCE, samples_file
 from pubmedqa_gpt2.evaluation import compare as stage
 from pubmedqa_gpt2.evaluation import statistics
-from pubmedqa_gpt2.paths import COMPARE_METRICS, COMPARE_PLOT, COMPARE_SENTENCE, samples_file
 from pubmedqa_gpt2.prompt import LABELS
 
 from .committed import write_params

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from pubmedqa_gpt2.config import Params, load_params, parse_params
-from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.core.config import Params, load_params, parse_params
+from pubmedqa_gpt2.core.errors import StageError
 
 from .committed import committed_params
 from .conftest import ROOT
@@ -213,7 +213,7 @@ def test_each_numeric_setting_refuses_values_outside_its_meaning(key):
 
 def test_an_empty_mapping_replaces_the_old_one_and_a_full_one_merges_key_by_key():
     start = committed_params({"model": {"init": "random", "overrides": {"n_layer": 2}}})
-    from pubmedqa_gpt2.config import with_changes
+    from pubmedqa_gpt2.core.config import with_changes
 
     assert with_changes(start, {"model": {"overrides": {}}}).model.overrides == {}
     merged = with_changes(start, {"model": {"overrides": {"n_head": 4}}}).model.overrides
@@ -233,7 +233,7 @@ def test_changes_merge_as_dvc_exp_run_set_param_applies_them(tmp_path, override,
     `-S` (dvc.utils.hydra.apply_overrides) on the same params.yaml."""
     from dvc.utils.hydra import apply_overrides
 
-    from pubmedqa_gpt2.config import with_changes
+    from pubmedqa_gpt2.core.config import with_changes
 
     from .committed import write_params
 

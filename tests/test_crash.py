@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from pubmedqa_gpt2 import paths
+from pubmedqa_gpt2.core import paths
 from pubmedqa_gpt2.training.phase import TRAIN_PHASE
 from stages import train as stage
 

@@ -44,9 +44,15 @@ def copy(tmp_path) -> Path:
     ("change", "rule"),
     [
         # requests is installed (datasets needs it) but not declared: a transitive import
-        (("pubmedqa_gpt2/io.py", "import json\n", "import json\n\nimport requests\n"), "DEP003"),
+        (
+            ("pubmedqa_gpt2/core/io.py", "import json\n", "import json\n\nimport requests\n"),
+            "DEP003",
+        ),
         # a dev-only package imported by the library
-        (("pubmedqa_gpt2/io.py", "import json\n", "import json\n\nimport hypothesis\n"), "DEP004"),
+        (
+            ("pubmedqa_gpt2/core/io.py", "import json\n", "import json\n\nimport hypothesis\n"),
+            "DEP004",
+        ),
         # a declared dependency nothing imports
         (("pyproject.toml", '"numpy>=1.26",', '"numpy>=1.26", "colorama",'), "DEP002"),
         # numpy imported by the library but no longer declared

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pubmedqa_gpt2 import devices
-from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.core.errors import StageError
 
 from .conftest import ROOT
 

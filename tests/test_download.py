@@ -10,8 +10,8 @@ import urllib.request
 
 import pytest
 
+from pubmedqa_gpt2.core.errors import StageError
 from pubmedqa_gpt2.data import download
-from pubmedqa_gpt2.errors import StageError
 
 BODY = b'{"1": "official"}' * 1000
 

@@ -1,11 +1,11 @@
-"""How a stage ends (`pubmedqa_gpt2/errors.py`): bad input is one `error:` line and status 1;
+"""How a stage ends (`pubmedqa_gpt2/core/errors.py`): bad input is one `error:` line and status 1;
 Ctrl-C is one line and the shell's 128 + SIGINT."""
 
 from __future__ import annotations
 
 import pytest
 
-from pubmedqa_gpt2.errors import StageError, run_stage
+from pubmedqa_gpt2.core.errors import StageError, run_stage
 
 
 def ending(capsys, main) -> tuple[int, str, str]:

@@ -13,9 +13,9 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from pubmedqa_gpt2 import paths
+from pubmedqa_gpt2.core import paths
+from pubmedqa_gpt2.core.errors import StageError
 from pubmedqa_gpt2.data.prepared import check_fits
-from pubmedqa_gpt2.errors import StageError
 from pubmedqa_gpt2.evaluation import answers, testset
 from pubmedqa_gpt2.evaluation.evaluate import confusion_rows, evaluate_model
 from pubmedqa_gpt2.evaluation.testset import read_test

@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pubmedqa_gpt2 import errors
+from pubmedqa_gpt2.core import errors
+from pubmedqa_gpt2.core.errors import StageError
+from pubmedqa_gpt2.core.io import md5_of
 from pubmedqa_gpt2.data.download import ensure_official_file
 from pubmedqa_gpt2.data.records import read_official_json
-from pubmedqa_gpt2.errors import StageError
-from pubmedqa_gpt2.io import md5_of
 
 from .committed import write_params
 from .conftest import ROOT, needs_pubmedqa

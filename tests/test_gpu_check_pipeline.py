@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from gpu_check import pipeline
-from pubmedqa_gpt2.config import load_params
+from pubmedqa_gpt2.core.config import load_params
 
 from .committed import committed_params
 from .conftest import needs_pubmedqa, needs_tokenizer

@@ -73,7 +73,7 @@ def _trained_work(work: Path) -> float:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pubmedqa_gpt2.config import load_params
+    from pubmedqa_gpt2.core.config import load_params
     from pubmedqa_gpt2.model.loading import random_config
 
     (work / "data/prepared").mkdir(parents=True)

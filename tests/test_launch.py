@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from pubmedqa_gpt2 import paths
-from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.core import paths
+from pubmedqa_gpt2.core.errors import StageError
 from pubmedqa_gpt2.training import launch
 from pubmedqa_gpt2.training.stop import STOP_FILE_ENV, STOPPED_EXIT
 

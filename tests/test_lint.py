@@ -42,6 +42,6 @@ def test_a_lint_or_format_error_fails(tmp_path, args, new):
                     ignore=shutil.ignore_patterns("__py*"))  # fmt: skip
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     assert ruff(tmp_path, *args).returncode == 0
-    io = tmp_path / "pubmedqa_gpt2/io.py"
+    io = tmp_path / "pubmedqa_gpt2/core/io.py"
     io.write_text(io.read_text() + new)
     assert ruff(tmp_path, *args).returncode == 1

@@ -107,7 +107,7 @@ def test_overrides_and_a_local_config_shape_the_random_model(tmp_path):
     ],
 )
 def test_a_model_the_params_cannot_build_is_one_line_naming_the_key(model, message):
-    from pubmedqa_gpt2.errors import StageError
+    from pubmedqa_gpt2.core.errors import StageError
 
     with pytest.raises(StageError) as err:
         build_model(committed_params({"model": {"overrides": {}, **model}}).model)
@@ -115,7 +115,7 @@ def test_a_model_the_params_cannot_build_is_one_line_naming_the_key(model, messa
 
 
 def test_missing_weights_or_tokenizer_are_one_line_naming_the_setting(tmp_path):
-    from pubmedqa_gpt2.errors import StageError
+    from pubmedqa_gpt2.core.errors import StageError
     from pubmedqa_gpt2.model.loading import load_tokenizer
 
     with pytest.raises(StageError) as err:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pubmedqa_gpt2 import paths
+from pubmedqa_gpt2.core import paths
 from pubmedqa_gpt2.model.loading import build_model, load_model
 from pubmedqa_gpt2.training.lora import apply_lora
 from stages import train as stage

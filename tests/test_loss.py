@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from pubmedqa_gpt2 import paths
+from pubmedqa_gpt2.core import paths
 from pubmedqa_gpt2.prompt import Encoded
 from pubmedqa_gpt2.training import recipe
 from pubmedqa_gpt2.training import trainer as trainer_module

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pubmedqa_gpt2 import memory
-from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.core.errors import StageError
 
 GPT2_LARGE = 774_030_080  # the published parameter count
 # LoRA r = 16 on GPT-2 Large's 36 blocks (width 1280): A and B of c_attn 16 x (1280 + 3840),

@@ -275,7 +275,7 @@ def test_smoke_params_in_place_is_the_edit_make_smoke_makes(smoke, source, tmp_p
     after = (repo / "params.yaml").read_text()
     assert after == (smoke[0] / "params.yaml").read_text()
     assert after != before and "# pretrained | random" in after  # comments are kept
-    from pubmedqa_gpt2.config import load_params
+    from pubmedqa_gpt2.core.config import load_params
 
     params = load_params(repo / "params.yaml")
     assert params.model.init == "random" and params.model.tokenizer == str(TOKENIZER_DIR)

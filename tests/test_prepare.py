@@ -9,9 +9,9 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
+from pubmedqa_gpt2.core.paths import SPLITS
 from pubmedqa_gpt2.data.records import Record
 from pubmedqa_gpt2.data.split import official_split, overlapping_pmids
-from pubmedqa_gpt2.paths import SPLITS
 from pubmedqa_gpt2.prompt import LABELS, encode_example
 
 from .conftest import needs_pubmedqa, needs_tokenizer

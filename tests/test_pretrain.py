@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pubmedqa_gpt2 import paths
-from pubmedqa_gpt2.config import load_params
+from pubmedqa_gpt2.core import paths
+from pubmedqa_gpt2.core.config import load_params
+from pubmedqa_gpt2.core.errors import StageError, run_stage
 from pubmedqa_gpt2.data.prepare import write_split
-from pubmedqa_gpt2.errors import StageError, run_stage
 from pubmedqa_gpt2.model.loading import build_model
 from pubmedqa_gpt2.training.phase import PRETRAIN_PHASE, train_phase
 from stages import pretrain, train

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pubmedqa_gpt2.errors import StageError
-from pubmedqa_gpt2.io import md5_of
+from pubmedqa_gpt2.core.errors import StageError
+from pubmedqa_gpt2.core.io import md5_of
 
 from . import provision
 from .conftest import needs_tokenizer

@@ -9,9 +9,9 @@ import os
 import pytest
 import torch
 
-from pubmedqa_gpt2 import paths
-from pubmedqa_gpt2.config import load_params
-from pubmedqa_gpt2.errors import StageError, run_stage
+from pubmedqa_gpt2.core import paths
+from pubmedqa_gpt2.core.config import load_params
+from pubmedqa_gpt2.core.errors import StageError, run_stage
 from pubmedqa_gpt2.training import recipe
 from pubmedqa_gpt2.training.phase import TRAIN_PHASE
 from stages import train as stage

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from pubmedqa_gpt2.core.errors import StageError
 from pubmedqa_gpt2.data.records import (
     Record,
     from_hub_rows,
@@ -16,7 +17,6 @@ from pubmedqa_gpt2.data.records import (
     read_official_json,
     write_jsonl,
 )
-from pubmedqa_gpt2.errors import StageError
 
 from .test_fetch import BAD_FILES, BAD_RECORDS, GOOD, write_official
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from pubmedqa_gpt2.config import load_params
-from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.core.config import load_params
+from pubmedqa_gpt2.core.errors import StageError
+from pubmedqa_gpt2.core.paths import REFERENCE_FILE, RESULTS_FILE
 from pubmedqa_gpt2.evaluation import report
-from pubmedqa_gpt2.paths import REFERENCE_FILE, RESULTS_FILE
 
 from .committed import committed_params
 from .conftest import ROOT

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.core.errors import StageError
 from pubmedqa_gpt2.slurm import status as slurm_status
 from pubmedqa_gpt2.slurm.script import batch_script
 from pubmedqa_gpt2.slurm.settings import ClusterSettings, load_settings

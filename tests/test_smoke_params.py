@@ -51,7 +51,7 @@ def test_an_existing_tokenizer_folder_is_written_as_an_absolute_path(tmp_path) -
 
 
 def test_overrides_that_do_not_validate_leave_the_params_file_as_it_was(tmp_path) -> None:
-    from pubmedqa_gpt2.errors import StageError
+    from pubmedqa_gpt2.core.errors import StageError
     from pubmedqa_gpt2.smoke_params import apply_overrides
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
@@ -120,7 +120,7 @@ def test_quoted_values_stay_quoted(tmp_path, monkeypatch) -> None:
 
 
 def test_variables_are_replaced_in_nested_strings_only(monkeypatch) -> None:
-    from pubmedqa_gpt2.errors import StageError
+    from pubmedqa_gpt2.core.errors import StageError
     from pubmedqa_gpt2.smoke_params import expand_env
 
     monkeypatch.setenv("WHO", "model")
@@ -140,7 +140,7 @@ def test_the_command_defaults_to_params_yaml_here_and_names_a_missing_folder(
     tmp_path, monkeypatch, capsys
 ) -> None:
     from pubmedqa_gpt2 import smoke_params
-    from pubmedqa_gpt2.errors import StageError
+    from pubmedqa_gpt2.core.errors import StageError
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)

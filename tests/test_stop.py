@@ -10,7 +10,7 @@ import shutil
 import pytest
 from safetensors.torch import load_file
 
-from pubmedqa_gpt2 import paths
+from pubmedqa_gpt2.core import paths
 from pubmedqa_gpt2.training.checkpoints import STATE_FILE
 from pubmedqa_gpt2.training.stop import STOP_FILE_ENV, STOPPED_EXIT, stop_requested
 from pubmedqa_gpt2.training.trainer import DecisionTrainer

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from pubmedqa_gpt2 import cli, summary, summary_plot
-from pubmedqa_gpt2.paths import PLOTS_TEMPLATE
+from pubmedqa_gpt2.core.paths import PLOTS_TEMPLATE
 
 from .conftest import ROOT
 from .test_plots import NODE, network_references

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pubmedqa_gpt2 import paths
-from pubmedqa_gpt2.config import load_params
+from pubmedqa_gpt2.core import paths
+from pubmedqa_gpt2.core.config import load_params
 from pubmedqa_gpt2.model.loading import load_model
 from pubmedqa_gpt2.training import recipe
 from pubmedqa_gpt2.training.examples import read_split

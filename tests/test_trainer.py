@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pubmedqa_gpt2 import paths
+from pubmedqa_gpt2.core import paths
 from pubmedqa_gpt2.data.prepare import write_split
 from pubmedqa_gpt2.data.records import Record
 from pubmedqa_gpt2.model.loading import load_model

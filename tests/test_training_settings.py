@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.core.errors import StageError
 from pubmedqa_gpt2.training.settings import optimizer_steps, resolve_precision, run_arguments
 
 from .committed import committed_params

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pubmedqa_gpt2 import paths
+from pubmedqa_gpt2.core import paths
 from pubmedqa_gpt2.data.records import Record
 from pubmedqa_gpt2.prompt import LABELS
 

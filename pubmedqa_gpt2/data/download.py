@@ -15,9 +15,9 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from pubmedqa_gpt2.errors import StageError
-from pubmedqa_gpt2.io import md5_of
-from pubmedqa_gpt2.paths import OFFICIAL_FILE
+from pubmedqa_gpt2.core.errors import StageError
+from pubmedqa_gpt2.core.io import md5_of
+from pubmedqa_gpt2.core.paths import OFFICIAL_FILE
 
 OFFLINE_HINT = "offline, run `make offline-data` (the official copy from PUBMEDQA_DIR)"
 

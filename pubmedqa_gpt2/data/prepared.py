@@ -11,7 +11,7 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.core.errors import StageError
 
 SCHEMA = pa.schema(
     [

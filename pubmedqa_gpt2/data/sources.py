@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pubmedqa_gpt2.config import DataParams
+from pubmedqa_gpt2.core.config import DataParams
+from pubmedqa_gpt2.core.paths import OFFICIAL_FILE
 from pubmedqa_gpt2.data.records import Record, read_hub, read_hub_parquet, read_official_json
-from pubmedqa_gpt2.paths import OFFICIAL_FILE
 
 
 def load_labeled(params: DataParams) -> list[Record]:

@@ -7,12 +7,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from pubmedqa_gpt2.config import EvaluateParams
-from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.core.config import EvaluateParams
+from pubmedqa_gpt2.core.errors import StageError
+from pubmedqa_gpt2.core.paths import TEST_FILE
 from pubmedqa_gpt2.evaluation.testset import TestExample
 from pubmedqa_gpt2.model.generate import generate_greedy
 from pubmedqa_gpt2.model.scoring import continuation_nll, score_decisions
-from pubmedqa_gpt2.paths import TEST_FILE
 from pubmedqa_gpt2.prompt import LABELS, decision_text, label_token_ids
 
 

@@ -26,9 +26,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.core.errors import StageError
+from pubmedqa_gpt2.core.paths import samples_file
 from pubmedqa_gpt2.evaluation import statistics
-from pubmedqa_gpt2.paths import samples_file
 from pubmedqa_gpt2.prompt import LABELS
 
 REQUIRED = ("pmid", "gold_decision", "predicted_decision", "correct", "generated_answer")

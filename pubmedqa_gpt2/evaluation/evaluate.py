@@ -21,15 +21,15 @@ from typing import Any
 
 import torch
 
-from pubmedqa_gpt2.config import EvaluateParams, ModelParams
-from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.core.config import EvaluateParams, ModelParams
+from pubmedqa_gpt2.core.errors import StageError
+from pubmedqa_gpt2.core.io import atomic_file, write_json
+from pubmedqa_gpt2.core.paths import EVAL_DIR, FINETUNED, eval_metrics
 from pubmedqa_gpt2.evaluation import calibration, statistics
 from pubmedqa_gpt2.evaluation.answers import decide, generate_answers, perplexity, reference_nll
 from pubmedqa_gpt2.evaluation.metrics import decision_metrics, generation_metrics
 from pubmedqa_gpt2.evaluation.testset import TestExample
-from pubmedqa_gpt2.io import atomic_file, write_json
 from pubmedqa_gpt2.model.loading import build_model, load_model, load_tokenizer
-from pubmedqa_gpt2.paths import EVAL_DIR, FINETUNED, eval_metrics
 
 
 @dataclass(frozen=True)

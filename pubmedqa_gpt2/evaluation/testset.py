@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pubmedqa_gpt2.core.errors import StageError
 from pubmedqa_gpt2.data.prepared import read_prepared
-from pubmedqa_gpt2.errors import StageError
 from pubmedqa_gpt2.prompt import LABELS
 
 COLUMNS = (

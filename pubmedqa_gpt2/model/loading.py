@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pubmedqa_gpt2.config import ModelParams
-from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.core.config import ModelParams
+from pubmedqa_gpt2.core.errors import StageError
 
 # The shapes of the public GPT-2 checkpoints (vocabulary 50257, 1024 positions).
 GPT2_SHAPES = {

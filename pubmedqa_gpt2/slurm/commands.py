@@ -6,7 +6,7 @@ import argparse
 import subprocess
 from pathlib import Path
 
-from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.core.errors import StageError
 from pubmedqa_gpt2.slurm.settings import SETTINGS_FILE, ClusterSettings, load_settings
 
 # Options that override a setting of slurm.local.yaml: (flag, setting, type).

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.core.errors import StageError
 
 SETTINGS_FILE = Path("slurm.local.yaml")
 

@@ -14,7 +14,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.core.errors import StageError
 from pubmedqa_gpt2.slurm.settings import ClusterSettings
 from pubmedqa_gpt2.slurm.submit import MANIFEST, workspaces_folder
 from pubmedqa_gpt2.slurm.task import experiment_names

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.core.errors import StageError
 from pubmedqa_gpt2.slurm.script import batch_script
 from pubmedqa_gpt2.slurm.settings import ClusterSettings
 from pubmedqa_gpt2.slurm.sweep import expand

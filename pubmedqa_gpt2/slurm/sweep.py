@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 
-from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.core.errors import StageError
 
 
 def expand(overrides: list[str]) -> list[list[str]]:

@@ -8,9 +8,9 @@ import json
 import shutil
 from pathlib import Path
 
-from pubmedqa_gpt2.config import Params
-from pubmedqa_gpt2.io import md5_of, write_json
-from pubmedqa_gpt2.paths import DEV_FILE
+from pubmedqa_gpt2.core.config import Params
+from pubmedqa_gpt2.core.io import md5_of, write_json
+from pubmedqa_gpt2.core.paths import DEV_FILE
 from pubmedqa_gpt2.training.phase import Phase
 
 RUN_FILE = "run.json"  # in the checkpoints folder: the fingerprint of the run they belong to

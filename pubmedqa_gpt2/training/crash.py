@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from pubmedqa_gpt2.io import write_json
+from pubmedqa_gpt2.core.io import write_json
 from pubmedqa_gpt2.memory import killed_message, train_advice
 
 

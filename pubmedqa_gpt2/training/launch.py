@@ -10,8 +10,8 @@ from collections.abc import MutableMapping
 
 import torch
 
+from pubmedqa_gpt2.core.errors import StageError
 from pubmedqa_gpt2.devices import slurm_tasks
-from pubmedqa_gpt2.errors import StageError
 from pubmedqa_gpt2.memory import killed_message, train_advice
 from pubmedqa_gpt2.training.stop import STOPPED_EXIT, stop_requested
 

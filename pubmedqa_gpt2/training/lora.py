@@ -5,7 +5,7 @@ from __future__ import annotations
 from peft import LoraConfig, get_peft_model
 from transformers import set_seed
 
-from pubmedqa_gpt2.config import TrainParams
+from pubmedqa_gpt2.core.config import TrainParams
 
 LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
 

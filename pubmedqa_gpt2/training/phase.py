@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pubmedqa_gpt2 import paths
-from pubmedqa_gpt2.config import Params
+from pubmedqa_gpt2.core import paths
+from pubmedqa_gpt2.core.config import Params
 
 
 @dataclass(frozen=True)

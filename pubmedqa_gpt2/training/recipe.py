@@ -26,14 +26,14 @@ import torch
 from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from pubmedqa_gpt2.config import Params, TrainParams
+from pubmedqa_gpt2.core.config import Params, TrainParams
+from pubmedqa_gpt2.core.errors import StageError
+from pubmedqa_gpt2.core.io import write_json
+from pubmedqa_gpt2.core.paths import DEV_FILE
 from pubmedqa_gpt2.data.prepared import check_fits
 from pubmedqa_gpt2.devices import claim_gpus
-from pubmedqa_gpt2.errors import StageError
-from pubmedqa_gpt2.io import write_json
 from pubmedqa_gpt2.memory import out_of_memory_message, train_advice
 from pubmedqa_gpt2.model.loading import build_model, load_model, load_tokenizer
-from pubmedqa_gpt2.paths import DEV_FILE
 from pubmedqa_gpt2.prompt import Encoded, label_token_ids
 from pubmedqa_gpt2.training.callbacks import StepCount, StopOnRequest, phase_callbacks
 from pubmedqa_gpt2.training.checkpoints import (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import yaml
 
-from pubmedqa_gpt2.config import Params
-from pubmedqa_gpt2.io import atomic_dir, write_json
+from pubmedqa_gpt2.core.config import Params
+from pubmedqa_gpt2.core.io import atomic_dir, write_json
 from pubmedqa_gpt2.training.phase import Phase
 
 

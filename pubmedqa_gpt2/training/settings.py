@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
-from pubmedqa_gpt2.config import TrainParams
-from pubmedqa_gpt2.errors import StageError
+from pubmedqa_gpt2.core.config import TrainParams
+from pubmedqa_gpt2.core.errors import StageError
 from pubmedqa_gpt2.model.loading import gpu_has_bf16
 
 

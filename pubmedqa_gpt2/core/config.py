@@ -14,8 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pubmedqa_gpt2.errors import StageError
-from pubmedqa_gpt2.paths import PARAMS_FILE
+from pubmedqa_gpt2.core.errors import StageError
+from pubmedqa_gpt2.core.paths import PARAMS_FILE
 
 MAX_SEED = 2**32 - 1  # numpy's seeds (transformers' set_seed, the bootstrap) are 0 .. 2**32 - 1
 
@@ -255,7 +255,7 @@ def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
         allowed = ", ".join(section.model_fields) if section else "?"
         return f"{key}: unknown key; allowed: {allowed}"
     if error["type"] == "missing":
-        return f"{key}: missing (params.yaml sets every key; see pubmedqa_gpt2/config.py)"
+        return f"{key}: missing (params.yaml sets every key; see pubmedqa_gpt2/core/config.py)"
     return f"{key}: {error['msg']} (got {error.get('input')!r})"
 
 
