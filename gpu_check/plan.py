@@ -168,7 +168,7 @@ def training_mfu(work_dir: Path, perf: dict, seconds_key: str) -> float | None:
     epochs run, divided by `perf[seconds_key]` (the training loop alone, or the whole run)."""
     from bench.gpu import meta_model, peak_flops, training_flops_of_lengths
     from pubmedqa_gpt2.core.config import load_params
-    from pubmedqa_gpt2.data.prepared import read_prepared
+    from pubmedqa_gpt2.data.token_files import read_prepared
     from pubmedqa_gpt2.model.loading import random_config
 
     peak = peak_flops(perf.get("device", ""))

@@ -20,12 +20,12 @@ import torch
 from pubmedqa_gpt2.core.config import load_params
 from pubmedqa_gpt2.core.errors import StageError, run_stage
 from pubmedqa_gpt2.core.paths import EVALUATED, TEST_FILE
-from pubmedqa_gpt2.data.prepared import check_fits
-from pubmedqa_gpt2.devices import claim_gpus
+from pubmedqa_gpt2.data.token_files import check_fits
 from pubmedqa_gpt2.evaluation.evaluate import evaluate_model, load_evaluated, write_outputs
 from pubmedqa_gpt2.evaluation.testset import read_test
-from pubmedqa_gpt2.memory import EVALUATE_ADVICE, out_of_memory_message
+from pubmedqa_gpt2.gpu_claims import claim_gpus
 from pubmedqa_gpt2.model.loading import inference_dtype, pick_device
+from pubmedqa_gpt2.out_of_memory import EVALUATE_ADVICE, out_of_memory_message
 
 
 def parse_which(argv: Sequence[str]) -> str:

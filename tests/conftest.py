@@ -377,12 +377,12 @@ def _no_gpu_claim_outlives_its_test():
     """A test that claims GPUs in this process releases them and leaves CUDA_VISIBLE_DEVICES
     as it found it: a leaked claim made later tests (and the stages they start) wait for ever
     on a GPU this process holds."""
-    from pubmedqa_gpt2 import devices
+    from pubmedqa_gpt2 import gpu_claims
 
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     yield
-    leaked = list(devices._claimed)
-    devices.release_gpus()
+    leaked = list(gpu_claims._claimed)
+    gpu_claims.release_gpus()
     now = os.environ.get("CUDA_VISIBLE_DEVICES")
     assert not leaked, f"the test left GPUs {leaked} claimed"
     assert now == visible, f"the test left CUDA_VISIBLE_DEVICES={now!r} (was {visible!r})"

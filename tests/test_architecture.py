@@ -26,7 +26,7 @@ LAYERS = [
     ["summary_plot"],  # a sweep's page: the groups `summary` makes
     ["training", "evaluation", "summary", "smoke_params", "plots_template"],
     ["data", "model"],
-    ["prompt", "devices", "memory"],
+    ["prompt", "gpu_claims", "out_of_memory"],
     ["core"],  # config, errors, io, paths: what every stage reads
 ]
 

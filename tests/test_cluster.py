@@ -125,9 +125,9 @@ def params_of(repo: Path, rev: str) -> dict:
 
 CLAIM = """
 import json, os, sys, time
-from pubmedqa_gpt2 import devices
+from pubmedqa_gpt2 import gpu_claims
 start = time.time()
-got = devices.claim_gpus(1)
+got = gpu_claims.claim_gpus(1)
 time.sleep(3)
 print(json.dumps({"devices": got, "start": start, "claimed": time.time() - 3, "end": time.time()}))
 """

@@ -15,7 +15,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from pubmedqa_gpt2.core import paths
 from pubmedqa_gpt2.core.errors import StageError
-from pubmedqa_gpt2.data.prepared import check_fits
+from pubmedqa_gpt2.data.token_files import check_fits
 from pubmedqa_gpt2.evaluation import answers, testset
 from pubmedqa_gpt2.evaluation.evaluate import confusion_rows, evaluate_model
 from pubmedqa_gpt2.evaluation.testset import read_test
@@ -444,14 +444,14 @@ def test_the_evaluate_stage_claims_one_free_gpu_of_its_own_before_cuda(tmp_path,
     import fcntl
     import os
 
-    from pubmedqa_gpt2 import devices
+    from pubmedqa_gpt2 import gpu_claims
 
     from .committed import write_params
 
     write_params(tmp_path, {"train": {"num_processes": 2}})
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1", "2"])
-    monkeypatch.setenv(devices.LOCK_DIR_ENV, str(tmp_path / "locks"))
+    monkeypatch.setattr(gpu_claims, "physical_gpus", lambda: ["0", "1", "2"])
+    monkeypatch.setenv(gpu_claims.LOCK_DIR_ENV, str(tmp_path / "locks"))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # so that the claim's own setting is undone
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # (delenv of an unset variable records nothing)
     (tmp_path / "locks").mkdir()
@@ -478,5 +478,5 @@ def test_the_evaluate_stage_claims_one_free_gpu_of_its_own_before_cuda(tmp_path,
                 os.open(tmp_path / "locks/gpu-1.lock", os.O_RDWR), fcntl.LOCK_EX | fcntl.LOCK_NB
             )
     finally:
-        devices.release_gpus()
+        gpu_claims.release_gpus()
         os.close(other_run)

@@ -26,11 +26,11 @@ def test_one_training_process_sees_one_gpu(workdir, tiny, monkeypatch, visible, 
     """With train.num_processes 1 on a machine of several GPUs, the Trainer would wrap the
     model in DataParallel (a larger batch, warmup for one device, no bf16 autocast): the
     stage restricts CUDA to one free device before anything starts it."""
-    from pubmedqa_gpt2 import devices
+    from pubmedqa_gpt2 import gpu_claims
 
     seen = {}
-    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1"])
-    monkeypatch.setenv(devices.LOCK_DIR_ENV, str(workdir / "locks"))
+    monkeypatch.setattr(gpu_claims, "physical_gpus", lambda: ["0", "1"])
+    monkeypatch.setenv(gpu_claims.LOCK_DIR_ENV, str(workdir / "locks"))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible or "")  # restored after the test
     if visible is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
@@ -40,16 +40,16 @@ def test_one_training_process_sees_one_gpu(workdir, tiny, monkeypatch, visible, 
     try:
         stage.main()
     finally:
-        devices.release_gpus()
+        gpu_claims.release_gpus()
     assert seen["CUDA_VISIBLE_DEVICES"] == expected
 
 
 def test_a_data_parallel_run_claims_a_gpu_per_process(workdir, tiny, monkeypatch):
-    from pubmedqa_gpt2 import devices
+    from pubmedqa_gpt2 import gpu_claims
 
     seen = {}
-    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1", "2"])
-    monkeypatch.setenv(devices.LOCK_DIR_ENV, str(workdir / "locks"))
+    monkeypatch.setattr(gpu_claims, "physical_gpus", lambda: ["0", "1", "2"])
+    monkeypatch.setenv(gpu_claims.LOCK_DIR_ENV, str(workdir / "locks"))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # restored after the test
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
@@ -58,7 +58,7 @@ def test_a_data_parallel_run_claims_a_gpu_per_process(workdir, tiny, monkeypatch
     try:
         stage.main()
     finally:
-        devices.release_gpus()
+        gpu_claims.release_gpus()
     assert (seen["n"], seen["CUDA_VISIBLE_DEVICES"]) == (2, "0,1")
 
 

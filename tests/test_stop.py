@@ -116,7 +116,7 @@ def test_with_a_process_group_the_request_goes_through_an_all_reduce(tmp_path, m
         assert control.should_training_stop and control.should_save
         assert callback.stopped_at == 4
         # and every process's device figures are gathered, in rank order
-        from pubmedqa_gpt2.training.perf import gather_from_ranks
+        from pubmedqa_gpt2.training.run_figures import gather_from_ranks
 
         assert gather_from_ranks({"device": "cpu", "rank": 0}) == [{"device": "cpu", "rank": 0}]
     finally:

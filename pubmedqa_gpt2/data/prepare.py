@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 
 from pubmedqa_gpt2.core.errors import StageError
 from pubmedqa_gpt2.core.paths import ARTIFICIAL
-from pubmedqa_gpt2.data.prepared import SCHEMA
 from pubmedqa_gpt2.data.records import Record
 from pubmedqa_gpt2.data.split import official_split, overlapping_pmids
+from pubmedqa_gpt2.data.token_files import SCHEMA
 from pubmedqa_gpt2.prompt import LABELS, Encoded, TooLongError, encode_examples
 
 BATCH = 1024

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pubmedqa_gpt2.core.errors import StageError
-from pubmedqa_gpt2.data.prepared import read_prepared
+from pubmedqa_gpt2.data.token_files import read_prepared
 from pubmedqa_gpt2.prompt import LABELS
 
 COLUMNS = (
@@ -22,7 +22,7 @@ COLUMNS = (
 
 @dataclass(frozen=True)
 class TestExample:
-    """One prepared test question (see pubmedqa_gpt2/data/prepared.py for the columns)."""
+    """One prepared test question (see pubmedqa_gpt2/data/token_files.py for the columns)."""
 
     pmid: str
     question: str

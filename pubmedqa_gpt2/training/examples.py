@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pubmedqa_gpt2.core.errors import StageError
-from pubmedqa_gpt2.data.prepared import read_prepared
+from pubmedqa_gpt2.data.token_files import read_prepared
 from pubmedqa_gpt2.prompt import Encoded
 
 COLUMNS = ("pmid", "prompt_ids", "completion_ids", "shortened")

@@ -11,8 +11,8 @@ from collections.abc import MutableMapping
 import torch
 
 from pubmedqa_gpt2.core.errors import StageError
-from pubmedqa_gpt2.devices import slurm_tasks
-from pubmedqa_gpt2.memory import killed_message, train_advice
+from pubmedqa_gpt2.gpu_claims import slurm_tasks
+from pubmedqa_gpt2.out_of_memory import killed_message, train_advice
 from pubmedqa_gpt2.training.stop import STOPPED_EXIT, stop_requested
 
 # One node-agent per SLURM task: torch.distributed.run's static rendezvous, with this task's

@@ -30,10 +30,10 @@ from pubmedqa_gpt2.core.config import Params, TrainParams
 from pubmedqa_gpt2.core.errors import StageError
 from pubmedqa_gpt2.core.io import write_json
 from pubmedqa_gpt2.core.paths import DEV_FILE
-from pubmedqa_gpt2.data.prepared import check_fits
-from pubmedqa_gpt2.devices import claim_gpus
-from pubmedqa_gpt2.memory import out_of_memory_message, train_advice
+from pubmedqa_gpt2.data.token_files import check_fits
+from pubmedqa_gpt2.gpu_claims import claim_gpus
 from pubmedqa_gpt2.model.loading import build_model, load_model, load_tokenizer
+from pubmedqa_gpt2.out_of_memory import out_of_memory_message, train_advice
 from pubmedqa_gpt2.prompt import Encoded, label_token_ids
 from pubmedqa_gpt2.training.callbacks import StepCount, StopOnRequest, phase_callbacks
 from pubmedqa_gpt2.training.checkpoints import (
@@ -42,12 +42,12 @@ from pubmedqa_gpt2.training.checkpoints import (
     tokens_seen,
 )
 from pubmedqa_gpt2.training.collator import Collator
-from pubmedqa_gpt2.training.crash import mark_running, report_unfinished_run
 from pubmedqa_gpt2.training.examples import read_split, to_features
 from pubmedqa_gpt2.training.launch import launch
 from pubmedqa_gpt2.training.lora import apply_lora
-from pubmedqa_gpt2.training.perf import device_figures, gather_from_ranks, memory_line
 from pubmedqa_gpt2.training.phase import Phase
+from pubmedqa_gpt2.training.run_figures import device_figures, gather_from_ranks, memory_line
+from pubmedqa_gpt2.training.running_marker import mark_running, report_unfinished_run
 from pubmedqa_gpt2.training.saving import save_model, training_metrics
 from pubmedqa_gpt2.training.settings import run_arguments
 from pubmedqa_gpt2.training.stop import STOPPED_EXIT

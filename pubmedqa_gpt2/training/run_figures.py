@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from pubmedqa_gpt2 import memory
+from pubmedqa_gpt2 import out_of_memory
 
 
 def device_figures(cuda: bool) -> dict:
@@ -47,8 +47,8 @@ def gather_from_ranks(figures: dict) -> list[dict]:
 
 
 def memory_line(total: int, trained: int, cuda: bool, section: str = "train") -> str:
-    """The training state's memory against this device's (`pubmedqa_gpt2.memory`)."""
+    """The training state's memory against this device's (`pubmedqa_gpt2.out_of_memory`)."""
     capacity = None
     if cuda:
         capacity = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-    return memory.memory_line(total, trained, gpu_capacity=capacity, section=section)
+    return out_of_memory.memory_line(total, trained, gpu_capacity=capacity, section=section)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from pubmedqa_gpt2.core.io import write_json
-from pubmedqa_gpt2.memory import killed_message, train_advice
+from pubmedqa_gpt2.out_of_memory import killed_message, train_advice
 
 
 def mark_running(marker: Path) -> None:

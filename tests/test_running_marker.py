@@ -1,5 +1,5 @@
-"""A killed run (`pubmedqa_gpt2/training/crash.py`): the marker a phase leaves while it trains,
-and the next run's report of it."""
+"""A killed run (`pubmedqa_gpt2/training/running_marker.py`): the marker a phase leaves while
+it trains, and the next run's report of it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A run's devices and memory (`pubmedqa_gpt2/training/perf.py`): the figures of
+"""A run's devices and memory (`pubmedqa_gpt2/training/run_figures.py`): the figures of
 perf/*.json, on a CPU as measured here and on a GPU from torch.cuda's own counters (stood in
 for: these machines have none)."""
 
@@ -10,12 +10,12 @@ import types
 import pytest
 import torch
 
-from pubmedqa_gpt2 import memory
-from pubmedqa_gpt2.training import perf
+from pubmedqa_gpt2 import out_of_memory
+from pubmedqa_gpt2.training import run_figures
 
 
 def test_on_a_cpu_the_figure_is_the_peak_resident_memory():
-    figures = perf.device_figures(cuda=False)
+    figures = run_figures.device_figures(cuda=False)
     assert set(figures) == {"device", "peak_rss_bytes"} and figures["device"] == "cpu"
     # Linux's ru_maxrss is in KiB; the peak only grows
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -43,7 +43,7 @@ def a_gpu(monkeypatch):
 
 
 def test_on_a_gpu_each_figure_is_the_counter_it_names(a_gpu):
-    assert perf.device_figures(cuda=True) == {
+    assert run_figures.device_figures(cuda=True) == {
         "device": "NVIDIA H100 80GB HBM3",
         "cuda_visible_devices": "3",
         "peak_gpu_allocated_bytes": 11 * 2**30,
@@ -54,13 +54,13 @@ def test_on_a_gpu_each_figure_is_the_counter_it_names(a_gpu):
 
 
 def test_the_memory_line_weighs_the_training_state_against_this_device(a_gpu):
-    assert perf.memory_line(774_030_080, 774_030_080, cuda=True) == memory.memory_line(
-        774_030_080, 774_030_080, gpu_capacity=80 * 2**30
-    )
-    assert perf.memory_line(1000, 10, cuda=False, section="pretrain") == memory.memory_line(
-        1000, 10, gpu_capacity=None, section="pretrain"
-    )
+    assert run_figures.memory_line(
+        774_030_080, 774_030_080, cuda=True
+    ) == out_of_memory.memory_line(774_030_080, 774_030_080, gpu_capacity=80 * 2**30)
+    assert run_figures.memory_line(
+        1000, 10, cuda=False, section="pretrain"
+    ) == out_of_memory.memory_line(1000, 10, gpu_capacity=None, section="pretrain")
 
 
 def test_one_process_gathers_its_own_figures():
-    assert perf.gather_from_ranks({"device": "cpu"}) == [{"device": "cpu"}]
+    assert run_figures.gather_from_ranks({"device": "cpu"}) == [{"device": "cpu"}]

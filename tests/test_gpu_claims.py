@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from pubmedqa_gpt2 import devices
+from pubmedqa_gpt2 import gpu_claims
 from pubmedqa_gpt2.core.errors import StageError
 
 from .conftest import ROOT
 
 CLAIMANT = """
 import json, os, sys, time
-from pubmedqa_gpt2 import devices
-devices.physical_gpus = lambda: ["0", "1"]  # a machine with two GPUs
+from pubmedqa_gpt2 import gpu_claims
+gpu_claims.physical_gpus = lambda: ["0", "1"]  # a machine with two GPUs
 asked = time.time()
-got = devices.claim_gpus(int(sys.argv[1]), poll=0.2)
+got = gpu_claims.claim_gpus(int(sys.argv[1]), poll=0.2)
 start = time.time()
 time.sleep(float(sys.argv[2]))
 print(json.dumps({"devices": got, "visible": os.environ["CUDA_VISIBLE_DEVICES"],
@@ -31,7 +31,7 @@ print(json.dumps({"devices": got, "visible": os.environ["CUDA_VISIBLE_DEVICES"],
 
 
 def claimant(lock_dir: Path, n: int, hold: float) -> subprocess.Popen:
-    env = os.environ | {"PYTHONPATH": str(ROOT), devices.LOCK_DIR_ENV: str(lock_dir)}
+    env = os.environ | {"PYTHONPATH": str(ROOT), gpu_claims.LOCK_DIR_ENV: str(lock_dir)}
     env.pop("CUDA_VISIBLE_DEVICES", None)
     env.pop("SLURM_JOB_ID", None)  # these claims are the ones made outside SLURM
     return subprocess.Popen(
@@ -92,33 +92,33 @@ def test_a_killed_process_frees_its_gpus(tmp_path):
 
 
 def test_asking_for_more_gpus_than_visible_is_an_error(tmp_path):
-    env = {"CUDA_VISIBLE_DEVICES": "4,5", devices.LOCK_DIR_ENV: str(tmp_path)}
+    env = {"CUDA_VISIBLE_DEVICES": "4,5", gpu_claims.LOCK_DIR_ENV: str(tmp_path)}
     with pytest.raises(
         StageError, match=r"^train.num_processes: 3 GPUs asked for, 2 visible \(4,5\)"
     ):
-        devices.claim_gpus(3, env)
+        gpu_claims.claim_gpus(3, env)
     with pytest.raises(StageError, match=r"^pretrain.num_processes: 3 GPUs asked for"):
-        devices.claim_gpus(3, env, setting="pretrain.num_processes")
+        gpu_claims.claim_gpus(3, env, setting="pretrain.num_processes")
 
 
 def test_a_process_keeps_the_gpus_it_holds(monkeypatch, tmp_path):
     """A second claim in the same process (evaluate after train in one interpreter) returns
     the GPUs it holds instead of waiting for its own lock."""
-    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1"])
-    env = {devices.LOCK_DIR_ENV: str(tmp_path)}
+    monkeypatch.setattr(gpu_claims, "physical_gpus", lambda: ["0", "1"])
+    env = {gpu_claims.LOCK_DIR_ENV: str(tmp_path)}
     try:
-        assert devices.claim_gpus(1, env) == ["0"]
-        assert devices.claim_gpus(1, {**env, "CUDA_VISIBLE_DEVICES": "0,1"}, poll=0.01) == ["0"]
+        assert gpu_claims.claim_gpus(1, env) == ["0"]
+        assert gpu_claims.claim_gpus(1, {**env, "CUDA_VISIBLE_DEVICES": "0,1"}, poll=0.01) == ["0"]
     finally:
-        devices.release_gpus()
-    assert devices.claim_gpus(1, env) == ["0"]  # released: free again
-    devices.release_gpus()
+        gpu_claims.release_gpus()
+    assert gpu_claims.claim_gpus(1, env) == ["0"]  # released: free again
+    gpu_claims.release_gpus()
 
 
 def test_no_gpu_no_claim(monkeypatch, tmp_path):
-    monkeypatch.setattr(devices, "physical_gpus", lambda: [])
-    env = {devices.LOCK_DIR_ENV: str(tmp_path)}
-    assert devices.claim_gpus(1, env) == [] and "CUDA_VISIBLE_DEVICES" not in env
+    monkeypatch.setattr(gpu_claims, "physical_gpus", lambda: [])
+    env = {gpu_claims.LOCK_DIR_ENV: str(tmp_path)}
+    assert gpu_claims.claim_gpus(1, env) == [] and "CUDA_VISIBLE_DEVICES" not in env
 
 
 def lock(lock_dir: Path, device: str) -> int:
@@ -137,13 +137,13 @@ def test_a_process_waiting_for_more_gpus_than_are_free_holds_none_of_them(
     (another run may take it), and both are claimed, in order, once they are free."""
     import threading
 
-    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1", "2"])
-    env = {devices.LOCK_DIR_ENV: str(tmp_path)}
+    monkeypatch.setattr(gpu_claims, "physical_gpus", lambda: ["0", "1", "2"])
+    env = {gpu_claims.LOCK_DIR_ENV: str(tmp_path)}
     tmp_path.mkdir(exist_ok=True)
     taken = [lock(tmp_path, "0"), lock(tmp_path, "2")]
     got: list[list[str]] = []
     claimer = threading.Thread(
-        target=lambda: got.append(devices.claim_gpus(2, env, poll=0.02)), daemon=True
+        target=lambda: got.append(gpu_claims.claim_gpus(2, env, poll=0.02)), daemon=True
     )
     claimer.start()
     try:
@@ -165,7 +165,7 @@ def test_a_process_waiting_for_more_gpus_than_are_free_holds_none_of_them(
     finally:
         for fd in taken:
             os.close(fd)
-        devices.release_gpus()
+        gpu_claims.release_gpus()
     err = capsys.readouterr().err
     assert err.count("waiting for 2 free GPU(s) of 0,1,2 (others are in use)") == 1, err
     assert f"using GPU 1,2 (locked in {tmp_path})" in err
@@ -177,41 +177,41 @@ def test_a_process_waiting_for_more_gpus_than_are_free_holds_none_of_them(
 def test_visible_devices_are_the_candidates_and_odd_names_are_safe_lock_files(
     monkeypatch, tmp_path
 ):
-    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1", "2", "3"])
-    assert devices.candidate_gpus({"CUDA_VISIBLE_DEVICES": " 2, 3 ,"}) == ["2", "3"]
-    assert devices.candidate_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
-    assert devices.candidate_gpus({}) == ["0", "1", "2", "3"]
+    monkeypatch.setattr(gpu_claims, "physical_gpus", lambda: ["0", "1", "2", "3"])
+    assert gpu_claims.candidate_gpus({"CUDA_VISIBLE_DEVICES": " 2, 3 ,"}) == ["2", "3"]
+    assert gpu_claims.candidate_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert gpu_claims.candidate_gpus({}) == ["0", "1", "2", "3"]
     locks = tmp_path / "new" / "locks"
-    env = {"CUDA_VISIBLE_DEVICES": "GPU-ab/c:1", devices.LOCK_DIR_ENV: str(locks)}
+    env = {"CUDA_VISIBLE_DEVICES": "GPU-ab/c:1", gpu_claims.LOCK_DIR_ENV: str(locks)}
     try:
-        assert devices.claim_gpus(1, env) == ["GPU-ab/c:1"]
+        assert gpu_claims.claim_gpus(1, env) == ["GPU-ab/c:1"]
     finally:
-        devices.release_gpus()
+        gpu_claims.release_gpus()
     assert [p.name for p in locks.iterdir()] == ["gpu-GPU-ab_c_1.lock"]
 
 
 def test_physical_gpus_are_counted_from_the_driver_folder(monkeypatch, tmp_path):
-    monkeypatch.setattr(devices, "NVIDIA_GPUS", tmp_path / "gpus")
-    assert devices.physical_gpus() == []
+    monkeypatch.setattr(gpu_claims, "NVIDIA_GPUS", tmp_path / "gpus")
+    assert gpu_claims.physical_gpus() == []
     for bus in ("0000:17:00.0", "0000:65:00.0"):
         (tmp_path / "gpus" / bus).mkdir(parents=True)
-    assert devices.physical_gpus() == ["0", "1"]
+    assert gpu_claims.physical_gpus() == ["0", "1"]
 
 
 def test_a_second_claim_sets_the_devices_it_holds_and_the_defaults_are_used(monkeypatch, tmp_path):
-    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1", "2"])
-    monkeypatch.setattr(devices, "DEFAULT_LOCK_DIR", str(tmp_path / "default" / "locks"))
-    monkeypatch.delenv(devices.LOCK_DIR_ENV, raising=False)
+    monkeypatch.setattr(gpu_claims, "physical_gpus", lambda: ["0", "1", "2"])
+    monkeypatch.setattr(gpu_claims, "DEFAULT_LOCK_DIR", str(tmp_path / "default" / "locks"))
+    monkeypatch.delenv(gpu_claims.LOCK_DIR_ENV, raising=False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # so that the claim's own setting is undone
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # (delenv of an unset variable records nothing)
     old_umask = os.umask(0o022)
     try:
-        assert devices.claim_gpus(2) == ["0", "1"]  # os.environ, the default folder
+        assert gpu_claims.claim_gpus(2) == ["0", "1"]  # os.environ, the default folder
         assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
         env = {"CUDA_VISIBLE_DEVICES": "2"}
-        assert devices.claim_gpus(1, env) == ["0", "1"] and env["CUDA_VISIBLE_DEVICES"] == "0,1"
+        assert gpu_claims.claim_gpus(1, env) == ["0", "1"] and env["CUDA_VISIBLE_DEVICES"] == "0,1"
     finally:
-        devices.release_gpus()
+        gpu_claims.release_gpus()
         os.umask(old_umask)
     locks = sorted((tmp_path / "default" / "locks").iterdir())
     assert [p.name for p in locks] == ["gpu-0.lock", "gpu-1.lock"]
@@ -229,27 +229,27 @@ def slurm_env(visible: str | None, tasks: int = 1) -> dict:
 def test_inside_slurm_the_allocation_s_gpus_are_used_without_a_lock(monkeypatch, tmp_path):
     """Jobs on one node each see their own GPU as 0: a lock on gpu-0 held by another job
     (here, this process) must not make this one wait."""
-    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1"])
-    held = devices._try_lock(tmp_path / "gpu-0.lock")  # another job's claim of "its" GPU 0
+    monkeypatch.setattr(gpu_claims, "physical_gpus", lambda: ["0", "1"])
+    held = gpu_claims._try_lock(tmp_path / "gpu-0.lock")  # another job's claim of "its" GPU 0
     try:
-        env = slurm_env("0") | {devices.LOCK_DIR_ENV: str(tmp_path)}
+        env = slurm_env("0") | {gpu_claims.LOCK_DIR_ENV: str(tmp_path)}
         started = time.monotonic()
-        assert devices.claim_gpus(1, environ=env, poll=0.05) == ["0"]
+        assert gpu_claims.claim_gpus(1, environ=env, poll=0.05) == ["0"]
         assert time.monotonic() - started < 1.0
     finally:
         os.close(held)
     assert env["CUDA_VISIBLE_DEVICES"] == "0"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu-0.lock"]  # no lock of its own
-    assert devices._claimed == []
+    assert gpu_claims._claimed == []
 
 
 def test_inside_slurm_one_process_takes_the_first_gpus_of_its_allocation(monkeypatch, capsys):
-    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1", "2", "3"])
+    monkeypatch.setattr(gpu_claims, "physical_gpus", lambda: ["0", "1", "2", "3"])
     env = slurm_env("2,3")
-    assert devices.claim_gpus(1, environ=env) == ["2"]
+    assert gpu_claims.claim_gpus(1, environ=env) == ["2"]
     assert env["CUDA_VISIBLE_DEVICES"] == "2"
     env = slurm_env("2,3")
-    assert devices.claim_gpus(2, environ=env) == ["2", "3"]
+    assert gpu_claims.claim_gpus(2, environ=env) == ["2", "3"]
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3"
     assert capsys.readouterr().err.splitlines() == [
         "using GPU 2 (SLURM job 123's allocation, no lock)",
@@ -258,9 +258,9 @@ def test_inside_slurm_one_process_takes_the_first_gpus_of_its_allocation(monkeyp
 
 
 def test_a_slurm_job_without_a_task_count_has_one_task():
-    assert devices.slurm_tasks({"SLURM_JOB_ID": "7"}) == 1
-    assert devices.slurm_tasks({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "3"}) == 3
-    assert devices.slurm_tasks({"SLURM_NTASKS": "3"}) == 1  # not in a job: one
+    assert gpu_claims.slurm_tasks({"SLURM_JOB_ID": "7"}) == 1
+    assert gpu_claims.slurm_tasks({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "3"}) == 3
+    assert gpu_claims.slurm_tasks({"SLURM_NTASKS": "3"}) == 1  # not in a job: one
 
 
 @pytest.mark.parametrize(
@@ -270,30 +270,32 @@ def test_a_slurm_job_without_a_task_count_has_one_task():
 def test_inside_slurm_more_processes_than_the_allocation_is_refused_naming_both(
     monkeypatch, visible, tasks, n, named
 ):
-    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(gpu_claims, "physical_gpus", lambda: ["0", "1"])
     with pytest.raises(StageError) as err:
-        devices.claim_gpus(n, environ=slurm_env(visible, tasks), setting="pretrain.num_processes")
+        gpu_claims.claim_gpus(
+            n, environ=slurm_env(visible, tasks), setting="pretrain.num_processes"
+        )
     message = str(err.value)
     assert message.startswith(f"pretrain.num_processes: {n} processes, but SLURM job 123 has")
     assert named in message and f"CUDA_VISIBLE_DEVICES={visible}" in message
 
 
 def test_inside_slurm_several_tasks_keep_each_task_s_own_gpus(monkeypatch):
-    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(gpu_claims, "physical_gpus", lambda: ["0", "1"])
     env = slurm_env("0,1", tasks=2)
-    assert devices.claim_gpus(4, environ=env) == ["0", "1"]  # 2 per node, on 2 nodes
-    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1", "2", "3"])
+    assert gpu_claims.claim_gpus(4, environ=env) == ["0", "1"]  # 2 per node, on 2 nodes
+    monkeypatch.setattr(gpu_claims, "physical_gpus", lambda: ["0", "1", "2", "3"])
     env = slurm_env("0,1,2,3", tasks=2)
-    assert devices.claim_gpus(2, environ=env) == ["0", "1", "2", "3"]  # the task's, all
+    assert gpu_claims.claim_gpus(2, environ=env) == ["0", "1", "2", "3"]  # the task's, all
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
 
 
 def test_inside_slurm_a_job_given_no_gpu_hides_the_node_s_gpus(monkeypatch, capsys):
-    monkeypatch.setattr(devices, "physical_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(gpu_claims, "physical_gpus", lambda: ["0", "1"])
     env = slurm_env(None)
-    assert devices.claim_gpus(1, environ=env) == []
+    assert gpu_claims.claim_gpus(1, environ=env) == []
     assert env["CUDA_VISIBLE_DEVICES"] == ""  # the other jobs' GPUs stay theirs
     assert capsys.readouterr().err == "SLURM job 123 was given no GPU: running on the CPU\n"
-    monkeypatch.setattr(devices, "physical_gpus", lambda: [])
+    monkeypatch.setattr(gpu_claims, "physical_gpus", lambda: [])
     env = slurm_env(None)
-    assert devices.claim_gpus(1, environ=env) == [] and "CUDA_VISIBLE_DEVICES" not in env
+    assert gpu_claims.claim_gpus(1, environ=env) == [] and "CUDA_VISIBLE_DEVICES" not in env
