@@ -94,6 +94,23 @@ def _trained_work(work: Path) -> float:
 PERF = {"device": "NVIDIA H100 80GB HBM3", "train_loop_seconds": 1.0, "runtime_seconds": 4.0}
 
 
+@needs_pubmedqa
+@needs_tokenizer
+def test_the_full_size_workload_by_hand(pubmedqa_dir, tokenizer_dir):
+    """GPT-2 Large has 774,030,080 parameters: 3 weights-only epoch checkpoints and the final
+    model, 4 bytes a parameter each, are 12.38 GB (12.4 s at 1 GB/s); training 450 x 3 epochs
+    of PQA-L's ~391 tokens at 20% of 989 TFLOP/s over ~4.85 GFLOP a token is about 13 s; the
+    500 answers of 128 tokens go in batches of 64 (`auto` on an 80 GB card)."""
+    work = plan.workload(pubmedqa_dir, tokenizer_dir)
+    assert work.checkpoint_bytes == 4 * 4 * 774_030_080
+    train_compute = work.epochs * work.train_tokens * work.train_flops_per_token
+    assert 12 < train_compute / (0.2 * 989e12) < 14
+    assert 380 < work.train_tokens / 450 < 400 and work.epochs == 3
+    assert (work.generated, work.generation_batch, work.max_new_tokens) == (500, 64, 128)
+    # scoring and perplexity: two forward passes over 500 prompts, well under 10 s
+    assert 0 < 2 * 500 * work.forward_flops_per_prompt / (0.2 * 989e12) < 10
+
+
 def test_the_train_stage_mfu_counts_its_training_set_over_the_card_peak(tmp_path):
     """On an H100 SXM (989 TFLOP/s): FLOPs over the training loop's 1 s, or over the whole
     run's 4 s with evaluations and checkpoints."""
