@@ -51,7 +51,7 @@ smoke: ## the whole pipeline offline in a clone (DIR=path), a few minutes on a C
 # The page `dvc plots show/diff` fill, vega inlined (no network): rebuild it from the pinned
 # vl-convert-python (the dev extra) and commit it; .dvc/config names it.
 plots-template: ## rebuild reports/plots_template.html (vega inlined)
-	$(PYTHON) -m pubmedqa_gpt2.plots_template
+	$(PYTHON) -m tools.plots_template
 
 # Mutation testing (mutmut, the dev extra) of every library module, each mutant against the
 # tests that reach it ([tool.mutmut] in pyproject.toml); figures and run time: docs/TESTING.md.

@@ -24,7 +24,7 @@ LAYERS = [
     ["cli"],
     ["slurm"],  # sweeps on a cluster: its tasks stop training the way training looks for
     ["summary_plot"],  # a sweep's page: the groups `summary` makes
-    ["training", "evaluation", "summary", "smoke_params", "plots_template"],
+    ["training", "evaluation", "summary", "smoke_params"],
     ["data", "model"],
     ["prompt", "gpu_claims", "out_of_memory"],
     ["core"],  # config, errors, io, paths: what every stage reads

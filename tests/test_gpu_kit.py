@@ -23,8 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def _third_party_imports(folder: Path) -> set[str]:
     names = set()
     for path in folder.rglob("*.py"):
-        if path.name in OFF_THE_CHECK_PATH_FILES:
-            continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names.update(a.name.split(".")[0] for a in node.names)
@@ -40,9 +38,6 @@ def _third_party_imports(folder: Path) -> set[str]:
 # Imported only where the check never goes: `datasets` by records.read_hub (data.source: hub).
 
 NOT_ON_THE_CHECK_PATH = {"datasets"}
-# Library files no stage, CLI or benchmark imports: `make plots-template` (vl_convert) only.
-
-OFF_THE_CHECK_PATH_FILES = {"plots_template.py"}
 
 needs_image_list = pytest.mark.skipif(
     not kit_module.IMAGE_PACKAGES.is_file(),

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pubmedqa_gpt2 import plots_template
+from tools import plots_template
 
 from .conftest import NO_CHROMIUM
 
@@ -365,7 +365,7 @@ def test_the_blank_check_tells_a_chart_from_a_blank_page():
 
 
 def test_the_builder_writes_the_page_where_asked(tmp_path, capsys):
-    """`python -m pubmedqa_gpt2.plots_template [PATH]`: the page, and one line saying where."""
+    """`python -m tools.plots_template [PATH]`: the page, and one line saying where."""
     out = tmp_path / "page.html"
     assert plots_template.main([str(out)]) == 0
     page = out.read_text(encoding="utf-8")

@@ -10,7 +10,7 @@ window.vegaLite are null: vega-embed holds its own). vega-lite 5.21 compiles to 
 and the bundle's vega is 6.2.0: vega-embed warns so in the browser console; vl-convert draws
 such specs with that same vega.
 
-    python -m pubmedqa_gpt2.plots_template        # (re)writes reports/plots_template.html
+    python -m tools.plots_template        # (re)writes reports/plots_template.html
 
 `.dvc/config` names the file (`[plots] html_template`, relative to `.dvc/`).
 """
@@ -34,7 +34,7 @@ PAGE = """<!DOCTYPE html>
     <meta charset="utf-8">
     {{refresh_tag}}
     <title>DVC plots</title>
-    <!-- Built by `python -m pubmedqa_gpt2.plots_template`: vega {vega}, vega-lite {vega_lite},
+    <!-- Built by `python -m tools.plots_template`: vega {vega}, vega-lite {vega_lite},
          vega-embed {vega_embed}, from vl-convert-python {vl_convert}. Edit the builder, not this
          file. -->
     <script type="text/javascript">
