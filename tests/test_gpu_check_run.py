@@ -258,7 +258,8 @@ def _wait_for_running(proc, results: Path, step: str, seconds: float, logged=Tru
         if running and running["step"] == step and running["running_s"] >= seconds:
             if running["last_log_line"] or not logged:
                 return running
-    os.killpg(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
     pytest.fail(f"the check never ran {step} for {seconds} s: {proc.stderr.read()[-2000:]}")
 
 
@@ -296,17 +297,18 @@ def test_a_check_killed_mid_step_leaves_the_running_step_and_its_log(
 @needs_pubmedqa
 @needs_tokenizer
 def test_sigterm_stops_the_running_step_and_says_so(tmp_path, pubmedqa_dir, tokenizer_dir):
-    """SIGTERM (what `timeout` sends) to the check while download runs: the stage's process is
-    stopped with it, the summary says "killed (SIGTERM) while running download", exit 143."""
+    """SIGTERM (what `timeout` sends) to the check while prepare runs (its longest step before
+    training): the stage's process is stopped with it, the summary says "killed (SIGTERM)
+    while running prepare", exit 143."""
     proc, out, results = _start_tiny(tmp_path, pubmedqa_dir, tokenizer_dir)
-    _wait_for_running(proc, results, "download", 0, logged=False)
+    _wait_for_running(proc, results, "prepare", 0, logged=False)
     proc.send_signal(signal.SIGTERM)  # the check only: run.sh exec'd it
     assert proc.wait(timeout=60) == 143
     assert proc.stderr.read().strip().splitlines() == [
-        "gpu_check: killed (SIGTERM) while running download"
+        "gpu_check: killed (SIGTERM) while running prepare"
     ]
     summary = json.loads((results / "summary.json").read_text())
-    assert summary["status"] == "killed (SIGTERM) while running download"
+    assert summary["status"] == "killed (SIGTERM) while running prepare"
     deadline = time.monotonic() + 10
     while _alive(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -240,10 +240,14 @@ def test_each_refusal_of_the_kit_builder_is_one_line(bare_python, tmp_path, env,
     kit = tmp_path / "kit"
     kit.mkdir()
     (kit / "keep").write_text("x")
+    data = {"PUBMEDQA_DIR": tmp_path / "pubmedqa", "GPT2_TOKENIZER_DIR": tmp_path / "tokenizer"}
+    for folder, probe in zip(data.values(), ("ori_pqal.json", "tokenizer.json"), strict=True):
+        folder.mkdir()
+        (folder / probe).write_text("{}")  # present: the refusal under test comes first
     out = subprocess.run(
         [bare_python, "-m", "gpu_check.kit", str(kit)],
         cwd=ROOT,
-        env={**os.environ, **env},
+        env={**os.environ, **{k: str(v) for k, v in data.items()}, **env},
         capture_output=True,
         text=True,
         timeout=60,
