@@ -433,7 +433,7 @@ def bench_pipeline(sizes: Sizes) -> dict[str, Any]:
         status_s, _ = median_time([*dvc, "status"], repo, env, sizes.repeats)
         noop_s, output = median_time([*dvc, "repro", "prepare"], repo, env, sizes.repeats)
     skipped = "up to date" in output
-    print(f"   dvc repro prepare, first run (download, fetch, prepare): {first_s:6.1f} s")
+    print(f"   dvc repro prepare, first run (download, ingest, prepare): {first_s:6.1f} s")
     print(
         f"   dvc repro prepare, nothing changed:                      {noop_s:6.1f} s  "
         f"({noop_s / first_s:.0%} of the first run; stages skipped: {'yes' if skipped else 'NO'})"

@@ -39,7 +39,7 @@ FIXED_S = {
     "imports": 10.0,
     "validate": 3.0,
     "download": 3.0,
-    "fetch": 3.0,
+    "ingest": 3.0,
     "prepare": 6.0,
     "pretrain": 3.0,
     "train": 20.0,

@@ -99,7 +99,7 @@ def ran_stages(output: str) -> list[str]:
 
 
 ALL_STAGES = [
-    "validate", "download", "fetch", "prepare", "pretrain", "train", "evaluate@base",
+    "validate", "download", "ingest", "prepare", "pretrain", "train", "evaluate@base",
     "evaluate@finetuned", "compare", "report",
 ]  # fmt: skip
 

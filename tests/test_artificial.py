@@ -8,7 +8,7 @@ import json
 import pyarrow.parquet as pq
 
 from .conftest import needs_pubmedqa, needs_tokenizer, write_synthetic_pqa_a
-from .test_fetch import run_stage, write_official
+from .test_ingest import run_stage, write_official
 
 PARQUET = "data/external/pqa_artificial.parquet"
 
@@ -25,7 +25,7 @@ def test_pqa_a_from_a_parquet_keeps_the_first_n_records_in_the_record_schema(
     write_official(tmp_path, (pubmedqa_dir / "ori_pqal.json").read_bytes())
     rows = write_synthetic_pqa_a(tmp_path / PARQUET, official, 30)
     data = {"artificial": True, "artificial_parquet": PARQUET, "max_artificial": 20}
-    proc = run_stage(tmp_path, "fetch", {"data": data})
+    proc = run_stage(tmp_path, "ingest", {"data": data})
     assert proc.returncode == 0, proc.stderr
     assert "1000 PQA-L records, 20 artificial" in proc.stdout
     artificial = read_jsonl(tmp_path / "data/raw/pqa_artificial.jsonl")
@@ -50,7 +50,7 @@ def test_a_bad_pqa_a_record_is_refused_by_record_and_field_and_nothing_is_writte
 
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / PARQUET)
     proc = run_stage(
-        tmp_path, "fetch", {"data": {"artificial": True, "artificial_parquet": PARQUET}}
+        tmp_path, "ingest", {"data": {"artificial": True, "artificial_parquet": PARQUET}}
     )
     assert proc.returncode == 1
     assert str(rows[3]["pubid"]) in proc.stderr and "final_decision" in proc.stderr
@@ -72,7 +72,7 @@ def test_prepare_keeps_pqa_a_apart_and_drops_records_sharing_a_pmid_with_pqa_l(
     assert shared & test_pmids
     data = {"artificial": True, "artificial_parquet": PARQUET}
     model = {"name": "gpt2", "tokenizer": str(tokenizer_dir)}
-    assert run_stage(tmp_path, "fetch", {"data": data}).returncode == 0
+    assert run_stage(tmp_path, "ingest", {"data": data}).returncode == 0
     proc = run_stage(tmp_path, "prepare", {"data": data, "model": model})
     assert proc.returncode == 0, proc.stderr
 

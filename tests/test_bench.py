@@ -198,9 +198,9 @@ def test_cpu_pipeline_benchmark_times_a_noop_repro_and_imports(capsys):
     assert result["noop_skipped"]
     assert "dvc status" in printed and "nothing changed" in printed
     imports = result["imports"]
-    assert {"stages.download", "stages.fetch", "stages.prepare", "stages.train"} <= set(imports)
+    assert {"stages.download", "stages.ingest", "stages.prepare", "stages.train"} <= set(imports)
     # The data stages never need torch or transformers at import.
-    for module in ("stages.download", "stages.fetch", "stages.prepare"):
+    for module in ("stages.download", "stages.ingest", "stages.prepare"):
         assert not imports[module]["torch"] and not imports[module]["transformers"]
 
 

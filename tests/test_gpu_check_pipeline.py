@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DVC_ORDER = [
     "validate",
     "download",
-    "fetch",
+    "ingest",
     "prepare",
     "pretrain",
     "train",

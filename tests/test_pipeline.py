@@ -47,12 +47,12 @@ pytestmark = [needs_pubmedqa, needs_tokenizer, pytest.mark.e2e]
 
 
 def test_fresh_clone_reproduces_the_committed_lock(source, tmp_path, tokenizer_dir):
-    """dvc.lock on main is what download/fetch/prepare really produce from the committed params."""
+    """dvc.lock on main is what download/ingest/prepare really produce from the committed params."""
     repo = clone(source, tmp_path / "repo")
     env = seed_hub_cache(tmp_path / "hub", tokenizer_dir)
     first = sh(["dvc", "repro", "prepare"], cwd=repo, env=env)
     # download verifies the local copy (persisted, so not deleted) instead of downloading.
-    assert ran_stages(first) == ["download", "fetch", "prepare"]
+    assert ran_stages(first) == ["download", "ingest", "prepare"]
     assert "local copy, md5 05b2b70949907e260d2aa82bc5d20c6f verified" in first
     assert sh(["git", "status", "--porcelain"], cwd=repo) == "", "dvc.lock or metrics changed"
     assert "up to date" in sh(["dvc", "status", "prepare"], cwd=repo, env=env)
@@ -236,7 +236,7 @@ def test_two_phases_rerun_what_their_params_touch(smoke, tmp_path, pubmedqa_dir)
     )
     on = ran_stages(sh(["dvc", "repro"], cwd=repo))
     # PQA-L's splits and the base model are unchanged: evaluate@base stays cached.
-    assert sorted(on) == sorted(["fetch", "prepare", "pretrain", *AFTER_TRAIN])
+    assert sorted(on) == sorted(["ingest", "prepare", "pretrain", *AFTER_TRAIN])
     data = read_json(repo / "metrics/data.json")
     assert data["artificial"]["dropped_shared_pmid"] == 3
     assert data["artificial"]["examples"] == 61

@@ -16,7 +16,7 @@ from pubmedqa_gpt2.prompt import LABELS, encode_example
 
 from .conftest import needs_pubmedqa, needs_tokenizer
 from .official_split_script import official_folds
-from .test_fetch import assert_clean_failure, run_stage
+from .test_ingest import assert_clean_failure, run_stage
 
 # Dev PMIDs of two folds, as PubMedQA's own split script writes them (pqal_fold0/dev_set.json
 # and pqal_fold7/dev_set.json): printed by tests/official_split_script.py, whose test set is

@@ -1,5 +1,5 @@
-"""Records in-process: the bad records and files of test_fetch.py read by the library itself
-(test_fetch.py runs the fetch stage as a command, which `make mutate` cannot follow), the hub
+"""Records in-process: the bad records and files of test_ingest.py read by the library itself
+(test_ingest.py runs the ingest stage as a command, which `make mutate` cannot follow), the hub
 schema, and the JSON-lines round trip."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pubmedqa_gpt2.data.records import (
     write_jsonl,
 )
 
-from .test_fetch import BAD_FILES, BAD_RECORDS, GOOD, write_official
+from .test_ingest import BAD_FILES, BAD_RECORDS, GOOD, write_official
 
 OFFICIAL = "data/external/ori_pqal.json"
 EXPECTED = Record(

@@ -1,7 +1,7 @@
 """Where PubMedQA comes from (`pubmedqa_gpt2/data/sources.py`): with `data.source: hub` and
 PQA-A from the hub, the dataset, configuration and revision the params name reach the hub
 reader (stood in for: no hub is reachable here; the parquet and official paths run in
-tests/test_fetch.py and tests/test_artificial.py)."""
+tests/test_ingest.py and tests/test_artificial.py)."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ class Section(BaseModel):
 
 
 class DataParams(Section):
-    """Section `data` (stages download and fetch): where PubMedQA comes from."""
+    """Section `data` (stages download and ingest): where PubMedQA comes from."""
 
     source: Literal["official", "hub", "parquet"]
     """Where PQA-L comes from: the benchmark's `ori_pqal.json` (downloaded from `url` and
@@ -212,7 +212,7 @@ class Params(Section):
     """The whole of `params.yaml`, one section per stage."""
 
     data: DataParams
-    """Where PubMedQA comes from (download, fetch)."""
+    """Where PubMedQA comes from (download, ingest)."""
     prepare: PrepareParams
     """The split and the token budget (prepare)."""
     model: ModelParams

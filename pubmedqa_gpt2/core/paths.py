@@ -8,7 +8,7 @@ from pathlib import Path
 PARAMS_FILE = Path("params.yaml")
 PARAMS_CHECKED = Path("reports/params.checked")  # the `validate` stage's output
 
-# download, fetch
+# download, ingest
 OFFICIAL_FILE = Path("data/external/ori_pqal.json")
 RAW_DIR = Path("data/raw")
 RAW_LABELED = RAW_DIR / "pqa_labeled.jsonl"

@@ -224,7 +224,7 @@ def write_jsonl(path: Path, records: Iterable[Record]) -> int:
 
 
 def iter_jsonl(path: Path) -> Iterator[Record]:
-    """Records back from `write_jsonl` output (fetch's output, already validated)."""
+    """Records back from `write_jsonl` output (ingest's output, already validated)."""
     with path.open(encoding="utf-8") as f:
         for line in f:
             yield Record(**json.loads(line))

@@ -1,4 +1,4 @@
-"""Stage `fetch`: PQA-L (and PQA-A with `data.artificial`) from `data.source`
+"""Stage `ingest`: PQA-L (and PQA-A with `data.artificial`) from `data.source`
 (`pubmedqa_gpt2/data/sources.py`) -> `data/raw/`, one record schema whatever the source."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def main() -> None:
         write_jsonl(out / RAW_LABELED.name, labeled)
         if artificial:
             write_jsonl(out / RAW_ARTIFICIAL.name, artificial)
-    print(f"fetch: {len(labeled)} PQA-L records, {len(artificial)} artificial -> {RAW_DIR}/")
+    print(f"ingest: {len(labeled)} PQA-L records, {len(artificial)} artificial -> {RAW_DIR}/")
 
 
 if __name__ == "__main__":

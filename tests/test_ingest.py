@@ -1,4 +1,4 @@
-"""fetch and download: one schema from every source, and bad input refused cleanly."""
+"""ingest and download: one schema from every source, and bad input refused cleanly."""
 
 from __future__ import annotations
 
@@ -138,9 +138,9 @@ BAD_RECORDS = [
 
 
 @pytest.mark.parametrize("content, needles", BAD_RECORDS)
-def test_bad_record_stops_fetch_naming_pmid_and_field(tmp_path, content, needles):
+def test_bad_record_stops_ingest_naming_pmid_and_field(tmp_path, content, needles):
     write_official(tmp_path, content)
-    proc = run_stage(tmp_path, "fetch")
+    proc = run_stage(tmp_path, "ingest")
     assert_clean_failure(proc, *needles)
     assert not (tmp_path / "data/raw").exists()
 
@@ -148,7 +148,7 @@ def test_bad_record_stops_fetch_naming_pmid_and_field(tmp_path, content, needles
 def test_duplicate_pmid_is_refused(tmp_path):
     one = json.dumps(GOOD)
     write_official(tmp_path, f'{{"123": {one}, "456": {one}, "123": {one}}}')
-    assert_clean_failure(run_stage(tmp_path, "fetch"), "123", "more than once")
+    assert_clean_failure(run_stage(tmp_path, "ingest"), "123", "more than once")
 
 
 BAD_FILES = [
@@ -163,10 +163,10 @@ BAD_FILES = [
 
 
 @pytest.mark.parametrize("content, needles", BAD_FILES)
-def test_bad_file_stops_fetch_with_one_line(tmp_path, content, needles):
+def test_bad_file_stops_ingest_with_one_line(tmp_path, content, needles):
     if content is not None:
         write_official(tmp_path, content)
-    proc = run_stage(tmp_path, "fetch")
+    proc = run_stage(tmp_path, "ingest")
     assert_clean_failure(proc, "data/external/ori_pqal.json", *needles)
     assert not (tmp_path / "data/raw").exists()
 
@@ -174,13 +174,13 @@ def test_bad_file_stops_fetch_with_one_line(tmp_path, content, needles):
 @pytest.mark.child_process
 def test_unknown_param_is_refused_before_any_work(tmp_path):
     write_official(tmp_path, {"12345": GOOD})
-    proc = run_stage(tmp_path, "fetch", {"data": {"sorce": "hub"}}, child=True)
+    proc = run_stage(tmp_path, "ingest", {"data": {"sorce": "hub"}}, child=True)
     assert_clean_failure(proc, "data.sorce", "unknown key", "allowed: source")
 
 
 def test_good_record_normalizes_to_one_schema(tmp_path):
     write_official(tmp_path, {"00123": GOOD})
-    proc = run_stage(tmp_path, "fetch")
+    proc = run_stage(tmp_path, "ingest")
     assert proc.returncode == 0, proc.stderr
     (line,) = (tmp_path / "data/raw/pqa_labeled.jsonl").read_text().splitlines()
     assert json.loads(line) == {
@@ -223,8 +223,8 @@ def test_official_json_and_hub_parquet_give_byte_identical_records(tmp_path, pub
     parquet.parent.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(hub_rows_from_official(official)), parquet)
 
-    assert run_stage(a, "fetch").returncode == 0
-    proc = run_stage(b, "fetch", {"data": {"source": "parquet"}})
+    assert run_stage(a, "ingest").returncode == 0
+    proc = run_stage(b, "ingest", {"data": {"source": "parquet"}})
     assert proc.returncode == 0, proc.stderr
     raw_a = (a / "data/raw/pqa_labeled.jsonl").read_bytes()
     assert raw_a == (b / "data/raw/pqa_labeled.jsonl").read_bytes()
