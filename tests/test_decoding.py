@@ -113,3 +113,47 @@ def test_auto_batch_on_the_cpu_is_16() -> None:
     prompts = [[i + 1] for i in range(20)]
     generate_greedy(model, prompts, 2, -1, 0, batch_size="auto", stats=stats)
     assert stats["generation_batch_size"] == 16
+
+
+def test_a_cuda_graph_is_what_auto_means_on_a_cuda_device_and_may_be_asked_there():
+    assert resolve_mode("cuda_graph", torch.device("cuda", 0)) == "cuda_graph"
+    assert resolve_mode("dynamic", torch.device("cuda", 0)) == "dynamic"
+
+
+@pytest.mark.parametrize(
+    ("attention", "dtype", "kept", "hidden"),
+    [
+        ("sdpa", torch.float32, True, False),  # SDPA: True where a key may be read
+        ("eager", torch.float32, 0.0, torch.finfo(torch.float32).min),  # added to the scores
+        ("eager", torch.bfloat16, 0.0, torch.finfo(torch.bfloat16).min),  # in the model's dtype
+    ],
+)
+def test_the_static_mask_is_the_form_the_attention_implementation_reads(
+    attention, dtype, kept, hidden
+):
+    """Prompt rows [5, 6] and [7] (left-padded), 2 new tokens: a width of 4; before any step
+    row 0 reads positions 0-1, row 1 position 1 only, in SDPA's boolean form or eager
+    attention's additive one (as transformers builds them)."""
+    from pubmedqa_gpt2.model.decoding import StaticDecoder
+    from pubmedqa_gpt2.model.generate import pad_left
+
+    model = gpt2(attention).to(dtype)
+    ids, mask = pad_left([[5, 6], [7]], pad_id=0)
+    decoder = StaticDecoder(model, ids, mask, 2)
+    shown = decoder._mask_4d()
+    assert shown.shape == (2, 1, 1, 4) and shown.dtype == (torch.bool if kept is True else dtype)
+    expected = [[kept, kept, hidden, hidden], [hidden, kept, hidden, hidden]]
+    assert shown[:, 0, 0].tolist() == expected
+    assert decoder.additive == (attention != "sdpa")
+
+
+def test_the_static_decoder_s_buffers_live_on_the_model_s_device():
+    """On the `meta` device (standing in for a GPU here): the mask, the next column and the
+    4-D mask are made there, not on the CPU."""
+    from pubmedqa_gpt2.model.decoding import StaticDecoder
+
+    model = gpt2("eager").to("meta")
+    ids = torch.ones((2, 3), dtype=torch.long, device="meta")
+    decoder = StaticDecoder(model, ids, torch.ones_like(ids), 2)
+    assert {decoder.mask.device.type, decoder.column.device.type} == {"meta"}
+    assert decoder._mask_4d().device.type == "meta"
