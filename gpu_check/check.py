@@ -159,16 +159,20 @@ def check_figures(
     collect(work, work.parent)
     perf = json_or_none(work / "perf/train.json") or {}
     ranks = perf.get("ranks") or [{}]
+    # The training loop's MFU; the whole run's follows from the two times (one FLOP count,
+    # which reads the training set: this runs at every refresh).
+    loop_mfu = training_mfu(work, perf, "train_loop_seconds") if perf else None
+    run_mfu = None
+    if loop_mfu is not None and perf.get("runtime_seconds"):
+        run_mfu = loop_mfu * perf["train_loop_seconds"] / perf["runtime_seconds"]
     summary.update(
         device=perf.get("device"),
         precision=perf.get("precision"),
         train_tokens_per_s=perf.get("train_tokens_per_second"),
         # The training loop alone (optimizer steps), and the whole Trainer run with its dev
         # evaluations and checkpoint writes.
-        train_mfu=training_mfu(work, perf, "train_loop_seconds") if perf else None,
-        train_mfu_with_evaluations_and_checkpoints=(
-            training_mfu(work, perf, "runtime_seconds") if perf else None
-        ),
+        train_mfu=loop_mfu,
+        train_mfu_with_evaluations_and_checkpoints=run_mfu,
         train_peak_gpu_allocated_bytes=ranks[0].get("peak_gpu_allocated_bytes"),
         evaluate={},
     )

@@ -102,9 +102,6 @@ class StaticDecoder(DynamicDecoder):
         self.additive = model.config._attn_implementation != "sdpa"
         self.dtype = next(model.parameters()).dtype
 
-    def prefill(self, positions: torch.Tensor) -> torch.Tensor:
-        return self._forward(self.ids, self.mask, positions)
-
     def _mask_4d(self) -> torch.Tensor:
         """[batch, 1, 1, width]: what each new token may attend to (boolean for SDPA, else
         additive, as transformers' own masks are)."""
