@@ -157,3 +157,119 @@ def test_the_static_decoder_s_buffers_live_on_the_model_s_device():
     decoder = StaticDecoder(model, ids, torch.ones_like(ids), 2)
     assert {decoder.mask.device.type, decoder.column.device.type} == {"meta"}
     assert decoder._mask_4d().device.type == "meta"
+
+
+# ---- The CUDA-graph decoder, on the CPU: a stand-in for torch.cuda's streams and graphs ----
+
+
+class FakeGraphs:
+    """torch.cuda's streams and graphs as CUDA behaves, for a CPU: streams do nothing; the code
+    run inside `graph(g)` is recorded, not executed (every tensor the decoder holds is put back
+    as it was: a capture writes no memory but its outputs'); `g.replay()` runs that code again
+    on the same input and output buffers. `fail` makes the capture raise as CUDA does when the
+    captured code syncs with the host."""
+
+    def __init__(self, fail: str | None = None):
+        self.fail, self.captures, self.replays = fail, 0, 0
+        self.CUDAGraph = self.make_graph_class()  # a class: transformers annotates with it
+
+    class Stream:
+        def wait_stream(self, other) -> None:
+            pass
+
+    def stream(self, stream):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def current_stream(self):
+        return self.Stream()
+
+    def make_graph_class(self) -> type:
+        fakes = self
+
+        class CUDAGraph:
+            decoder = None
+
+            def replay(self) -> None:
+                fakes.replays += 1
+                d = self.decoder
+                d.hidden_out.copy_(d._decode(d.ids_in, d.positions_in))
+
+        return CUDAGraph
+
+    def graph(self, graph):
+        import sys
+
+        fakes = self
+
+        class Capture:
+            def __enter__(self):
+                fakes.captures += 1
+                self.decoder = sys._getframe(1).f_locals["self"]  # GraphDecoder._capture's
+                self.saved = [(t, t.clone()) for t in held_tensors(self.decoder)]
+
+            def __exit__(self, kind, exc, tb):
+                for tensor, before in self.saved:
+                    tensor.copy_(before)
+                if fakes.fail:
+                    raise RuntimeError(fakes.fail)
+                graph.decoder = self.decoder
+
+        return Capture()
+
+
+def held_tensors(decoder) -> list[torch.Tensor]:
+    tensors = [t for t in vars(decoder).values() if isinstance(t, torch.Tensor)]
+    for layer in decoder.cache.layers:
+        tensors += [t for t in vars(layer).values() if isinstance(t, torch.Tensor)]
+    return [t for t in tensors if t is not getattr(decoder, "hidden_out", None)]
+
+
+def generate_with(model, prompts, mode: str, **kwargs) -> tuple[list[list[int]], dict]:
+    """generate.py's batch loop in `mode` (the device check left out: this is a CPU)."""
+    from pubmedqa_gpt2.model.generate import Fp32Head, _generate_batch
+
+    stats = {"decode_steps": 0, "decode_s": 0.0}
+    with torch.inference_mode():
+        out = _generate_batch(
+            model, Fp32Head(model), prompts, [kwargs.pop("budget", 12)] * len(prompts),
+            eos_id=VOCAB - 1, pad_id=0, repetition_penalty=1.0, no_repeat_ngram_size=0,
+            mode=mode, stats=stats, **kwargs,
+        )  # fmt: skip
+    return out, stats
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_captured_decode_step_replayed_gives_the_dynamic_caches_tokens(attention, monkeypatch):
+    """The first decode step runs eagerly and is then captured once; every later step copies
+    its token and position into the graph's inputs and replays it: the tokens of the dynamic
+    cache, one capture and a replay per further step, no fallback."""
+    fakes = FakeGraphs()
+    for name in ("Stream", "stream", "current_stream", "CUDAGraph", "graph"):
+        monkeypatch.setattr(torch.cuda, name, getattr(fakes, name))
+    model = gpt2(attention)
+    prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
+    dynamic, _ = generate_with(model, prompts, "dynamic")
+    graphed, stats = generate_with(model, prompts, "cuda_graph")
+    assert graphed == dynamic and sum(map(len, dynamic)) >= 30
+    assert fakes.captures == 1 and fakes.replays == stats["decode_steps"] - 1 == 10
+    assert "fallback" not in stats
+
+
+def test_a_failed_capture_goes_on_eagerly_and_says_why(monkeypatch):
+    """A capture that raises (CUDA's error when captured code syncs with the host): decoding
+    goes on with the static cache, eagerly, to the same tokens; `fallback` gives the error's
+    first line; no further capture is tried."""
+    fakes = FakeGraphs(fail="operation not permitted when stream is capturing\nmore detail")
+    for name in ("Stream", "stream", "current_stream", "CUDAGraph", "graph"):
+        monkeypatch.setattr(torch.cuda, name, getattr(fakes, name))
+    model = gpt2("sdpa")
+    prompts = [[5, 6, 7, 8, 9], [10, 11]]
+    dynamic, _ = generate_with(model, prompts, "dynamic")
+    graphed, stats = generate_with(model, prompts, "cuda_graph")
+    assert graphed == dynamic
+    assert fakes.captures == 1 and fakes.replays == 0
+    assert stats["fallback"] == (
+        "CUDA graph capture failed (operation not permitted when stream is capturing)"
+    )

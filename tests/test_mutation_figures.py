@@ -1,0 +1,38 @@
+"""tools/mutation_figures.py: docs/TESTING.md's mutation table from mutmut's verdict files."""
+
+from __future__ import annotations
+
+import json
+
+from tools import mutation_figures
+
+
+def write_meta(root, module: str, codes: dict) -> None:
+    path = root / "pubmedqa_gpt2" / (module.replace(".", "/") + ".py.meta")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"exit_code_by_key": codes}))
+
+
+def test_the_table_counts_each_verdict_and_the_listed_equivalents_apart(tmp_path):
+    """Module a.b: 5 killed (exit 1, and 3 for pytest's internal error), 1 timeout (36), 2
+    survivors of which 1 is listed as equivalent, 1 without tests (33), 1 not run: detected
+    = (5 + 1) / (5 + 1 + 1 + 1) = 75.0%, partial. Module c: 2 killed, 1 segfault-free
+    timeout (24): 100.0%. A module without mutants is left out."""
+    mutants = tmp_path / "mutants"
+    write_meta(mutants, "a.b", {
+        "a.b.x_f__mutmut_1": 1, "a.b.x_f__mutmut_2": 1, "a.b.x_f__mutmut_3": 1,
+        "a.b.x_f__mutmut_4": 1, "a.b.x_f__mutmut_5": 3, "a.b.x_f__mutmut_6": 36,
+        "a.b.x_f__mutmut_7": 0, "a.b.x_f__mutmut_8": 0, "a.b.x_f__mutmut_9": 33,
+        "a.b.x_f__mutmut_10": None,
+    })  # fmt: skip
+    write_meta(mutants, "c", {"c.x_g__mutmut_1": 1, "c.x_g__mutmut_2": 1, "c.x_g__mutmut_3": 24})
+    write_meta(mutants, "empty", {})
+    equivalents = tmp_path / "equivalents.txt"
+    equivalents.write_text("# a comment\n\na.b.x_f__mutmut_8  why it cannot be told apart\n")
+    rows = mutation_figures.table(mutants, equivalents).splitlines()
+    assert rows[2:] == [
+        "| a.b | 10 | 5 | 1 | 1 | 1 | 1 | 1 | 75.0% (partial) |",
+        "| c | 3 | 2 | 1 | 0 | 0 | 0 | 0 | 100.0% |",
+        "| all | 13 | 7 | 2 | 1 | 1 | 1 | 1 | 81.8% (partial) |",
+    ]
+    assert mutation_figures.survivors(mutants, equivalents) == ["a.b.x_f__mutmut_7"]
