@@ -4,8 +4,13 @@ generation batch is sized from memory as computed by hand; the decode steps are 
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from pubmedqa_gpt2.model.decoding import auto_batch_size, resolve_mode, row_bytes
 from pubmedqa_gpt2.model.generate import generate_greedy
@@ -162,93 +167,148 @@ def test_the_static_decoder_s_buffers_live_on_the_model_s_device():
 # ---- The CUDA-graph decoder, on the CPU: a stand-in for torch.cuda's streams and graphs ----
 
 
-class FakeGraphs:
-    """torch.cuda's streams and graphs as CUDA behaves, for a CPU: streams do nothing; the code
-    run inside `graph(g)` is recorded, not executed (every tensor the decoder holds is put back
-    as it was: a capture writes no memory but its outputs'); `g.replay()` runs that code again
-    on the same input and output buffers. `fail` makes the capture raise as CUDA does when the
-    captured code syncs with the host."""
+class Recorder(TorchDispatchMode):
+    """What a CUDA graph capture keeps: every aten op run inside it, with its tensors (their
+    memory); a host sync there fails as CUDA fails it."""
+
+    SYNCS = ("_local_scalar_dense", "item", "is_nonzero", "nonzero")
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.__name__.split(".")[0] in self.SYNCS:
+            raise RuntimeError(f"operation not permitted when stream is capturing ({func})")
+        out = func(*args, **kwargs)
+        self.ops.append((func, args, kwargs, out))
+        return out
+
+
+class FakeCuda:
+    """torch.cuda's streams and graphs as CUDA behaves, for a CPU. Streams do nothing. Inside
+    `graph(g)` the ops are recorded (`Recorder`) and their writes undone: a capture leaves the
+    memory as it found it but for the new tensors it made. `g.replay()` runs the recorded ops
+    again on the same tensors, each result written into the tensor it made at capture: the
+    kernels of a CUDA graph on their fixed addresses. `fail` makes every capture raise."""
 
     def __init__(self, fail: str | None = None):
         self.fail, self.captures, self.replays = fail, 0, 0
-        self.CUDAGraph = self.make_graph_class()  # a class: transformers annotates with it
+        self.CUDAGraph = self.graph_class()  # a class: transformers annotates with it
 
     class Stream:
         def wait_stream(self, other) -> None:
-            pass
+            assert isinstance(other, FakeCuda.Stream), other
 
     def stream(self, stream):
-        import contextlib
-
+        assert isinstance(stream, FakeCuda.Stream), stream
         return contextlib.nullcontext()
 
     def current_stream(self):
         return self.Stream()
 
-    def make_graph_class(self) -> type:
+    def graph_class(self) -> type:
         fakes = self
 
         class CUDAGraph:
-            decoder = None
+            ops: list = []
 
             def replay(self) -> None:
                 fakes.replays += 1
-                d = self.decoder
-                d.hidden_out.copy_(d._decode(d.ids_in, d.positions_in))
+                for func, args, kwargs, out in self.ops:
+                    again = func(*args, **kwargs)
+                    for made, now in zip(tree_leaves(out), tree_leaves(again), strict=True):
+                        if isinstance(made, torch.Tensor) and made.data_ptr() != now.data_ptr():
+                            made.copy_(now)
 
         return CUDAGraph
 
     def graph(self, graph):
-        import sys
-
         fakes = self
 
         class Capture:
             def __enter__(self):
                 fakes.captures += 1
-                self.decoder = sys._getframe(1).f_locals["self"]  # GraphDecoder._capture's
-                self.saved = [(t, t.clone()) for t in held_tensors(self.decoder)]
-
-            def __exit__(self, kind, exc, tb):
-                for tensor, before in self.saved:
-                    tensor.copy_(before)
                 if fakes.fail:
                     raise RuntimeError(fakes.fail)
-                graph.decoder = self.decoder
+                decoder = sys._getframe(1).f_locals["self"]  # GraphDecoder._capture's
+                self.saved = [(t, t.clone()) for t in held_tensors(decoder)]
+                self.recorder = Recorder().__enter__()
+
+            def __exit__(self, kind, exc, tb):
+                self.recorder.__exit__(kind, exc, tb)
+                for tensor, before in self.saved:
+                    tensor.copy_(before)
+                graph.ops = self.recorder.ops
 
         return Capture()
 
 
 def held_tensors(decoder) -> list[torch.Tensor]:
+    """The decoder's tensors and its cache's: what a capture must leave unchanged."""
     tensors = [t for t in vars(decoder).values() if isinstance(t, torch.Tensor)]
     for layer in decoder.cache.layers:
         tensors += [t for t in vars(layer).values() if isinstance(t, torch.Tensor)]
-    return [t for t in tensors if t is not getattr(decoder, "hidden_out", None)]
+    return tensors
 
 
-def generate_with(model, prompts, mode: str, **kwargs) -> tuple[list[list[int]], dict]:
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    def install(**kwargs) -> FakeCuda:
+        fakes = FakeCuda(**kwargs)
+        for name in ("Stream", "stream", "current_stream", "CUDAGraph", "graph"):
+            monkeypatch.setattr(torch.cuda, name, getattr(fakes, name))
+        return fakes
+
+    return install
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_replayed_decode_step_computes_the_dynamic_decoders_states(attention, fake_cuda):
+    """The same tokens fed to the dynamic decoder and to the graph decoder, rows of three
+    lengths (left-padded), one finishing after the second step: the first step runs eagerly
+    and is captured, the next three replay it; every step's last hidden states agree."""
+    from pubmedqa_gpt2.model.decoding import DynamicDecoder, GraphDecoder
+    from pubmedqa_gpt2.model.generate import pad_left
+
+    fakes = fake_cuda()
+    model = gpt2(attention)
+    ids, mask = pad_left([[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]], pad_id=0)
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    feed = torch.tensor([[15, 16, 17], [18, 19, 0], [20, 21, 0], [22, 23, 0]])
+    states = []
+    with torch.inference_mode():
+        for decoder in (DynamicDecoder(model, ids, mask, 6), GraphDecoder(model, ids, mask, 6)):
+            lengths, seen = mask.sum(dim=1), [decoder.prefill(positions)]
+            for step, tokens in enumerate(feed):
+                active = torch.tensor([True, True, step == 0])
+                seen.append(decoder.step(tokens[:, None], lengths[:, None], active))
+                lengths = lengths + active
+            states.append(torch.stack(seen))
+    torch.testing.assert_close(states[1], states[0], atol=1e-5, rtol=1e-5)
+    assert not torch.equal(states[0][2], states[0][3])  # the steps did move
+    assert decoder.fallback is None and fakes.captures == 1 and fakes.replays == 3
+
+
+def generate_with(model, prompts, mode: str) -> tuple[list[list[int]], dict]:
     """generate.py's batch loop in `mode` (the device check left out: this is a CPU)."""
     from pubmedqa_gpt2.model.generate import Fp32Head, _generate_batch
 
     stats = {"decode_steps": 0, "decode_s": 0.0}
     with torch.inference_mode():
         out = _generate_batch(
-            model, Fp32Head(model), prompts, [kwargs.pop("budget", 12)] * len(prompts),
-            eos_id=VOCAB - 1, pad_id=0, repetition_penalty=1.0, no_repeat_ngram_size=0,
-            mode=mode, stats=stats, **kwargs,
+            model, Fp32Head(model), prompts, [12] * len(prompts), eos_id=VOCAB - 1, pad_id=0,
+            repetition_penalty=1.2, no_repeat_ngram_size=0, mode=mode, stats=stats,
         )  # fmt: skip
     return out, stats
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_a_captured_decode_step_replayed_gives_the_dynamic_caches_tokens(attention, monkeypatch):
-    """The first decode step runs eagerly and is then captured once; every later step copies
-    its token and position into the graph's inputs and replays it: the tokens of the dynamic
-    cache, one capture and a replay per further step, no fallback."""
-    fakes = FakeGraphs()
-    for name in ("Stream", "stream", "current_stream", "CUDAGraph", "graph"):
-        monkeypatch.setattr(torch.cuda, name, getattr(fakes, name))
-    model = gpt2(attention)
+def test_generation_with_a_captured_step_gives_the_dynamic_caches_tokens(fake_cuda):
+    """Through generate.py's loop: one capture, a replay a step after the first, the tokens of
+    the dynamic cache, no fallback."""
+    fakes = fake_cuda()
+    model = gpt2("sdpa")
     prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
     dynamic, _ = generate_with(model, prompts, "dynamic")
     graphed, stats = generate_with(model, prompts, "cuda_graph")
@@ -257,13 +317,11 @@ def test_a_captured_decode_step_replayed_gives_the_dynamic_caches_tokens(attenti
     assert "fallback" not in stats
 
 
-def test_a_failed_capture_goes_on_eagerly_and_says_why(monkeypatch):
+def test_a_failed_capture_goes_on_eagerly_and_says_why(fake_cuda):
     """A capture that raises (CUDA's error when captured code syncs with the host): decoding
     goes on with the static cache, eagerly, to the same tokens; `fallback` gives the error's
     first line; no further capture is tried."""
-    fakes = FakeGraphs(fail="operation not permitted when stream is capturing\nmore detail")
-    for name in ("Stream", "stream", "current_stream", "CUDAGraph", "graph"):
-        monkeypatch.setattr(torch.cuda, name, getattr(fakes, name))
+    fakes = fake_cuda(fail="operation not permitted when stream is capturing\nmore detail")
     model = gpt2("sdpa")
     prompts = [[5, 6, 7, 8, 9], [10, 11]]
     dynamic, _ = generate_with(model, prompts, "dynamic")
@@ -273,3 +331,20 @@ def test_a_failed_capture_goes_on_eagerly_and_says_why(monkeypatch):
     assert stats["fallback"] == (
         "CUDA graph capture failed (operation not permitted when stream is capturing)"
     )
+
+
+def test_the_dynamic_step_could_not_be_captured(fake_cuda):
+    """The recorder fails a host sync as CUDA does: the dynamic cache's step (its mask grown
+    by concatenation, read by transformers' mask builder) is refused, so a test of the static
+    step's capture above means something."""
+    from pubmedqa_gpt2.model.decoding import DynamicDecoder
+    from pubmedqa_gpt2.model.generate import pad_left
+
+    model = gpt2("sdpa")
+    ids, mask = pad_left([[5, 6, 7], [8]], pad_id=0)
+    decoder = DynamicDecoder(model, ids, mask, 3)
+    with torch.inference_mode():
+        decoder.prefill((mask.cumsum(dim=1) - 1).clamp(min=0))
+        with pytest.raises(RuntimeError, match="not permitted when stream is capturing"):
+            with Recorder():
+                decoder.step(torch.tensor([[9], [10]]), torch.tensor([[3], [1]]), torch.ones(2))
