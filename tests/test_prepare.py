@@ -286,6 +286,38 @@ def test_a_stratified_sample_keeps_shares_and_order_and_follows_its_seed():
         "no": 2,
         "maybe": 1,
     }
+    # 3 of 50: quotas 1.8, 0.9, 0.3, floors 1, 0, 0; the two left go to the largest
+    # remainders, no (0.9) and yes (0.8), not maybe (0.3).
+    assert Counter(r.final_decision for r in stratified_sample(records, 3, 0)) == {
+        "yes": 2,
+        "no": 1,
+    }
+
+
+def test_the_data_metrics_of_a_split_by_hand(capsys):
+    """Lengths 10, 20, 31: mean 20.333 -> 20.3; numpy's linear percentiles: p50 20.0, p95 at
+    index 0.95 x 2 = 1.9, 20 + 0.9 x 11 = 29.9; max 31. PQA-A's entry adds its dropped count,
+    said once on the console."""
+    from pubmedqa_gpt2.core.paths import ARTIFICIAL
+    from pubmedqa_gpt2.data.prepare import Dropped, SplitStats, data_summary
+
+    stats = SplitStats(["1", "2", "3"], Counter({"yes": 2, "maybe": 1}), [10, 20, 31], 2)
+    expected = {
+        "examples": 3,
+        "labels": {"yes": 2, "no": 0, "maybe": 1},
+        "tokens": {"mean": 20.3, "p50": 20.0, "p95": pytest.approx(29.9), "max": 31},
+        "shortened": 2,
+    }
+    assert stats.summary() == expected
+    assert data_summary({"train": stats}, Dropped(0), 512) == {"max_length": 512, "train": expected}
+    assert capsys.readouterr().out == ""
+    summary = data_summary({"train": stats, ARTIFICIAL: stats}, Dropped(4), 256)
+    assert summary == {
+        "max_length": 256, "train": expected, ARTIFICIAL: expected | {"dropped_shared_pmid": 4},
+    }  # fmt: skip
+    assert capsys.readouterr().out == (
+        f"prepare: {ARTIFICIAL}: 4 records dropped (PMID also in PQA-L)\n"
+    )
 
 
 @needs_pubmedqa
