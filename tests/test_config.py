@@ -260,3 +260,30 @@ def test_a_sweep_s_empty_mapping_reaches_dvc_as_a_replacement(tmp_path):
     apply_overrides(tmp_path / "params.yaml", experiment)
     params = load_params(tmp_path / "params.yaml")
     assert (params.model.overrides, params.model.seed) == ({}, 1)
+
+
+def test_one_section_is_read_and_its_errors_are_named_with_the_section(tmp_path):
+    """`load_section` (the CLI reads only `evaluate`): a bad value elsewhere does not stop it;
+    a bad value in it is named `evaluate.<key>` with what was given; a params file that is
+    not a mapping, or lacks the section, is a missing section, not a crash."""
+    import yaml
+
+    from pubmedqa_gpt2.core.config import load_section
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"]["learning_rate"] = -1  # bad, but not in the section read
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    assert load_section("evaluate", path).max_new_tokens == params["evaluate"]["max_new_tokens"]
+
+    params["evaluate"]["max_new_tokens"] = "many"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(StageError) as err:
+        load_section("evaluate", path)
+    assert str(err.value).startswith(f"{path}: evaluate.max_new_tokens: ")
+    assert str(err.value).endswith("(got 'many')") and "\n" not in str(err.value)
+
+    path.write_text("- a list\n- not sections\n")
+    with pytest.raises(StageError) as err:
+        load_section("evaluate", path)
+    assert str(err.value).startswith(f"{path}: evaluate: ")

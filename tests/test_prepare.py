@@ -399,3 +399,45 @@ def test_label_token_ids_are_gpt2_s(tokenizer):
     from pubmedqa_gpt2.prompt import label_token_ids
 
     assert label_token_ids(tokenizer) == [3763, 645, 3863]  # " yes", " no", " maybe" in vocab.json
+
+
+@needs_tokenizer
+def test_splits_that_share_a_pmid_are_refused_naming_the_first(tmp_path, tokenizer, capsys):
+    """train 1, 2, 3 and dev 3, 2: two shared PMIDs, 3 met first (dev lists it first); each
+    split written says its count; the error names PMID 3 and both splits."""
+    from pubmedqa_gpt2.core.errors import StageError
+    from pubmedqa_gpt2.data.prepare import write_splits
+
+    def record(pmid: str) -> Record:
+        return Record(pmid, "Is it?", ["It is."], ["RESULTS"], [], "Yes.", "yes")
+
+    splits = {"train": [record(p) for p in "123"], "dev": [record(p) for p in "32"]}
+    with pytest.raises(StageError) as err:
+        write_splits(tmp_path, splits, tokenizer, 256)
+    assert str(err.value) == (
+        "record 3: PMID is in both train and dev (2 shared PMIDs); refusing to write "
+        "overlapping splits"
+    )
+    assert capsys.readouterr().out == "prepare: train: 3 examples\nprepare: dev: 2 examples\n"
+
+
+@needs_pubmedqa
+def test_the_split_follows_the_seed_as_the_official_script_does(official):
+    """split_records with seed 1 gives the official script's seed-1 split (split.py, checked
+    against the restated script above), not seed 0's."""
+    from pubmedqa_gpt2.data.prepare import split_records
+
+    labeled = [
+        Record(pmid, r["QUESTION"], r["CONTEXTS"], r["LABELS"], [], r["LONG_ANSWER"],
+               r["final_decision"])
+        for pmid, r in official.items()
+    ]  # fmt: skip
+    pairs = [(r.pmid, r.final_decision) for r in labeled]
+    for seed in (0, 1):
+        split = official_split(pairs, seed)
+        out = split_records(labeled, seed, 3, None)
+        assert [r.pmid for r in out["test"]] == list(split.test)
+        assert ([r.pmid for r in out["train"]], [r.pmid for r in out["dev"]]) == tuple(
+            map(list, split.train_dev(3))
+        )
+    assert official_split(pairs, 1).test != official_split(pairs, 0).test
