@@ -283,6 +283,20 @@ def test_one_section_is_read_and_its_errors_are_named_with_the_section(tmp_path)
     assert str(err.value).startswith(f"{path}: evaluate.max_new_tokens: ")
     assert str(err.value).endswith("(got 'many')") and "\n" not in str(err.value)
 
+    # An unknown key names the section's keys (params.yaml lists them in the same order); two
+    # errors, two lines.
+    allowed = ", ".join(yaml.safe_load((ROOT / "params.yaml").read_text())["evaluate"])
+    del params["evaluate"]["max_new_tokens"]
+    params["evaluate"]["beams"] = 4
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(StageError) as err:
+        load_section("evaluate", path)
+    assert sorted(str(err.value).splitlines()) == [
+        f"{path}: evaluate.beams: unknown key; allowed: {allowed}",
+        f"{path}: evaluate.max_new_tokens: missing (params.yaml sets every key; see "
+        "pubmedqa_gpt2/core/config.py)",
+    ]
+
     path.write_text("- a list\n- not sections\n")
     with pytest.raises(StageError) as err:
         load_section("evaluate", path)
