@@ -204,6 +204,28 @@ def test_the_forest_plot_rows_hold_both_models_and_their_difference():
             assert row["low"] <= row["value"] <= row["high"], row
 
 
+def test_both_models_own_intervals_are_drawn_with_the_given_seed():
+    """Scores without ties (so that another seed moves the percentiles): the base's and the
+    fine-tuned model's own ROUGE-L intervals are scipy's percentile bootstrap drawn with
+    default_rng(seed), the seed given."""
+    import numpy as np
+    from scipy import stats
+
+    gold = [LABELS[i % 3] for i in range(20)]
+    scores = np.random.default_rng(5).random((2, 20)).round(6).tolist()
+    base = samples([(g, "yes") for g in gold], scores[0])
+    tuned = samples([(g, g) for g in gold], scores[1])
+    rows = stage.interval_rows(base, tuned, stage.compare(base, tuned, 200, 3), 200, 3)
+    by = {(r["metric"], r["series"]): r for r in rows}
+    for series, values in (("base", scores[0]), ("fine-tuned", scores[1])):
+        ci = stats.bootstrap((np.asarray(values),), np.mean, n_resamples=200,
+                             method="percentile", rng=np.random.default_rng(3))  # fmt: skip
+        expected = [ci.confidence_interval.low, ci.confidence_interval.high]
+        assert [by["ROUGE-L", series]["low"], by["ROUGE-L", series]["high"]] == pytest.approx(
+            expected, abs=1e-6
+        )
+
+
 def test_forest_rows_skip_a_middle_figure_and_keep_six_places():
     """A run scored without ROUGE-L (but with METEOR): its rows skip it and go on; every
     interval is stored to 6 places, as the metrics files are."""

@@ -37,6 +37,7 @@ def sweep(user_repo, submit, monkeypatch):
     (bin_dir / "dvc").write_text(
         f'#!/bin/bash\nif [ "$1 $2" = "exp pull" ]; then\n'
         f'  echo "$* in $PWD" >> {bin_dir}/pulls.txt\n'
+        f'  [ "${{PULL_FAILS:-}}" != silently ] || exit 1\n'
         f'  [ -z "${{PULL_FAILS:-}}" ] || {{ echo "ERROR: $PULL_FAILS" >&2; exit 1; }}\n'
         f"  exit 0\nfi\n"
         f'exec {real_dvc} "$@"\n'
@@ -153,17 +154,18 @@ def test_the_table_lists_every_override_and_a_count_per_state():
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "pull_fails", "message"),
     [
-        (["--sweep", "sweep-nope"], "error: --sweep sweep-nope: no sweep.json in "),
-        ([], "error: dvc exp pull cluster: ERROR: remote hung up"),
+        (["--sweep", "sweep-nope"], "remote hung up", "error: --sweep sweep-nope: no sweep.json in "),
+        ([], "remote hung up", "error: dvc exp pull cluster: ERROR: remote hung up"),
+        ([], "silently", "error: dvc exp pull cluster: failed\n"),  # nothing on its stderr
     ],
 )
-def test_status_failures_are_one_line(sweep, monkeypatch, capsys, args, message):
+def test_status_failures_are_one_line(sweep, monkeypatch, capsys, args, pull_fails, message):
     repo, manifest = sweep
     name = manifest["experiments"][0]["name"]
     write_result(manifest, 0, {"experiment": name, "state": "done", "accuracy": 0.5})
-    monkeypatch.setenv("PULL_FAILS", "remote hung up")
+    monkeypatch.setenv("PULL_FAILS", pull_fails)
     code, _, err = status(monkeypatch, capsys, repo, *args)
     assert code == 1 and err.startswith(message) and len(err.strip().splitlines()) == 1, err
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,8 @@ def test_a_requeued_task_whose_experiment_ran_only_pushes_it(clone):
         ("exp push|ERROR: no remote origin|1", "dvc exp push: no remote origin"),
         ("cache dir|ERROR: not a dvc repository|1", "not a dvc repository"),
         ("config|ERROR: config locked|1", "config locked"),
+        ("cache dir|Killed|3", "exit status 3"),  # no error line: the status
+        ("exp push|Killed|4", "dvc exp push: exit status 4"),
     ],
 )
 def test_a_failure_is_one_error_line_in_the_log_and_the_result(
@@ -159,3 +162,77 @@ def test_the_result_file_is_replaced_whole(clone):
     assert result(clone, 3) == {"state": "done"}
     assert sorted(p.name for p in (clone / "results").iterdir()) == ["3.json"]
     assert (clone / "results" / "3.json").read_text().endswith("}\n")
+
+
+def test_the_result_file_is_one_key_a_line_in_a_folder_made_for_it(clone):
+    """The sweep's folder not made yet: the task makes it, parents and all; the result is
+    `json.dumps(..., indent=1)`, by hand: one key a line, indented by one space."""
+    folder = clone / "shared" / "sweeps" / "sw"
+    assert task.run_task(manifest(folder), 0) == 0
+    assert (folder / "results" / "0.json").read_text() == (
+        '{\n "experiment": "sw-0",\n "state": "done",\n "accuracy": 0.625\n}\n'
+    )
+    assert sorted(p.name for p in (folder / "results").iterdir()) == ["0.json"]
+
+
+def test_run_logs_the_command_and_its_merged_output_and_keeps_its_last_400_lines(
+    tmp_path, capsys
+):
+    """A command that prints 500 lines, then a line on stderr, then bytes that are not UTF-8,
+    and exits 3: the log has `$ COMMAND` and all 502 lines, stderr in its place; the tail is
+    the last 400 (lines 102..499, then the two others), the bad byte replaced by U+FFFD."""
+    script = tmp_path / "noisy.py"
+    script.write_text(
+        "import sys\n"
+        "for i in range(500):\n"
+        "    print(i)\n"
+        "sys.stdout.flush()\n"
+        "sys.stderr.write('error: on stderr\\n')\n"
+        "sys.stderr.flush()\n"
+        "sys.stdout.buffer.write(b'bad \\xff byte\\n')\n"
+        "sys.exit(3)\n"
+    )
+    code, tail = task.run([sys.executable, str(script)])
+    lines = [f"{i}\n" for i in range(500)] + ["error: on stderr\n", "bad \ufffd byte\n"]
+    assert code == 3
+    assert tail == lines[102:] and len(tail) == 400
+    assert capsys.readouterr().out == f"$ {sys.executable} {script}\n" + "".join(lines)
+
+
+def test_the_command_line_reaches_the_log_before_the_command_runs(tmp_path, monkeypatch):
+    """SLURM's log is a file, which Python buffers: `$ COMMAND` is flushed before the command
+    starts, so a command that reads the log finds that line there (and nothing else yet)."""
+    log = tmp_path / "task.log"
+    command = [sys.executable, "-c", f"print(open({str(log)!r}).read(), end='')"]
+    header = f"$ {' '.join(command)}\n"
+    with log.open("w") as f, monkeypatch.context() as patch:  # block-buffered, as in a job
+        patch.setattr(sys, "stdout", f)
+        code, tail = task.run(command)
+    assert (code, tail) == (0, [header])
+    assert log.read_text() == header + header  # the line, then the command's echo of it
+
+
+@pytest.mark.parametrize(
+    ("fail", "stream", "line"),
+    [
+        ("", "stdout", "sw-0: done, accuracy 0.6250, pushed\n"),
+        ("exp push|ERROR: rejected|1", "stderr", "error: sw-0: dvc exp push: rejected\n"),
+        ("exp run|stopped on request at step 3|75", "stdout",
+         "sw-0: stopped on request, to be requeued\n"),
+    ],
+)  # fmt: skip
+def test_the_task_s_last_line_is_in_its_log_when_it_returns(
+    clone, monkeypatch, fail, stream, line
+):
+    """The log files SLURM writes are block-buffered here, and a task killed by a signal right
+    after (its time limit, a requeue) flushes nothing: the line saying how it ended is in the
+    file, last, as soon as `run_task` returns, before any flush or close."""
+    monkeypatch.setenv("FAIL", fail)
+    Path(os.environ[STOP_FILE_ENV]).touch()  # only a failing `exp run` reads it
+    out, err = clone / "task.out", clone / "task.err"
+    with out.open("w") as f_out, err.open("w") as f_err, monkeypatch.context() as patch:
+        patch.setattr(sys, "stdout", f_out)
+        patch.setattr(sys, "stderr", f_err)
+        task.run_task(manifest(clone), 0)
+        logged = {"stdout": out.read_text(), "stderr": err.read_text()}
+    assert logged[stream].endswith(line)

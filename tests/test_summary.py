@@ -84,7 +84,10 @@ def test_markdown_and_json_through_the_cli(tmp_path, capsys):
     assert "## Group 2: train.learning_rate=0.0005" in table and "2 experiments: b0, b1" in table
     assert max(len(line) for line in table) <= 120
     cli.main(["summary", "--over", "train.seed", "--input", str(saved), "--json"])
-    assert [g["n"] for g in json.loads(capsys.readouterr().out)] == [3, 2]
+    out = capsys.readouterr().out
+    assert [g["n"] for g in json.loads(out)] == [3, 2]
+    # Indented by two spaces a level, for a person to read: the first group's params first.
+    assert out.startswith('[\n  {\n    "params": {\n      "train.learning_rate": 0.001\n    },\n')
 
 
 def test_without_input_the_cli_reads_dvc_s_experiments(tmp_path, capsys, monkeypatch):

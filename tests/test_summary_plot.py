@@ -66,6 +66,14 @@ def test_the_page_is_written_offline_and_json_stays_json(sweep_page):
     html = page.read_text(encoding="utf-8")
     assert network_references(html) == []
     assert html.count("window.vegaEmbed=") == 1 and html.count("vegaEmbed('#") == 1
+    # The chart on the page holds the sweep's data: per metric a row per run (EXP_SHOW's
+    # accuracies by hand) and a mean per group: 5 runs x 4 metrics + 2 groups x 4 metrics.
+    chart, _ = json.JSONDecoder().raw_decode(html, html.index("var spec = ") + len("var spec = "))
+    values = chart["data"]["values"]
+    assert len(values) == 28
+    runs = [(r["experiment"], r["value"]) for r in values
+            if r["kind"] == "run" and r["metric"] == "accuracy"]  # fmt: skip
+    assert runs == [("a0", 0.50), ("a1", 0.56), ("a2", 0.53), ("b0", 0.60), ("b1", 0.62)]
 
 
 @pytest.mark.child_process
