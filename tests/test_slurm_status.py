@@ -156,7 +156,11 @@ def test_the_table_lists_every_override_and_a_count_per_state():
 @pytest.mark.parametrize(
     ("args", "pull_fails", "message"),
     [
-        (["--sweep", "sweep-nope"], "remote hung up", "error: --sweep sweep-nope: no sweep.json in "),
+        (
+            ["--sweep", "sweep-nope"],
+            "remote hung up",
+            "error: --sweep sweep-nope: no sweep.json in ",
+        ),
         ([], "remote hung up", "error: dvc exp pull cluster: ERROR: remote hung up"),
         ([], "silently", "error: dvc exp pull cluster: failed\n"),  # nothing on its stderr
     ],

@@ -175,9 +175,7 @@ def test_the_result_file_is_one_key_a_line_in_a_folder_made_for_it(clone):
     assert sorted(p.name for p in (folder / "results").iterdir()) == ["0.json"]
 
 
-def test_run_logs_the_command_and_its_merged_output_and_keeps_its_last_400_lines(
-    tmp_path, capsys
-):
+def test_run_logs_the_command_and_its_merged_output_and_keeps_its_last_400_lines(tmp_path, capsys):
     """A command that prints 500 lines, then a line on stderr, then bytes that are not UTF-8,
     and exits 3: the log has `$ COMMAND` and all 502 lines, stderr in its place; the tail is
     the last 400 (lines 102..499, then the two others), the bad byte replaced by U+FFFD."""
@@ -221,9 +219,7 @@ def test_the_command_line_reaches_the_log_before_the_command_runs(tmp_path, monk
          "sw-0: stopped on request, to be requeued\n"),
     ],
 )  # fmt: skip
-def test_the_task_s_last_line_is_in_its_log_when_it_returns(
-    clone, monkeypatch, fail, stream, line
-):
+def test_the_task_s_last_line_is_in_its_log_when_it_returns(clone, monkeypatch, fail, stream, line):
     """The log files SLURM writes are block-buffered here, and a task killed by a signal right
     after (its time limit, a requeue) flushes nothing: the line saying how it ended is in the
     file, last, as soon as `run_task` returns, before any flush or close."""

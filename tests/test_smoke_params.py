@@ -155,3 +155,56 @@ def test_the_command_defaults_to_params_yaml_here_and_names_a_missing_folder(
     smoke_params.main()
     assert capsys.readouterr().out == "smoke_params: applied smoke.yaml to params.yaml\n"
     assert yaml.safe_load((tmp_path / "params.yaml").read_text())["model"]["init"] == "random"
+
+
+def test_the_command_edits_the_params_file_it_names(tmp_path, monkeypatch, capsys) -> None:
+    """`python -m pubmedqa_gpt2.smoke_params PATH`: PATH is edited, not ./params.yaml."""
+    from pubmedqa_gpt2 import smoke_params
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "other").mkdir()
+    shutil.copy(ROOT / "params.yaml", tmp_path / "other" / "exp.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GPT2_TOKENIZER_DIR", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["smoke_params", "other/exp.yaml"])
+    smoke_params.main()
+    assert capsys.readouterr().out == "smoke_params: applied smoke.yaml to other/exp.yaml\n"
+    assert yaml.safe_load((tmp_path / "other" / "exp.yaml").read_text())["model"]["init"] == (
+        "random"
+    )
+    assert (tmp_path / "params.yaml").read_bytes() == (ROOT / "params.yaml").read_bytes()
+
+
+def test_nulls_are_written_null_whatever_ran_before(tmp_path, monkeypatch) -> None:
+    """A `null` set or kept is written `null`, not ruamel's round-trip empty value: the
+    representer that says so is installed by `apply_overrides` itself (ruamel keeps
+    representers per class, so one installed by an earlier call is reset to ruamel's here)."""
+    from ruamel.yaml.representer import RoundTripRepresenter
+
+    from pubmedqa_gpt2.smoke_params import apply_overrides
+
+    representers = RoundTripRepresenter.yaml_representers
+    monkeypatch.setitem(representers, type(None), RoundTripRepresenter.represent_none)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    apply_overrides(tmp_path / "params.yaml", {"model": {"name": "gpt2", "tokenizer": None}})
+    text = (tmp_path / "params.yaml").read_text()
+    assert "\n  tokenizer: null           # tokenizer id or directory" in text
+    assert "\n  save_steps: null\n" in text  # a null the overrides leave as it was
+
+
+def test_a_value_line_is_folded_only_past_4096_columns(tmp_path) -> None:
+    """ruamel folds a long plain scalar at a space once its line passes `width` (4096 here,
+    80 by default): `  hub_revision: ` (16 columns) + 4078 a's + ` b` is 4096 columns, kept
+    whole; one more `a` makes 4097, folded at the space (kept at the end of the line, 4096
+    columns), the ` b` on the next line; either way the same value."""
+    from pubmedqa_gpt2.smoke_params import apply_overrides
+
+    for a_count, written in (
+        (4078, ["  hub_revision: " + "a" * 4078 + " b"]),
+        (4079, ["  hub_revision: " + "a" * 4079 + " ", "    b"]),
+    ):
+        shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+        apply_overrides(tmp_path / "params.yaml", {"data": {"hub_revision": "a" * a_count + " b"}})
+        text = (tmp_path / "params.yaml").read_text()
+        assert "\n".join(["", *written, "  artificial: false "]) in text, a_count
+        assert yaml.safe_load(text)["data"]["hub_revision"] == "a" * a_count + " b"
