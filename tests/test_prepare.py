@@ -441,3 +441,12 @@ def test_the_split_follows_the_seed_as_the_official_script_does(official):
             map(list, split.train_dev(3))
         )
     assert official_split(pairs, 1).test != official_split(pairs, 0).test
+
+
+def test_too_few_records_to_split_is_a_stage_error_naming_the_raw_data():
+    from pubmedqa_gpt2.core.errors import StageError
+    from pubmedqa_gpt2.data.prepare import split_records
+
+    labeled = [Record(str(i), "q?", ["c"], ["L"], [], "a.", LABELS[i % 3]) for i in range(12)]
+    with pytest.raises(StageError, match=r"^data/raw: .*too few"):
+        split_records(labeled, 0, 0, None)
