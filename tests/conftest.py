@@ -11,6 +11,7 @@ are exported in the two variables, for the benchmarks and the commands the tests
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -339,6 +340,50 @@ def seed_sweep(smoke, tmp_path_factory) -> Path:
 # ---- Order: the longest tests first, so that the pytest-xdist workers end together ----
 
 
+# ---- make mutate: the mutants of a slow-to-test module run against its own test files ----
+
+# mutmut runs a mutant against every test that reached the mutated function, and a surviving
+# mutant against all of them: for a training module, each of the ~90 tests that train a tiny
+# model, a minute or two per survivor. The modules below run against their own test files
+# instead (tests/test_<module>.py and the tests of its caller), the project's layout; the
+# others keep mutmut's selection. A mutant left with no test is counted "no tests".
+MUTATION_TESTS = {
+    **{
+        f"pubmedqa_gpt2.training.{name}": [f"test_{name}.py", "test_train.py"]
+        for name in (
+            "callbacks", "checkpoints", "collator", "examples", "launch", "lora", "loss",
+            "recipe", "run_figures", "running_marker", "saving", "stop", "trainer",
+        )
+    },
+    "pubmedqa_gpt2.training.settings": ["test_training_settings.py", "test_train.py"],
+    "pubmedqa_gpt2.training.phase": ["test_pretrain.py", "test_train.py"],
+    "pubmedqa_gpt2.evaluation.evaluate": ["test_evaluate.py"],
+    "pubmedqa_gpt2.evaluation.answers": ["test_evaluate.py", "test_cli.py"],
+    "pubmedqa_gpt2.model.loading": ["test_loading.py"],
+    "pubmedqa_gpt2.model.generate": ["test_generate.py", "test_decoding.py"],
+    "pubmedqa_gpt2.model.scoring": ["test_scoring.py"],
+}  # fmt: skip
+
+
+def mutation_test_files(mutant: str) -> list[str] | None:
+    """The test files a mutant (mutmut's name, e.g. `pubmedqa_gpt2.training.loss.x_f__mutmut_3`)
+    runs against, or None for mutmut's own selection (also when no mutant is under test)."""
+    if "__mutmut_" not in mutant:
+        return None
+    module = re.split(r"\.x[_ǁ]", mutant, maxsplit=1)[0]
+    return MUTATION_TESTS.get(module)
+
+
+def _keep_mutation_tests(config, items) -> None:
+    files = mutation_test_files(os.environ.get("MUTANT_UNDER_TEST", ""))
+    if files is None:
+        return
+    kept = [item for item in items if item.path.name in files]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """0: the first seed-sweep test (its worker makes the smoke run, then the sweep); then the
     SLURM cluster's tests (one xdist group, the longest unit: the other worker starts it at
@@ -357,6 +402,7 @@ def pytest_collection_modifyitems(config, items) -> None:
             return 2, -LONGEST_SMOKE_TESTS.get(item.originalname, 0)
         return (1 if item.get_closest_marker("e2e") else 4), 0
 
+    _keep_mutation_tests(config, items)
     items.sort(key=rank)
 
 

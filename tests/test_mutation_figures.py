@@ -36,3 +36,52 @@ def test_the_table_counts_each_verdict_and_the_listed_equivalents_apart(tmp_path
         "| all | 13 | 7 | 2 | 1 | 1 | 1 | 1 | 81.8% (partial) |",
     ]
     assert mutation_figures.survivors(mutants, equivalents) == ["a.b.x_f__mutmut_7"]
+
+
+def test_a_slow_module_s_mutants_run_against_its_own_test_files():
+    from .conftest import mutation_test_files
+
+    assert mutation_test_files("pubmedqa_gpt2.training.loss.x_labelled_rows__mutmut_3") == [
+        "test_loss.py",
+        "test_train.py",
+    ]
+    assert mutation_test_files("pubmedqa_gpt2.training.callbacks.xǁProgressǁon_log__mutmut_12") == [
+        "test_callbacks.py",
+        "test_train.py",
+    ]
+    assert mutation_test_files("pubmedqa_gpt2.training.settings.x_f__mutmut_1") == [
+        "test_training_settings.py",
+        "test_train.py",
+    ]
+    # Other modules keep mutmut's selection; so do the runs without a mutant.
+    assert mutation_test_files("pubmedqa_gpt2.prompt.x_format_context__mutmut_6") is None
+    assert mutation_test_files("stats") is None and mutation_test_files("") is None
+
+
+def test_under_a_mutant_the_collection_keeps_only_those_files(monkeypatch):
+    """The collection hook as mutmut's child meets it (MUTANT_UNDER_TEST set), given tests of
+    three files: a training.loss mutant keeps test_loss.py's and reports the others
+    deselected; without a mutant all stay."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from .conftest import _keep_mutation_tests
+
+    names = ["test_loss.py", "test_config.py", "test_loss.py", "test_errors.py"]
+    deselected = []
+    config = SimpleNamespace(
+        hook=SimpleNamespace(pytest_deselected=lambda items: deselected.extend(items))
+    )
+
+    def items():
+        return [SimpleNamespace(path=Path("tests") / name) for name in names]
+
+    monkeypatch.delenv("MUTANT_UNDER_TEST", raising=False)
+    kept = items()
+    _keep_mutation_tests(config, kept)
+    assert [i.path.name for i in kept] == names and deselected == []
+    monkeypatch.setenv("MUTANT_UNDER_TEST", "pubmedqa_gpt2.training.loss.x_f__mutmut_1")
+    kept = items()
+    _keep_mutation_tests(config, kept)
+    assert [i.path.name for i in kept] == ["test_loss.py", "test_loss.py"]
+    assert [i.path.name for i in deselected] == ["test_config.py", "test_errors.py"]
