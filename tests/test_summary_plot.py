@@ -112,6 +112,20 @@ def test_a_folder_or_an_unwritable_page_is_one_line(tmp_path, monkeypatch, capsy
         )
 
 
+def draw(vlc, chart: dict, seconds: float = 20) -> str:
+    """The chart as SVG, or a failure if drawing takes over `seconds` (it takes well under
+    one: some broken specifications make vl-convert spin instead of raising)."""
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(vlc.vegalite_to_svg, chart, vl_version="5.21").result(seconds)
+    except concurrent.futures.TimeoutError:
+        pytest.fail(f"vl-convert drew nothing in {seconds} s")
+    finally:
+        pool.shutdown(wait=False)
+
+
 def test_the_chart_draws_a_point_per_run_and_a_diamond_and_interval_per_group():
     """The page's chart compiled and drawn in this process (vl-convert, the vega-lite the page
     inlines): per metric panel, one point per run, and per group a diamond at the mean on its
@@ -119,7 +133,7 @@ def test_the_chart_draws_a_point_per_run_and_a_diamond_and_interval_per_group():
     vlc = pytest.importorskip("vl_convert", reason="vl-convert-python draws the chart")
     experiments, groups = summary.collect(["train.seed"], EXP_SHOW)
     chart = summary_plot.spec(summary_plot.plot_rows(groups, experiments), ["train.seed"])
-    svg = vlc.vegalite_to_svg(chart, vl_version="5.21")
+    svg = draw(vlc, chart)
     texts = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
     assert texts[-1].startswith("Experiments over train.seed: each run a point")
     for words in (
