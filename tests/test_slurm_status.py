@@ -156,13 +156,21 @@ def test_the_table_lists_every_override_and_a_count_per_state():
 @pytest.mark.parametrize(
     ("args", "pull_fails", "message"),
     [
-        (
+        pytest.param(
             ["--sweep", "sweep-nope"],
             "remote hung up",
             "error: --sweep sweep-nope: no sweep.json in ",
+            id="no-such-sweep",
         ),
-        ([], "remote hung up", "error: dvc exp pull cluster: ERROR: remote hung up"),
-        ([], "silently", "error: dvc exp pull cluster: failed\n"),  # nothing on its stderr
+        pytest.param(
+            [],
+            "remote hung up",
+            "error: dvc exp pull cluster: ERROR: remote hung up",
+            id="pull-fails",
+        ),  # fmt: skip
+        pytest.param(  # nothing on its stderr
+            [], "silently", "error: dvc exp pull cluster: failed\n", id="pull-fails-silently"
+        ),
     ],
 )
 def test_status_failures_are_one_line(sweep, monkeypatch, capsys, args, pull_fails, message):
