@@ -147,6 +147,22 @@ def test_reference_nll_is_the_long_answer_given_prompt_and_decision(
     assert examples[0].completion_ids[-1] == tokenizer.eos_token_id  # the eos is scored too
 
 
+def test_reference_nll_scores_in_the_batches_it_is_given_under_its_progress_bar(
+    tmp_path, tokenizer, tiny_model_params, monkeypatch, capsys
+) -> None:
+    """5 answers in batches of 2: 3 batches on a progress bar named as asked; in batches of 5,
+    one; with no name, no bar."""
+    write_prepared_test_split(tmp_path / "test.parquet", tokenizer, 5)
+    examples = read_test(tmp_path / "test.parquet")
+    model = build_model(tiny_model_params)
+    answers.reference_nll(model, tokenizer, examples, batch_size=2, progress="base: perplexity")
+    assert "base: perplexity: 100%" in (err := capsys.readouterr().err) and " 3/3 " in err
+    answers.reference_nll(model, tokenizer, examples, batch_size=5, progress="again")
+    assert "again: 100%" in (err := capsys.readouterr().err) and " 1/1 " in err
+    answers.reference_nll(model, tokenizer, examples, batch_size=5, progress=None)
+    assert capsys.readouterr().err == ""
+
+
 def test_reference_perplexity_refuses_a_completion_without_the_decision(
     tmp_path, tokenizer, tiny_model_params
 ) -> None:
@@ -480,3 +496,187 @@ def test_the_evaluate_stage_claims_one_free_gpu_of_its_own_before_cuda(tmp_path,
     finally:
         gpu_claims.release_gpus()
         os.close(other_run)
+
+
+# ---- evaluate_model's wiring: progress labels, timings, figures, decide and generate stubbed ----
+
+
+class FakeClock:
+    """perf_counter for the evaluate module alone: it moves only when a phase says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+# What the generate stand-in reports of its decoding (as generate_greedy fills `stats`).
+DECODING = {
+    "decode_step": "static",
+    "generation_batch_size": 3,
+    "decode_steps": 7,
+    "decode_s": 0.0864197523,
+    "decode_step_ms": 12.3456789,
+    "fallback": "CUDA graph capture failed (out of memory)",
+}
+
+
+def run_wired(monkeypatch, tmp_path, tokenizer, tiny_model_params, name):
+    """evaluate_model on 3 questions (gold yes, no, maybe) with the committed settings
+    (generate_examples null: all of them). decide is a stand-in that says yes 0.9, yes 0.6,
+    no 0.4; generate_answers one that answers each question with its reference and reports
+    DECODING; reference_nll is the real one. By the evaluate module's clock, decide takes
+    0.7654321 s, the perplexity 1.7654321 s, the generation 2.3456789 s.
+    (result, the progress label each phase got)."""
+    from pubmedqa_gpt2.evaluation import evaluate as module
+
+    write_prepared_test_split(tmp_path / "test.parquet", tokenizer, 3)
+    examples = read_test(tmp_path / "test.parquet")
+    assert [ex.decision for ex in examples] == ["yes", "no", "maybe"]
+    settings = committed_params().evaluate
+    assert settings.generate_examples is None  # committed: every question gets an answer
+    clock, labels = FakeClock(), {}
+    monkeypatch.setattr(module, "time", clock)
+
+    def decide(model, tok, prompts, batch_size, progress):
+        labels["decide"] = progress
+        clock.now += 0.7654321
+        probabilities = [
+            {"yes": 0.9, "no": 0.05, "maybe": 0.05},
+            {"yes": 0.6, "no": 0.3, "maybe": 0.1},
+            {"yes": 0.3, "no": 0.4, "maybe": 0.3},
+        ]
+        return ["yes", "yes", "no"], probabilities
+
+    def reference_nll(model, tok, examples, batch_size, progress):
+        labels["perplexity"] = progress
+        clock.now += 1.7654321
+        return answers.reference_nll(model, tok, examples, batch_size, progress)
+
+    def generate_answers(model, tok, prompts, decisions, settings, progress, stats=None):
+        labels["generate"] = progress
+        clock.now += 2.3456789
+        stats.update(DECODING)
+        return [ex.long_answer for ex in examples[: len(prompts)]]
+
+    monkeypatch.setattr(module, "decide", decide)
+    monkeypatch.setattr(module, "reference_nll", reference_nll)
+    monkeypatch.setattr(module, "generate_answers", generate_answers)
+    model = build_model(tiny_model_params)
+    return evaluate_model(model, tokenizer, examples, settings, name=name), labels
+
+
+def test_evaluate_model_labels_each_progress_bar_with_the_model_and_the_phase(
+    tmp_path, monkeypatch, tokenizer, tiny_model_params
+) -> None:
+    _, labels = run_wired(monkeypatch, tmp_path, tokenizer, tiny_model_params, "base")
+    assert labels == {
+        "decide": "base: decide",
+        "perplexity": "base: perplexity",
+        "generate": "base: generate",
+    }
+
+
+def test_evaluate_model_without_a_name_shows_no_progress_bar(
+    tmp_path, monkeypatch, tokenizer, tiny_model_params
+) -> None:
+    result, labels = run_wired(monkeypatch, tmp_path, tokenizer, tiny_model_params, None)
+    assert labels == {"decide": None, "perplexity": None, "generate": None}  # None, not 0
+
+    # generate_examples null: all 3 questions get a long answer.
+    assert result.metrics["n_generated"] == 3
+    assert [s["generated_answer"] for s in result.samples] == [
+        "Treatment 0 had no clear effect.",
+        "Treatment 1 had an effect.",
+        "Treatment 2 had no clear effect.",
+    ]
+
+    # Timings by the fake clock, to 3 places: 0.7654321 s, 1.7654321 s, 2.3456789 s for
+    # 3 questions; 3 / 0.7654321 = 3.91935..., 3 / 1.7654321 = 1.69930...,
+    # 3 / 2.3456789 = 1.27894... questions a second. The decoding as the generation said,
+    # its 12.3456789 ms a step to 3 places.
+    assert result.details["perf"] == {
+        "scoring_s": 0.765,
+        "perplexity_s": 1.765,
+        "generation_s": 2.346,
+        "scoring_examples_per_s": 3.919,
+        "perplexity_examples_per_s": 1.699,
+        "generation_examples_per_s": 1.279,
+        "decode_step": "static",
+        "generation_batch_size": 3,
+        "decode_steps": 7,
+        "decode_step_ms": 12.346,
+        "decode_fallback": "CUDA graph capture failed (out of memory)",
+    }
+
+    # Gold yes, no, maybe; predicted yes, yes, no. Rows gold, columns predicted, in the
+    # order yes, no, maybe: yes->yes, no->yes, maybe->no.
+    assert result.details["confusion_matrix"] == [[1, 0, 0], [1, 0, 0], [0, 1, 0]]
+
+    # ECE: confidences 0.9 (right), 0.6 (wrong), 0.4 (wrong), each alone in its bin
+    # ((0.8, 0.9], (0.5, 0.6], (0.3, 0.4]): (0.1 + 0.6 + 0.4) / 3 = 0.3666..., to 6 places.
+    assert result.metrics["ece"] == 0.366667
+
+
+def test_load_evaluated_builds_the_base_model_in_the_given_dtype(
+    tmp_path, monkeypatch, tiny_model_params
+) -> None:
+    from pubmedqa_gpt2.evaluation.evaluate import load_evaluated
+
+    monkeypatch.chdir(tmp_path)  # no models/finetuned here: base needs none
+    model, tokenizer = load_evaluated("base", tiny_model_params, dtype=torch.bfloat16)
+    assert model.config.n_layer == 2 and model.dtype == torch.bfloat16
+    assert tokenizer.eos_token_id == 50256  # GPT-2's <|endoftext|>
+
+
+def test_load_evaluated_loads_the_finetuned_model_in_the_given_dtype(
+    eval_workdir, tiny_model_params
+) -> None:
+    from pubmedqa_gpt2.evaluation.evaluate import load_evaluated
+
+    model, tokenizer = load_evaluated("finetuned", tiny_model_params, dtype=torch.bfloat16)
+    assert model.config.n_layer == 2 and model.dtype == torch.bfloat16  # saved in float32
+    assert tokenizer.eos_token_id == 50256
+
+
+def test_load_evaluated_names_the_finetuned_folder_it_cannot_load(
+    tmp_path, monkeypatch, tiny_model_params
+) -> None:
+    from pubmedqa_gpt2.evaluation.evaluate import load_evaluated
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models/finetuned").mkdir(parents=True)  # there, but empty
+    with pytest.raises(
+        StageError, match=r"^models/finetuned: cannot load a model from 'models/finetuned': "
+    ):
+        load_evaluated("finetuned", tiny_model_params)
+
+
+def test_confusion_rows_refuses_lists_of_unequal_length() -> None:
+    with pytest.raises(ValueError, match="zip"):
+        confusion_rows(["yes", "no"], ["yes"])
+
+
+def test_write_outputs_writes_samples_as_utf8_text(tmp_path, monkeypatch) -> None:
+    from pubmedqa_gpt2.evaluation.evaluate import Evaluation, write_outputs
+
+    monkeypatch.chdir(tmp_path)
+    sample = {"pmid": "1", "question": "Do β-blockers help after an infarct?", "correct": True}
+    evaluation = Evaluation(
+        predictions={"1": "yes"},
+        probabilities={"1": {"yes": 1.0, "no": 0.0, "maybe": 0.0}},
+        samples=[sample],
+        confusion=[{"actual": "yes", "predicted": "yes"}],
+        reliability=[],
+        metrics={"accuracy": 1.0},
+        details={"perf": {}},
+    )
+    write_outputs("base", evaluation)
+    # One line, the β as its UTF-8 bytes (0xCE 0xB2), not the escape \u03b2.
+    text = (tmp_path / "eval/base/samples.jsonl").read_bytes().decode("utf-8")
+    assert text == (
+        '{"pmid": "1", "question": "Do β-blockers help after an infarct?", "correct": true}\n'
+    )
+    assert "\\u03b2" not in text
+    assert json.loads((tmp_path / "metrics/eval_base.json").read_text()) == {"accuracy": 1.0}
