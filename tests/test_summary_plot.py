@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -112,28 +113,36 @@ def test_a_folder_or_an_unwritable_page_is_one_line(tmp_path, monkeypatch, capsy
         )
 
 
-def draw(vlc, chart: dict, seconds: float = 20) -> str:
-    """The chart as SVG, or a failure if drawing takes over `seconds` (it takes well under
-    one: some broken specifications make vl-convert spin instead of raising)."""
-    import concurrent.futures
+DRAW = """
+import json, sys
+import vl_convert
+sys.stdout.write(vl_convert.vegalite_to_svg(json.load(sys.stdin), vl_version="5.21"))
+"""
 
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+
+def draw(chart: dict, seconds: float = 60) -> str:
+    """The chart as SVG, drawn by vl-convert in a fresh process (its drawing thread, started
+    in a process forked from a threaded one as mutmut's test processes are, never starts);
+    a failure if it errs or takes over `seconds`."""
     try:
-        return pool.submit(vlc.vegalite_to_svg, chart, vl_version="5.21").result(seconds)
-    except concurrent.futures.TimeoutError:
+        run = subprocess.run(
+            [sys.executable, "-c", DRAW], input=json.dumps(chart), capture_output=True,
+            text=True, timeout=seconds,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
         pytest.fail(f"vl-convert drew nothing in {seconds} s")
-    finally:
-        pool.shutdown(wait=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout
 
 
 def test_the_chart_draws_a_point_per_run_and_a_diamond_and_interval_per_group():
     """The page's chart compiled and drawn in this process (vl-convert, the vega-lite the page
     inlines): per metric panel, one point per run, and per group a diamond at the mean on its
     interval's rule; the labels in words, whole (not cut short)."""
-    vlc = pytest.importorskip("vl_convert", reason="vl-convert-python draws the chart")
+    pytest.importorskip("vl_convert", reason="vl-convert-python draws the chart")
     experiments, groups = summary.collect(["train.seed"], EXP_SHOW)
     chart = summary_plot.spec(summary_plot.plot_rows(groups, experiments), ["train.seed"])
-    svg = draw(vlc, chart)
+    svg = draw(chart)
     texts = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
     assert texts[-1].startswith("Experiments over train.seed: each run a point")
     for words in (
