@@ -85,3 +85,9 @@ def test_under_a_mutant_the_collection_keeps_only_those_files(monkeypatch):
     _keep_mutation_tests(config, kept)
     assert [i.path.name for i in kept] == ["test_loss.py", "test_loss.py"]
     assert [i.path.name for i in deselected] == ["test_config.py", "test_errors.py"]
+    # A function that no test of those files reaches keeps every test that does.
+    deselected.clear()
+    names = ["test_config.py", "test_errors.py"]
+    kept = items()
+    _keep_mutation_tests(config, kept)
+    assert [i.path.name for i in kept] == names and deselected == []
