@@ -18,9 +18,17 @@ from pubmedqa_gpt2.slurm import status as slurm_status
 from .e2e import git
 
 SQUEUE = """#!/bin/bash
-# squeue -h -r -j JOB -o "%i %T": one line per array task still queued
-[ "$4" = 99 ] || exit 1
-printf '99_2 RUNNING\\n99_3 PENDING\\n99_4 COMPLETING\\n99_[5-6] PENDING\\n99 PENDING\\n'
+# squeue -h -r -j JOB -o "%i %T" (man squeue): no header, one line per array task still
+# queued, JOBID_TASK and the state in full. Any other command line is refused: the real one
+# refuses an unknown option, and answers something else to another known one.
+[ $# = 6 ] && [ "$1 $2 $3 $5" = "-h -r -j -o" ] && [ "$6" = "%i %T" ] || {
+  echo "squeue: invalid arguments: $*" >&2; exit 1; }
+case $4 in
+  99) printf '99_2 RUNNING\\n99_3 PENDING\\n99_4 COMPLETING\\n99_[5-6] PENDING\\n99 PENDING\\n' ;;
+  97) printf '97_1_2 RUNNING\\n97_3 RUNNING\\n' ;;  # a task id is a number: 1_2 is none
+  96) printf '96_1 RUNNING\\n'; exit 1 ;;  # a list cut short by an error
+  *) echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1 ;;
+esac
 """
 
 
@@ -126,11 +134,15 @@ def test_a_task_gone_without_a_result_shows_its_log_s_last_error(sweep, monkeypa
     (logs / "0.log").write_text("error: first\nstarting\nerror: task 0: cannot clone\nbye\n")
     (logs / "2.log").write_bytes(b"\xff\xfe not utf-8\nerror: sw-2: dvc says error: disk full\n")
     (logs / "3.log").write_text("task 3\nnothing went wrong here\n")
+    # SLURM's own line when it kills a task at its time limit: what follows "error:"
+    killed = "*** JOB 104 ON gpu01 CANCELLED AT 2024-05-01T10:00:00 DUE TO TIME LIMIT ***"
+    (logs / "4.log").write_text(f"task 4\nslurmstepd: error: {killed}\n")
     rows = slurm_status.task_states(manifest | {"job_id": None})  # none of them queued
     assert (rows[0]["state"], rows[0]["error"]) == ("failed", "task 0: cannot clone")
     assert rows[1]["error"] == f"the task ended without a result; see {logs / '1.log'}"
     assert rows[2]["error"] == "sw-2: dvc says error: disk full"  # the first "error:" splits
     assert rows[3]["error"] == f"the task ended without a result; see {logs / '3.log'}"
+    assert rows[4]["error"] == killed
 
 
 def test_the_table_lists_every_override_and_a_count_per_state():
@@ -202,6 +214,10 @@ def test_the_last_sweep_of_this_repository_is_the_default(sweep, monkeypatch, ca
 def test_the_queue_is_read_per_array_task(sweep):
     assert slurm_status.queued_tasks("99") == {2: "RUNNING", 3: "PENDING", 4: "COMPLETING"}
     assert slurm_status.queued_tasks("98") == {}  # squeue failed: what the files say
+    assert slurm_status.queued_tasks("96") == {}  # and so when it failed part way through
+    # Only JOBID_TASK with a number for TASK is an array task: not 97_1_2 (not task 1, 2 or
+    # 12, as int("1_2") would read it), as not 99_[5-6] nor 99 above.
+    assert slurm_status.queued_tasks("97") == {3: "RUNNING"}
     assert slurm_status.queued_tasks(None) == {}  # a dry run: no job
 
 

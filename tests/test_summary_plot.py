@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import locale
 import re
 import shutil
 import subprocess
@@ -75,6 +76,86 @@ def test_the_page_is_written_offline_and_json_stays_json(sweep_page):
     runs = [(r["experiment"], r["value"]) for r in values
             if r["kind"] == "run" and r["metric"] == "accuracy"]  # fmt: skip
     assert runs == [("a0", 0.50), ("a1", 0.56), ("a2", 0.53), ("b0", 0.60), ("b1", 0.62)]
+
+
+def page_chart(html: str) -> dict:
+    """The vega-lite spec the page hands to vegaEmbed."""
+    return json.JSONDecoder().raw_decode(html, html.index("var spec = ") + len("var spec = "))[0]
+
+
+def plot(saved, target: str) -> None:
+    """`pubmedqa-gpt2 summary --over train.seed --input SAVED --plot TARGET`, succeeding."""
+    cli.main(["summary", "--over", "train.seed", "--input", str(saved), "--plot", target])
+
+
+def test_the_page_holds_the_sweep_s_chart_under_its_name(sweep_page):
+    """The spec on the page is summary_plot.spec's chart (its six top-level keys, by hand from
+    `spec`), the data filled in where it was and nowhere else, in the plot named "sweep" (the
+    div vegaEmbed draws into)."""
+    html = sweep_page[0].read_text(encoding="utf-8")
+    chart = page_chart(html)
+    assert sorted(chart) == ["$schema", "data", "facet", "resolve", "spec", "title"]
+    assert chart["title"]["text"] == (
+        "Experiments over train.seed: each run a point, each group's mean a diamond with its "
+        "95% t interval"
+    )
+    assert chart["facet"]["row"]["field"] == "metric"
+    assert [layer["mark"]["type"] for layer in chart["spec"]["layer"]] == ["point", "rule", "point"]
+    assert html.count('<div id = "sweep">') == 1 and "vegaEmbed('#sweep', spec)" in html
+
+
+def test_without_the_offline_template_the_page_is_dvc_s_own(tmp_path, monkeypatch, capsys):
+    """No reports/plots_template.html here: dvc_render's own page (title "DVC Plot"), which
+    loads vega from its CDN, still with the chart."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exp.json").write_text(json.dumps(EXP_SHOW))
+    plot("exp.json", "sweep.html")
+    assert capsys.readouterr().err == "wrote sweep.html: open it in a browser\n"
+    html = (tmp_path / "sweep.html").read_text(encoding="utf-8")
+    assert "<title>DVC Plot</title>" in html
+    assert '<script src="https://cdn.jsdelivr.net/npm/vega@5.20.2"></script>' in html
+    assert len(page_chart(html)["data"]["values"]) == 28  # 5 runs x 4 metrics + 2 groups x 4
+
+
+def test_the_page_s_folders_are_made_and_may_be_there(tmp_path, monkeypatch):
+    """The page in folders that are not there yet (all of them made), in one that is (the
+    current one), and again over the first (its folders there now)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exp.json").write_text(json.dumps(EXP_SHOW))
+    for target in ("plots/sweeps/lr.html", "sweep.html", "plots/sweeps/lr.html"):
+        (tmp_path / target).unlink(missing_ok=True)
+        plot("exp.json", target)
+        assert "vegaEmbed('#sweep', spec)" in (tmp_path / target).read_text(encoding="utf-8")
+
+
+@pytest.fixture
+def ascii_locale():
+    """LC_CTYPE "C": the locale's encoding, which open() takes when not told one, is ASCII."""
+    if sys.flags.utf8_mode:
+        pytest.skip("Python's UTF-8 mode: open() does not take the locale's encoding")
+    saved = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_CTYPE, saved)
+
+
+def test_the_template_is_read_as_utf8_whatever_the_locale(tmp_path, monkeypatch, ascii_locale):
+    """An offline template with words that are not ASCII (the real one has some too: it inlines
+    vega), under an ASCII locale: the page has them as they are."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / PLOTS_TEMPLATE).parent.mkdir(parents=True)
+    (tmp_path / PLOTS_TEMPLATE).write_text(
+        "<html><head><title>Expériences — sweep</title>{scripts}</head>"
+        "<body>{plot_divs}</body></html>",
+        encoding="utf-8",
+    )
+    (tmp_path / "exp.json").write_text(json.dumps(EXP_SHOW))
+    plot("exp.json", "sweep.html")
+    html = (tmp_path / "sweep.html").read_text(encoding="utf-8")
+    assert html.startswith("<html><head><title>Expériences — sweep</title>")
+    assert "vegaEmbed('#sweep', spec)" in html
 
 
 @pytest.mark.child_process
