@@ -174,3 +174,46 @@ def test_the_last_positions_are_generated_as_hugging_face_does(model) -> None:
             pad_token_id=PAD, eos_token_id=None,
         )[0, len(prompt):].tolist()  # fmt: skip
         assert tokens == expected and len(tokens) == budget
+
+
+def test_an_automatic_batch_is_sized_from_the_free_memory_of_the_model_s_gpu(monkeypatch):
+    """A stand-in for GPT-2 Large in bf16 whose weights are on cuda:1, 10 GiB free of 80: 30
+    prompts of 1,000 tokens + 152 new ones = 1,152 positions, 212,939,724 bytes a row (keys and
+    values 2 x 36 x 1152 x 1280 x 2, plus 3 x 4 x 50,257 for fp32 logits), and half of the
+    10 GiB free, 5,368,709,120 bytes, holds 25 rows: batches of 25 and 5. (The 80 GiB total
+    would give 30 rows; the CPU's fixed size is 16.) Only cuda:1 is asked for its memory."""
+    from types import SimpleNamespace
+
+    from transformers import GPT2Config
+
+    from pubmedqa_gpt2.model import generate
+
+    asked, batches = [], []
+
+    def mem_get_info(device=None):
+        asked.append(device)
+        return 10 * 2**30, 80 * 2**30
+
+    def generate_batch(model, head, rows, *args):
+        batches.append(len(rows))
+        return [[] for _ in rows]
+
+    class OnGpu:
+        config = GPT2Config(n_layer=36, n_embd=1280, n_head=20, vocab_size=50257)
+
+        def eval(self):
+            return self
+
+        def parameters(self):
+            yield SimpleNamespace(device=torch.device("cuda", 1), element_size=lambda: 2)
+
+        def get_output_embeddings(self):
+            return SimpleNamespace(weight=torch.zeros(1, 1), bias=None)
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    monkeypatch.setattr(generate, "_generate_batch", generate_batch)
+    stats: dict = {}
+    prompts = [[1] * 1000 for _ in range(30)]
+    generate_greedy(OnGpu(), prompts, 152, NO_EOS, PAD, batch_size="auto", stats=stats)
+    assert stats["generation_batch_size"] == 25 and batches == [25, 5]
+    assert asked == [torch.device("cuda", 1)]

@@ -131,6 +131,64 @@ def test_missing_weights_or_tokenizer_are_one_line_naming_the_setting(tmp_path):
     )
 
 
+def test_a_missing_model_asked_for_without_a_label_is_called_model(tmp_path):
+    """`load_model`'s default label: the one-line error starts "model: ", then the path."""
+    from pubmedqa_gpt2.core.errors import StageError
+
+    with pytest.raises(StageError) as err:
+        load_model(tmp_path / "nothing")
+    assert str(err.value).startswith(f"model: cannot load a model from '{tmp_path / 'nothing'}': ")
+
+
+def test_pickled_weights_are_refused(tmp_path):
+    """A directory with its weights only as pytorch_model.bin (a pickle, which can run code as
+    it loads) and no model.safetensors: refused, in one line naming the setting."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from pubmedqa_gpt2.core.errors import StageError
+
+    config = GPT2Config(
+        n_layer=1, n_embd=8, n_head=2, n_positions=8, vocab_size=20, bos_token_id=19,
+        eos_token_id=19,
+    )  # fmt: skip
+    config.save_pretrained(tmp_path / "pickled")
+    torch.save(GPT2LMHeadModel(config).state_dict(), tmp_path / "pickled" / "pytorch_model.bin")
+    with pytest.raises(StageError) as err:
+        load_model(tmp_path / "pickled", what="--model x")
+    assert str(err.value).startswith(
+        f"--model x: cannot load a model from '{tmp_path / 'pickled'}': "
+    )
+
+
+def test_a_model_s_own_code_is_never_run_even_by_a_user_who_would_allow_it(tmp_path, monkeypatch):
+    """A directory whose config names a model type transformers lacks and the file of code
+    that would build it (auto_map), the code raising as it is imported: loading is refused
+    with a StageError, the code not run, not even when standard input would answer "y" to
+    transformers' question whether to run it."""
+    import io
+    import json
+    import sys
+
+    import transformers.dynamic_module_utils as dynamic
+
+    from pubmedqa_gpt2.core.errors import StageError
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    auto_map = {"AutoConfig": "custom.Config", "AutoModelForCausalLM": "custom.Model"}
+    config = {"model_type": "someone-elses-gpt2", "auto_map": auto_map}
+    (foreign / "config.json").write_text(json.dumps(config))
+    (foreign / "custom.py").write_text('raise RuntimeError("the custom code ran")\n')
+    # Where transformers would copy the code to import it: here, not the user's cache.
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(sys, "path", [*sys.path])
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\ny\n"))
+    with pytest.raises(StageError) as err:
+        load_model(foreign, what="--model x")
+    assert str(err.value).startswith(f"--model x: cannot load a model from '{foreign}': ")
+    assert "trust_remote_code=True" in str(err.value)
+
+
 def test_the_tokenizer_pads_with_its_end_of_text(tokenizer_dir):
     from pubmedqa_gpt2.model.loading import load_tokenizer
 
