@@ -288,3 +288,52 @@ def test_checkpoints_are_deleted_after_a_successful_run(workdir, tiny, capsys):
         "trained), before activations" in out
     )
     assert "available on this machine" in out
+
+
+def test_tokens_seen_reads_the_checkpoint_s_trainer_state(tmp_path):
+    """The count the Trainer saved; 0 without a checkpoint, or when its state has no count
+    (a state saved without counting input tokens)."""
+    from pubmedqa_gpt2.training.checkpoints import tokens_seen
+
+    counted, uncounted = tmp_path / "checkpoint-4", tmp_path / "checkpoint-2"
+    for folder, state in [(counted, {"num_input_tokens_seen": 120}), (uncounted, {})]:
+        folder.mkdir()
+        (folder / STATE_FILE).write_text(json.dumps({"global_step": 2, **state}))
+    assert (tokens_seen(str(counted)), tokens_seen(str(uncounted)), tokens_seen(None)) == (
+        120, 0, 0,
+    )  # fmt: skip
+
+
+def test_reconciling_says_why_each_checkpoint_goes(tmp_path, capsys):
+    """Direct calls, the section left to its default (`train`): checkpoints recorded for run
+    "a" are another run's for run "b", weights-only ones for "a" itself when not resumable;
+    a checkpoint without its trainer state is partial."""
+    folder = tmp_path / "checkpoints"
+
+    def checkpoints_of_run_a(*steps_with_state: int, partial: int | None = None) -> None:
+        folder.mkdir()
+        (folder / "run.json").write_text(json.dumps({"fingerprint": "a"}))
+        for step in steps_with_state:
+            (folder / f"checkpoint-{step}").mkdir()
+            (folder / f"checkpoint-{step}" / STATE_FILE).write_text("{}")
+        if partial is not None:
+            (folder / f"checkpoint-{partial}").mkdir()
+
+    checkpoints_of_run_a(2)
+    reconcile_checkpoints(folder, "b")
+    assert capsys.readouterr().out == (
+        f"{folder}: checkpoints of another run (params or data changed); starting afresh\n"
+    )
+    assert not any(folder.glob("checkpoint-*"))
+    shutil.rmtree(folder)
+    checkpoints_of_run_a(2)
+    reconcile_checkpoints(folder, "a", resumable=False)
+    assert capsys.readouterr().out == (
+        f"{folder}: weights-only checkpoints (train.resumable_checkpoints: false); "
+        "starting afresh\n"
+    )
+    shutil.rmtree(folder)
+    checkpoints_of_run_a(2, partial=4)
+    reconcile_checkpoints(folder, "a")
+    assert capsys.readouterr().out == f"{folder / 'checkpoint-4'}: incomplete checkpoint, removed\n"
+    assert [p.name for p in folder.glob("checkpoint-*")] == ["checkpoint-2"]

@@ -60,6 +60,10 @@ def test_the_model_card_says_what_the_model_is_and_how_it_was_trained():
         "model": params.model.model_dump(), "train": params.train.model_dump()
     }  # fmt: skip
     assert settings.index("name:") < settings.index("init:")  # the params' own order
+    assert lines[-1] == (
+        "Weights are safetensors; load with `AutoModelForCausalLM.from_pretrained(dir)` "
+        "(no remote code)."
+    )
     assert card.endswith("(no remote code).\n")
 
 

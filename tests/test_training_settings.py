@@ -31,6 +31,28 @@ def test_precision_resolution():
 
 
 @pytest.mark.parametrize(
+    ("choice", "cuda", "bf16_supported"),
+    [
+        ("fp32", False, False), ("fp32", True, False), ("bf16", False, False),
+        ("bf16", True, True), ("fp16", True, False), ("fp16", True, True),
+    ],
+)  # fmt: skip
+def test_an_explicit_precision_the_device_can_run_is_kept(choice, cuda, bf16_supported):
+    """fp32 runs anywhere, bf16 on a CPU or a GPU that has it, fp16 on any GPU."""
+    assert resolve_precision(choice, cuda, bf16_supported) == choice
+
+
+def test_a_precision_the_device_cannot_run_is_refused_naming_the_setting():
+    """The section defaults to `train`."""
+    with pytest.raises(StageError) as error:
+        resolve_precision("bf16", cuda=True, bf16_supported=False)
+    assert str(error.value) == "train.precision: this GPU has no bf16; use auto, fp16 or fp32"
+    with pytest.raises(StageError) as error:
+        resolve_precision("fp16", cuda=False, bf16_supported=True)
+    assert str(error.value) == "train.precision: fp16 needs a CUDA GPU; use auto, bf16 or fp32"
+
+
+@pytest.mark.parametrize(
     ("world", "ratio", "warmup"),
     # 450 examples, batch 8, 1 epoch: 57 optimizer steps in one process, 29 in two (225 each),
     # 15 in four (113 each); warmup is the ratio of those, rounded up.
