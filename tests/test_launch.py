@@ -160,3 +160,22 @@ def test_two_cpu_processes(workdir, tiny):
     # Memory is reported for every process, not only the first.
     ranks = read_perf(workdir)["ranks"]
     assert len(ranks) == 2 and all(r["device"] == "cpu" and r["peak_rss_bytes"] > 0 for r in ranks)
+
+
+def test_launch_reads_this_process_s_environment_and_names_train_by_default(monkeypatch, tmp_path):
+    """No environ given: os.environ is read (here its stop file, so failed processes mean a
+    stop on request); no section given: the messages name the train section."""
+    for name in ("SLURM_JOB_ID", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(launch.subprocess, "call", lambda cmd: 1)
+    stop = tmp_path / "stop"
+    stop.touch()
+    monkeypatch.setenv(STOP_FILE_ENV, str(stop))
+    with pytest.raises(SystemExit) as exit_info:
+        launch.launch(2, "stages.train")
+    assert exit_info.value.code == STOPPED_EXIT
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(StageError) as err:
+        launch.launch(2, "stages.train")
+    assert str(err.value) == "train.num_processes: 2 processes but 1 GPU(s) visible"

@@ -64,3 +64,32 @@ def test_the_memory_line_weighs_the_training_state_against_this_device(a_gpu):
 
 def test_one_process_gathers_its_own_figures():
     assert run_figures.gather_from_ranks({"device": "cpu"}) == [{"device": "cpu"}]
+
+
+def test_every_process_s_figures_are_gathered_in_rank_order(monkeypatch):
+    """Rank 0 of two: its own figures first, then rank 1's (all_gather_object stood in for:
+    it fills each rank's slot of the list it is given)."""
+    import torch.distributed as dist
+
+    theirs = {"device": "cpu", "peak_rss_bytes": 2}
+
+    def all_gather_object(object_list, obj):
+        object_list[0], object_list[1] = obj, theirs
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
+    mine = {"device": "cpu", "peak_rss_bytes": 1}
+    assert run_figures.gather_from_ranks(mine) == [mine, theirs]
+
+
+def test_a_state_too_big_for_the_gpu_names_the_phase_s_lora_setting(a_gpu):
+    """10^10 trained fp32 parameters need 16 bytes each (weights, gradients, AdamW's two
+    moments): 160 GB, more than the 80 GiB GPU; the advice names the section asked about,
+    train when none is named."""
+    from pubmedqa_gpt2.core.errors import StageError
+
+    with pytest.raises(StageError, match=r"set train\.lora\.enabled: true"):
+        run_figures.memory_line(10**10, 10**10, cuda=True)
+    with pytest.raises(StageError, match=r"set pretrain\.lora\.enabled: true"):
+        run_figures.memory_line(10**10, 10**10, cuda=True, section="pretrain")

@@ -3,6 +3,8 @@ training's autocast, the tied-head warning silenced, and the checkpoint chosen o
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -173,3 +175,200 @@ def test_the_saved_model_is_the_best_dev_checkpoint(selection_workdir, tiny, bes
     accuracy, loss = dev_figures_by_hand(selection_workdir / paths.FINETUNED)
     assert metrics["dev_accuracy"] == pytest.approx(accuracy)
     assert metrics["dev_loss"] == pytest.approx(loss, rel=1e-4)
+
+
+class _Messages(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+EOS = 50256
+# The model deciding by prompt length (see conftest) labels a prompt (length - 1) % 3: prompts
+# of 3, 2 and 4 tokens get maybe, no, yes; their gold is maybe, yes, yes: accuracy 2/3.
+BY_LENGTH = [
+    Encoded(list(range(11, 11 + n)), [LABEL_IDS[k], EOS], False)
+    for n, k in zip((3, 2, 4), (2, 0, 0), strict=True)
+]
+
+
+@pytest.fixture
+def decision_trainer(tokenizer, tiny_model_params, tmp_path):
+    """A DecisionTrainer over the BY_LENGTH examples (dev batches of 2), of that model or,
+    given a wrap, of the model it wraps it in."""
+    from transformers import TrainingArguments
+
+    from pubmedqa_gpt2.training.collator import Collator
+    from pubmedqa_gpt2.training.examples import to_features
+
+    def make(wrap=lambda model: model):
+        args = TrainingArguments(
+            output_dir=str(tmp_path), report_to=[], use_cpu=True, per_device_eval_batch_size=2
+        )
+        return trainer_module.DecisionTrainer(
+            model=wrap(model_deciding_by_length(tiny_model_params, LABEL_IDS)),
+            args=args,
+            eval_dataset=[to_features(ex, "completion") for ex in BY_LENGTH],
+            data_collator=Collator(pad_id=EOS),
+            processing_class=tokenizer,
+            dev_examples=BY_LENGTH,
+            label_ids=LABEL_IDS,
+        )
+
+    return make
+
+
+def test_the_evaluation_loop_passes_the_caller_s_arguments_on(decision_trainer, capsys):
+    """The loop adds dev accuracy (2/3, see BY_LENGTH), under a bar "dev accuracy" of the 2
+    dev batches, to Trainer's own loop, which still gets each argument: the run's
+    description (logged), ignore_keys (the logits and cache ignored: no predictions), the
+    prefix of the figures (predict's "test") and prediction_loss_only (True: none gathered,
+    whatever the TrainingArguments' default)."""
+    trainer = decision_trainer()
+    logger = logging.getLogger("transformers.trainer")
+    handler, level = _Messages(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        nothing = trainer.predict(trainer.eval_dataset, ignore_keys=["logits", "past_key_values"])
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert isinstance(nothing.predictions, tuple) and not nothing.predictions
+    assert nothing.metrics["test_accuracy"] == pytest.approx(2 / 3)
+    assert "test_loss" in nothing.metrics and "eval_loss" not in nothing.metrics
+    assert any("***** Running Prediction *****" in m for m in handler.messages), handler.messages
+    err = capsys.readouterr().err
+    assert re.search(r"(^|[\r\n])dev loss: +\d+%\|", err), err  # the Trainer's, named
+    assert re.search(r"(^|[\r\n])dev accuracy: +100%\|[^\r\n]*\| 2/2 ", err), err
+    assert not trainer.args.prediction_loss_only
+    loop = trainer.evaluation_loop(
+        trainer.get_eval_dataloader(), "Evaluation", prediction_loss_only=True
+    )
+    assert loop.predictions is None and loop.metrics["eval_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_processes_other_than_the_first_score_dev_without_a_bar(decision_trainer, capsys):
+    trainer = decision_trainer()
+    trainer.is_world_process_zero = lambda: False
+    loop = trainer.evaluation_loop(trainer.get_eval_dataloader(), "Evaluation")
+    assert loop.metrics["eval_accuracy"] == pytest.approx(2 / 3)
+    assert "dev accuracy" not in capsys.readouterr().err
+
+
+def test_a_lora_model_is_scored_through_the_model_it_wraps(decision_trainer):
+    """LoRA's B matrices start at zero: the wrapped model decides as the one it wraps, 2/3."""
+    from pubmedqa_gpt2.training.lora import apply_lora
+
+    from .committed import committed_params
+
+    train = committed_params({"train": {"lora": {"enabled": True}}}).train
+    trainer = decision_trainer(lambda model: apply_lora(model, train))
+    assert hasattr(trainer.model, "peft_config")
+    loop = trainer.evaluation_loop(trainer.get_eval_dataloader(), "Evaluation")
+    assert loop.metrics["eval_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_dev_accuracy_shows_its_bar_of_batches(tiny_model_params, capsys):
+    """3 examples in batches of 2: a bar named as asked, of 2 batches; none when unnamed."""
+    model = model_deciding_by_length(tiny_model_params, LABEL_IDS)
+    for progress in ("dev accuracy", None):
+        accuracy = trainer_module.decision_accuracy(
+            model, BY_LENGTH, LABEL_IDS, batch_size=2, pad_id=EOS, progress=progress
+        )
+        assert accuracy == pytest.approx(2 / 3)
+        err = capsys.readouterr().err
+        if progress:
+            assert re.search(r"(^|[\r\n])dev accuracy: +100%\|[^\r\n]*\| 2/2 ", err), err
+        else:
+            assert err == ""
+
+
+def test_the_loss_is_divided_by_the_labelled_tokens_of_all_accumulated_batches(
+    decision_trainer,
+):
+    """With gradient accumulation the Trainer passes num_items_in_batch, the labelled tokens
+    of every micro-batch of the optimizer step (here 20): the loss is this batch's summed NLL
+    over 20, not its mean over its own 6 (2 completion tokens per example). Reference: torch's
+    cross-entropy from each example's full logits, scored alone."""
+    from pubmedqa_gpt2.training.examples import to_features
+
+    trainer = decision_trainer()
+    model = trainer.model.eval()
+    nll = 0.0
+    with torch.no_grad():
+        for ex in BY_LENGTH:
+            logits = model(torch.tensor([ex.prompt_ids + ex.completion_ids])).logits[0]
+            start = len(ex.prompt_ids)
+            nll += torch.nn.functional.cross_entropy(
+                logits[start - 1 : -1].float(), torch.tensor(ex.completion_ids), reduction="sum"
+            ).item()
+        batch = trainer.data_collator([to_features(ex, "completion") for ex in BY_LENGTH])
+        loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=20)
+    assert loss.item() == pytest.approx(nll / 20, rel=1e-5)
+
+
+def test_the_console_bars_replace_the_trainer_s_own_unless_tqdm_is_off(tmp_path):
+    """The Trainer's ProgressCallback gives way to PostfixProgress; with disable_tqdm the
+    Trainer has no bars (it prints the logs), and none is added."""
+    from transformers import PretrainedConfig, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from pubmedqa_gpt2.training.callbacks import PostfixProgress
+
+    def progress_callbacks(**arguments) -> list[type]:
+        args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, **arguments)
+        trainer = trainer_module.DecisionTrainer(
+            _ConfigOnly(), args, dev_examples=[], label_ids=LABEL_IDS
+        )
+        assert trainer.args is args
+        return [
+            type(c)
+            for c in trainer.callback_handler.callbacks
+            if isinstance(c, ProgressCallback | PrinterCallback)
+        ]
+
+    assert progress_callbacks() == [PostfixProgress]
+    assert progress_callbacks(disable_tqdm=True) == [PrinterCallback]
+    assert not hasattr(PretrainedConfig(), "tie_word_embeddings")
+
+
+class _ConfigOnly(torch.nn.Module):
+    """A model whose config (transformers' base one) does not say whether its head is tied."""
+
+    def __init__(self):
+        from transformers import PretrainedConfig
+
+        super().__init__()
+        self.config = PretrainedConfig()
+        self.linear = torch.nn.Linear(1, 1)
+
+
+def test_the_tied_head_message_is_silenced_for_a_model_that_ties_its_head(
+    decision_trainer, tmp_path
+):
+    """GPT-2 ties its head (config.tie_word_embeddings): its Trainer silences the message on
+    the Trainer's logger; a model whose config does not say so gets no filter."""
+    from transformers import TrainingArguments
+
+    logger = logging.getLogger("transformers.trainer")
+    handler = _Messages()
+    logger.removeFilter(trainer_module.TIED_HEAD_FILTER)
+    logger.addHandler(handler)
+    try:
+        args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+        trainer_module.DecisionTrainer(_ConfigOnly(), args, dev_examples=[], label_ids=[])
+        logger.warning(trainer_module.TIED_HEAD_MISSING)
+        assert handler.messages == [trainer_module.TIED_HEAD_MISSING]
+        decision_trainer()
+        logger.warning(trainer_module.TIED_HEAD_MISSING)
+        logger.warning("There were unexpected keys in the checkpoint model loaded: ['x'].")
+    finally:
+        logger.removeHandler(handler)
+    assert handler.messages == [
+        trainer_module.TIED_HEAD_MISSING,
+        "There were unexpected keys in the checkpoint model loaded: ['x'].",
+    ]
