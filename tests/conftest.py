@@ -337,9 +337,6 @@ def seed_sweep(smoke, tmp_path_factory) -> Path:
     return once_per_session(tmp_path_factory, "sweep", make) / "repo"
 
 
-# ---- Order: the longest tests first, so that the pytest-xdist workers end together ----
-
-
 # ---- make mutate: the mutants of a slow-to-test module run against its own test files ----
 
 # mutmut runs a mutant against every test that reached the mutated function, and a surviving
@@ -379,9 +376,13 @@ def _keep_mutation_tests(config, items) -> None:
     if files is None:
         return
     kept = [item for item in items if item.path.name in files]
-    if kept and len(kept) < len(items):  # none of them reaches the function: all that do
-        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    dropped = [item for item in items if item.path.name not in files]
+    if kept and dropped:  # none of them reaches the function: all that do
+        config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+
+
+# ---- Order: the longest tests first, so that the pytest-xdist workers end together ----
 
 
 def pytest_collection_modifyitems(config, items) -> None:

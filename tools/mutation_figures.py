@@ -17,25 +17,12 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from mutmut.stats import status_by_exit_code
+
 ROOT = Path(__file__).resolve().parent.parent
 MUTANTS = ROOT / "mutants"
 EQUIVALENTS = ROOT / "tests" / "mutmut_equivalents.txt"
 
-# mutmut 3.8.1's stats.status_by_exit_code, the verdicts that occur here
-VERDICTS = {
-    1: "killed",
-    3: "killed",
-    0: "survived",
-    5: "no tests",
-    33: "no tests",
-    34: "skipped",
-    36: "timeout",
-    24: "timeout",
-    -24: "timeout",
-    152: "timeout",
-    255: "timeout",
-    None: "not run",
-}
 COLUMNS = ["killed", "timeout", "survived", "equivalent", "no tests", "not run"]
 
 
@@ -45,6 +32,11 @@ def equivalents(path: Path = EQUIVALENTS) -> set[str]:
         if line.strip() and not line.startswith("#"):
             names.add(line.split()[0])
     return names
+
+
+def verdict(code: int | None) -> str:
+    """mutmut's name for an exit code, "not run" for none yet."""
+    return "not run" if code is None else status_by_exit_code[code]
 
 
 def verdicts(mutants: Path = MUTANTS) -> dict[str, dict[str, str]]:
@@ -57,7 +49,7 @@ def verdicts(mutants: Path = MUTANTS) -> dict[str, dict[str, str]]:
         module = ".".join(
             meta.relative_to(mutants / "pubmedqa_gpt2").with_suffix("").with_suffix("").parts
         )
-        out[module] = {name: VERDICTS.get(code, "suspicious") for name, code in codes.items()}
+        out[module] = {name: verdict(code) for name, code in codes.items()}
     return out
 
 
