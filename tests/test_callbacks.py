@@ -339,3 +339,31 @@ def test_a_phase_checkpoints_every_save_steps_when_asked(tmp_path):
     ]
     assert saved == [2, 4]
     assert [type(c) for c in phase_callbacks(None, tmp_path / "curves")] == [LiveCurves, StepCount]
+
+
+def test_the_stop_flag_is_all_reduced_on_the_process_s_device(tmp_path, monkeypatch):
+    """The flag is made on the process's device (`args.device`), not torch's default one:
+    NCCL reduces only tensors on the process's GPU. Stood in for here by a default device
+    ("meta", shapes without values) other than the process's (the CPU), and an all-reduce
+    that, like NCCL, refuses a tensor on any other device; the other process sees a stop."""
+    import torch
+    import torch.distributed as dist
+    from transformers import TrainerControl, TrainerState
+
+    from pubmedqa_gpt2.training import callbacks
+    from pubmedqa_gpt2.training.stop import STOP_FILE_ENV
+
+    args = types.SimpleNamespace(device=torch.device("cpu"))
+
+    def all_reduce(tensor, op=dist.ReduceOp.SUM):
+        if tensor.device != args.device:
+            raise RuntimeError(f"all_reduce: a tensor on {tensor.device}, not {args.device}")
+        tensor.copy_(torch.maximum(tensor, torch.ones_like(tensor)))
+
+    monkeypatch.setattr(callbacks.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(callbacks.dist, "all_reduce", all_reduce)
+    monkeypatch.setenv(STOP_FILE_ENV, str(tmp_path / "stop"))  # no such file here
+    stopped = callbacks.StopOnRequest()
+    with torch.device("meta"):
+        control = stopped.on_step_end(args, TrainerState(global_step=3), TrainerControl())
+    assert control.should_training_stop and stopped.stopped_at == 3

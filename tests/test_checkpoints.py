@@ -172,6 +172,20 @@ def test_the_fingerprint_is_the_same_for_the_same_inputs(data):
     assert phase1_fingerprint(committed_params()) == phase1_fingerprint(BASE)
 
 
+def test_the_same_config_overrides_in_another_order_are_the_same_run(data):
+    """model.overrides {n_layer: 2, n_embd: 128} and {n_embd: 128, n_layer: 2} (as params.yaml
+    may list them) build the same model: the same fingerprint, for both phases; another
+    value (n_layer 3) is another run."""
+    enabled = {"pretrain": {"enabled": True}}
+    one = committed_params({"model": {"overrides": {"n_layer": 2, "n_embd": 128}}} | enabled)
+    other = committed_params({"model": {"overrides": {"n_embd": 128, "n_layer": 2}}} | enabled)
+    assert list(one.model.overrides) != list(other.model.overrides)  # the orders differ
+    assert phase2_fingerprint(one) == phase2_fingerprint(other)
+    assert phase1_fingerprint(one) == phase1_fingerprint(other)
+    three = committed_params({"model": {"overrides": {"n_layer": 3, "n_embd": 128}}} | enabled)
+    assert phase2_fingerprint(three) != phase2_fingerprint(one)
+
+
 # ---- Whole runs: resume, start afresh, what checkpoints hold and when they go ----
 
 

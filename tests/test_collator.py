@@ -34,3 +34,17 @@ def test_all_tokens_loss_masks_only_padding():
     batch = Collator(pad_id=0)(feats)
     assert batch["logits_to_keep"] == 4
     assert batch["labels"].tolist() == [[1, 2, 3763, -100], [1, 2, 3, 645]]
+
+
+def test_a_batch_with_no_label_keeps_every_position():
+    """Rows whose labels are all -100 (nothing to learn; padding is -100 too): no first label
+    to cut at, so it is taken as position 1 (the earliest a label can be predicted from):
+    3 - 1 + 1 = 3 logits kept, the whole length, and the labels stay whole."""
+    feats = [
+        {"input_ids": [1, 2, 3], "labels": [-100, -100, -100]},
+        {"input_ids": [4, 5], "labels": [-100, -100]},
+    ]
+    batch = Collator(pad_id=0)(feats)
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 5, 0]]
+    assert batch["logits_to_keep"] == 3
+    assert batch["labels"].tolist() == [[-100, -100, -100], [-100, -100, -100]]

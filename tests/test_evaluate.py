@@ -87,6 +87,17 @@ def test_decision_ids_are_the_decision_text(tokenizer) -> None:
     }
 
 
+def test_decision_ids_hold_no_special_token_from_a_tokenizer_that_adds_one(tokenizer_dir) -> None:
+    """A tokenizer that starts every text with <|endoftext|> (50256, add_bos_token): " yes."
+    still follows the prompt as 3763, 13 alone (vocab.json): it comes after the prompt."""
+    from pubmedqa_gpt2.model.loading import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    tok.add_bos_token = True
+    assert tok(" yes.")["input_ids"] == [50256, 3763, 13]
+    assert answers.decision_ids(tok) == {"yes": [3763, 13], "no": [645, 13], "maybe": [3863, 13]}
+
+
 def test_read_test_accepts_what_prepare_writes(tmp_path, tokenizer) -> None:
     rows = write_prepared_test_split(tmp_path / "test.parquet", tokenizer, 4)
     examples = read_test(tmp_path / "test.parquet")
@@ -680,3 +691,122 @@ def test_write_outputs_writes_samples_as_utf8_text(tmp_path, monkeypatch) -> Non
     )
     assert "\\u03b2" not in text
     assert json.loads((tmp_path / "metrics/eval_base.json").read_text()) == {"accuracy": 1.0}
+
+
+# ---- decide and generate_answers, called directly ----
+
+
+def test_decide_scores_in_the_batches_it_is_given_padded_with_the_pad_token(
+    tokenizer, tiny_model_params, capsys
+) -> None:
+    """5 prompts of different lengths in batches of 2: 3 batches on a progress bar named as
+    asked; in batches of 5, one; with no name, no bar. The model reads the shorter prompts of
+    a batch padded with the tokenizer's pad token, <|endoftext|> (50256 in vocab.json)."""
+    prompts = [tokenizer("Question:" + " Is it?" * i + "\nAnswer:")["input_ids"] for i in range(5)]
+    model = build_model(tiny_model_params)
+    fed: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def record(module, args, kwargs):
+        fed.append((kwargs["input_ids"].clone(), kwargs["attention_mask"].clone()))
+
+    model.base_model.register_forward_pre_hook(record, with_kwargs=True)
+    labels, probabilities = answers.decide(model, tokenizer, prompts, 2, progress="base: decide")
+    assert "base: decide: 100%" in (err := capsys.readouterr().err) and " 3/3 " in err
+    assert len(labels) == len(probabilities) == 5 and len(fed) == 3
+    padded = torch.cat([ids[mask == 0] for ids, mask in fed])
+    assert padded.numel() > 0 and set(padded.tolist()) == {50256}
+    answers.decide(model, tokenizer, prompts, 5, progress="again")
+    assert "again: 100%" in (err := capsys.readouterr().err) and " 1/1 " in err
+    answers.decide(model, tokenizer, prompts, 5, progress=None)
+    assert capsys.readouterr().err == ""
+
+
+def test_generate_answers_decodes_as_the_settings_say(
+    tokenizer, tiny_model_params, monkeypatch, capsys
+) -> None:
+    """Every decoding setting reaches generate_greedy, with GPT-2's end-of-text (50256 in
+    vocab.json) as the end and the padding; the progress bar has the name asked for and
+    `stats` says how the decoding ran (static steps, batches of 2)."""
+    settings = committed_params(
+        {
+            "evaluate": {
+                "max_new_tokens": 3,
+                "generation_batch_size": 2,
+                "repetition_penalty": 1.3,
+                "no_repeat_ngram_size": 2,
+                "decode_step": "static",
+            }
+        }
+    ).evaluate
+    calls: list[dict] = []
+    real_generate = answers.generate_greedy
+
+    def spy(model, prompts, **kwargs):
+        calls.append(kwargs)
+        return real_generate(model, prompts, **kwargs)
+
+    monkeypatch.setattr(answers, "generate_greedy", spy)
+    prompts = [tokenizer("Question: Is it?\nAnswer:")["input_ids"]] * 3
+    stats: dict = {}
+    generated = answers.generate_answers(
+        build_model(tiny_model_params), tokenizer, prompts, ["yes", "no", "maybe"], settings,
+        "base: generate", stats,
+    )  # fmt: skip
+    assert len(generated) == 3
+    (kwargs,) = calls
+    assert kwargs == {
+        "max_new_tokens": 3,
+        "eos_id": 50256,
+        "pad_id": 50256,
+        "batch_size": 2,
+        "repetition_penalty": 1.3,
+        "no_repeat_ngram_size": 2,
+        "progress": "base: generate",
+        "decode_step": "static",
+        "stats": stats,
+    }
+    assert stats["decode_step"] == "static" and stats["generation_batch_size"] == 2
+    assert "base: generate: 100%" in (err := capsys.readouterr().err) and " 3/3 " in err
+
+
+def test_generate_answers_refuses_decisions_that_are_not_one_a_prompt(tokenizer) -> None:
+    """Two prompts and one decision (or the reverse): a ValueError before any decoding."""
+    prompts = [tokenizer("Answer:")["input_ids"]] * 2
+    settings = committed_params().evaluate
+    with pytest.raises(ValueError, match="shorter"):
+        answers.generate_answers(None, tokenizer, prompts, ["yes"], settings, None)
+    with pytest.raises(ValueError, match="longer"):
+        answers.generate_answers(None, tokenizer, prompts[:1], ["yes", "no"], settings, None)
+
+
+def test_a_generated_answer_keeps_its_spaces_before_punctuation(
+    tokenizer_dir, tiny_model_params
+) -> None:
+    """A model that always says " ." (764 in vocab.json): 3 new tokens are " . . .", stripped
+    ". . .", even from a tokenizer told to clean up spaces before punctuation (which would
+    make it "...")."""
+    from pubmedqa_gpt2.model.loading import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    tok.clean_up_tokenization_spaces = True
+    tok.clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output = True
+    settings = committed_params({"evaluate": {"max_new_tokens": 3}}).evaluate
+    prompts = [tok("Question: Is it?\nAnswer:")["input_ids"]]
+    model = biased_model(tiny_model_params, 764)
+    assert answers.generate_answers(model, tok, prompts, ["yes"], settings, None) == [". . ."]
+
+
+def test_a_generated_answer_leaves_out_special_tokens(tokenizer_dir, tiny_model_params) -> None:
+    """A tokenizer with one more special token, <|sep|> (id 50257, after GPT-2's 50257), and
+    a model that always says it: 3 of them, all left out of the text, which is empty."""
+    from pubmedqa_gpt2.model.loading import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    tok.add_special_tokens({"additional_special_tokens": ["<|sep|>"]})
+    assert tok.convert_tokens_to_ids("<|sep|>") == 50257
+    overrides = {**tiny_model_params.overrides, "vocab_size": 50258}
+    params = tiny_model_params.model_copy(update={"overrides": overrides})
+    settings = committed_params({"evaluate": {"max_new_tokens": 3}}).evaluate
+    prompts = [tok("Question: Is it?\nAnswer:")["input_ids"]]
+    model = biased_model(params, 50257)
+    assert answers.generate_answers(model, tok, prompts, ["yes"], settings, None) == [""]

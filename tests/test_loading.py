@@ -210,3 +210,97 @@ def test_the_device_asked_for_wins_else_cuda_when_there_is_one(monkeypatch):
     assert init_device() == torch.device("cuda", 3)
     monkeypatch.delenv("LOCAL_RANK")
     assert init_device() == torch.device("cuda", 0)
+
+
+def test_a_pretrained_model_is_loaded_from_its_name_in_the_dtype_asked_for(
+    tiny_model_params, tmp_path
+):
+    """`model.init: pretrained` with a local directory: the weights saved there, cast to the
+    dtype asked for (bf16 here; fp32 without one)."""
+    saved = build_model(tiny_model_params)
+    saved.save_pretrained(tmp_path / "saved")
+    model = {"name": str(tmp_path / "saved"), "init": "pretrained", "overrides": {}}
+    params = committed_params({"model": model}).model
+    loaded = build_model(params, dtype=torch.bfloat16)
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    expected = {name: p.to(torch.bfloat16) for name, p in weights(saved).items()}
+    got = weights(loaded)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+    assert {p.dtype for p in build_model(params).parameters()} == {torch.float32}
+
+
+def test_a_pretrained_model_that_is_not_there_is_one_line_naming_model_name(tmp_path):
+    from pubmedqa_gpt2.core.errors import StageError
+
+    model = {"name": str(tmp_path / "nothing"), "init": "pretrained", "overrides": {}}
+    with pytest.raises(StageError) as err:
+        build_model(committed_params({"model": model}).model)
+    assert str(err.value).startswith(
+        f"model.name: cannot load a model from '{tmp_path / 'nothing'}': "
+    )
+
+
+@pytest.fixture
+def foreign_code(tmp_path, monkeypatch):
+    """A folder for a config or tokenizer that names code of its own (custom.py, which raises
+    as it is imported); transformers would copy it under tmp_path, and standard input would
+    answer "y" to transformers' question whether to run it."""
+    import io
+    import sys
+
+    import transformers.dynamic_module_utils as dynamic
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "custom.py").write_text('raise RuntimeError("the custom code ran")\n')
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(sys, "path", [*sys.path])
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\ny\n"))
+    return foreign
+
+
+def test_a_tokenizer_s_own_code_is_never_run(foreign_code):
+    """A tokenizer folder whose tokenizer_config.json maps AutoTokenizer to custom.Tok:
+    refused in one line naming the setting, the code not run."""
+    import json
+
+    from pubmedqa_gpt2.core.errors import StageError
+    from pubmedqa_gpt2.model.loading import load_tokenizer
+
+    config = {"model_type": "someone-elses-gpt2", "auto_map": {"AutoConfig": "custom.Config"}}
+    (foreign_code / "config.json").write_text(json.dumps(config))
+    auto_map = {"AutoTokenizer": ["custom.Tok", None]}
+    (foreign_code / "tokenizer_config.json").write_text(json.dumps({"auto_map": auto_map}))
+    with pytest.raises(StageError) as err:
+        load_tokenizer(foreign_code)
+    assert str(err.value).startswith(
+        f"model.tokenizer: cannot load tokenizer from '{foreign_code}': "
+    )
+    assert "trust_remote_code=True" in str(err.value)
+
+
+def test_a_random_model_s_config_code_is_never_run(foreign_code):
+    """model.init=random from a folder whose config.json names a model type transformers
+    lacks and maps AutoConfig to custom.Config: refused (transformers' ValueError), the code
+    not run."""
+    import json
+
+    config = {"model_type": "someone-elses-gpt2", "auto_map": {"AutoConfig": "custom.Config"}}
+    (foreign_code / "config.json").write_text(json.dumps(config))
+    model = {"name": str(foreign_code), "init": "random", "overrides": {}}
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        build_model(committed_params({"model": model}).model)
+
+
+def test_a_random_model_s_own_code_is_never_run(foreign_code):
+    """model.init=random from a folder whose config is a type transformers knows (ViT) but
+    has no causal LM of, its auto_map naming custom.Model for one: refused, the code not run."""
+    import json
+
+    config = {"model_type": "vit", "auto_map": {"AutoModelForCausalLM": "custom.Model"}}
+    (foreign_code / "config.json").write_text(json.dumps(config))
+    model = {"name": str(foreign_code), "init": "random", "overrides": {}}
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        build_model(committed_params({"model": model}).model)

@@ -157,3 +157,58 @@ def test_a_compiled_model_has_no_graph_break_from_the_head_hook():
         logits = model(ids).logits
     assert explained.graph_break_count == 0 and explained.graph_count == 1
     assert logits.shape == (4 + 7, 100)  # positions 5..8 of row 0, 2..8 of row 1
+
+
+def test_predicting_positions_is_a_mask_of_the_positions_before_each_label():
+    """Labels [[-100, -100, 5, 6], [-100, 7, -100, -100]]: positions 1 and 2 of row 0 predict
+    5 and 6, position 0 of row 1 predicts 7; as a boolean mask it picks those of a
+    [batch, length] tensor, numbered 0..7 here: 1, 2 and 4."""
+    from pubmedqa_gpt2.training.loss import predicting_positions
+
+    labels = torch.tensor([[-100, -100, 5, 6], [-100, 7, -100, -100]])
+    read = predicting_positions(labels)
+    assert read.dtype == torch.bool
+    assert read.tolist() == [[False, True, True, False], [True, False, False, False]]
+    assert torch.arange(8).reshape(2, 4)[read].tolist() == [1, 2, 4]
+
+
+def completion_logits_and_labels():
+    """Logits of the head for 3 labelled tokens over a vocabulary of 4, and the labels:
+    row 0 predicts 2 then 1 (positions 0, 1), row 1 predicts 3 (position 1)."""
+    logits = torch.tensor([[2.0, 0.0, 1.0, 0.0], [0.0, 3.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    labels = torch.tensor([[-100, 2, 1], [-100, -100, 3]])
+    return logits, labels
+
+
+def test_completion_loss_is_on_the_logits_device():
+    """Logits on another device than the batch's labels (here "meta", which has shapes but no
+    values; on a cluster a GPU while the labels are built on the CPU): the targets are moved
+    to the logits' device, and the loss is there too."""
+    import types
+
+    from pubmedqa_gpt2.training.loss import completion_loss
+
+    logits, labels = completion_logits_and_labels()
+    outputs = types.SimpleNamespace(logits=logits.to("meta"))
+    for count in (None, 11):
+        loss = completion_loss(outputs, labels, num_items_in_batch=count)
+        assert loss.device == torch.device("meta") and loss.shape == ()
+
+
+def test_completion_loss_over_a_count_keeps_the_logits_device_and_float32():
+    """The sum of the NLLs over the Trainer's count: by hand, -log softmax of the labelled
+    logits: row [2, 0, 1, 0] at 2: log(e^2 + 1 + e + 1) - 1 = 1.4938; [0, 3, 0, 0] at 1:
+    log(e^3 + 3) - 3 = 0.1392; [1, 1, 1, 1] at 3: log 4 = 1.3863; sum 3.0193, over 11:
+    0.27448. The figure stays float32 on the logits' device (the CPU) whether the count is
+    a float64 tensor or an int, and whatever torch's default device is (here "meta")."""
+    import types
+
+    from pubmedqa_gpt2.training.loss import completion_loss
+
+    logits, labels = completion_logits_and_labels()
+    outputs = types.SimpleNamespace(logits=logits)
+    for count in (11, torch.tensor(11.0, dtype=torch.float64)):
+        with torch.device("meta"):
+            loss = completion_loss(outputs, labels, num_items_in_batch=count)
+        assert loss.device == torch.device("cpu") and loss.dtype == torch.float32
+        assert loss.item() == pytest.approx(3.0193 / 11, abs=1e-5)
