@@ -390,3 +390,355 @@ def test_on_several_nodes_every_process_waits_for_rank_0_to_check_checkpoints(
     # Waited once, before the work, and only that was logged.
     assert barriers == [["2: waiting for the main process to perform checking checkpoints"]]
     assert logged == barriers[0]
+
+
+# ---- run_phase: the processes of a phase, named by its own section ----
+
+
+def _recorded_run_phase(monkeypatch, params, phase):
+    """run_phase with stand-ins for what it starts (GPU claims, the relaunch, the training in
+    this process), recording each call; returns the calls made."""
+    calls = []
+    monkeypatch.setattr(recipe, "claim_gpus", lambda n, **kw: calls.append(("claim", n, kw)))
+    monkeypatch.setattr(
+        recipe, "launch", lambda n, module, section="train": calls.append(("launch", n, module))
+    )
+    monkeypatch.setattr(recipe, "train", lambda p, ph: calls.append(("train", p, ph)))
+    recipe.run_phase(params, phase)
+    return calls
+
+
+def test_a_launcher_s_other_process_count_is_refused_naming_the_phase_s_setting(monkeypatch):
+    """Started by a launcher (WORLD_SIZE set) as 3 processes while pretrain.num_processes is
+    2: refused, naming the setting of the phase's own section and both counts."""
+    from pubmedqa_gpt2.training.phase import PRETRAIN_PHASE
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    params = committed_params({"train": {"num_processes": 2}})
+    with pytest.raises(StageError) as error:
+        _recorded_run_phase(monkeypatch, params, PRETRAIN_PHASE)
+    assert str(error.value) == (
+        "pretrain.num_processes: is 2 but the launcher started 3 processes; set it to match"
+    )
+
+
+def test_a_launched_process_trains_in_this_process_claiming_and_launching_nothing(monkeypatch):
+    """WORLD_SIZE 2 == num_processes 2: this is one of the launched processes; the launcher
+    gave it its GPU, so it claims none and relaunches nothing."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    params = committed_params({"train": {"num_processes": 2}})
+    calls = _recorded_run_phase(monkeypatch, params, TRAIN_PHASE)
+    assert calls == [("train", params, TRAIN_PHASE)]
+
+
+def _claimable_gpus(monkeypatch, tmp_path, gpus):
+    from pubmedqa_gpt2 import gpu_claims
+
+    monkeypatch.setattr(gpu_claims, "physical_gpus", lambda: gpus)
+    monkeypatch.setenv(gpu_claims.LOCK_DIR_ENV, str(tmp_path / "locks"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # restored after the test
+    for name in ("CUDA_VISIBLE_DEVICES", "WORLD_SIZE", "SLURM_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    return gpu_claims
+
+
+def test_too_few_gpus_for_a_phase_name_the_phase_s_setting(tmp_path, monkeypatch):
+    """pretrain.num_processes 2 on a machine of one GPU ("0"): refused by the claim, which
+    names the setting of the pretrain section (not train's)."""
+    from pubmedqa_gpt2.training.phase import PRETRAIN_PHASE
+
+    gpu_claims = _claimable_gpus(monkeypatch, tmp_path, ["0"])
+    params = committed_params({"train": {"num_processes": 2}})
+    try:
+        with pytest.raises(StageError) as error:
+            recipe.run_phase(params, PRETRAIN_PHASE)
+    finally:
+        gpu_claims.release_gpus()
+    assert str(error.value) == "pretrain.num_processes: 2 GPUs asked for, 1 visible (0)"
+
+
+def test_a_data_parallel_phase_is_relaunched_as_its_own_stage(tmp_path, monkeypatch):
+    """Phase 1 in 2 processes on a machine of 3 GPUs: the first 2 claimed, then the pretrain
+    stage's module relaunched in 2 processes, its messages naming the pretrain section."""
+    from pubmedqa_gpt2.training.phase import PRETRAIN_PHASE
+
+    gpu_claims = _claimable_gpus(monkeypatch, tmp_path, ["0", "1", "2"])
+    seen = []
+
+    def launch(n, module, section="train", environ=None):
+        seen.append((n, module, section, os.environ["CUDA_VISIBLE_DEVICES"]))
+
+    monkeypatch.setattr(recipe, "launch", launch)
+    try:
+        recipe.run_phase(committed_params({"train": {"num_processes": 2}}), PRETRAIN_PHASE)
+    finally:
+        gpu_claims.release_gpus()
+    assert seen == [(2, "stages.pretrain", "pretrain", "0,1")]
+
+
+# ---- setup: what it builds and passes along ----
+
+# The tiny GPT-2 of the `tiny` fixture, counted by hand (vocabulary 50257, 1024 positions,
+# n_embd 64, 2 layers, the head tied to the embedding): wte 50257 x 64 = 3,216,448;
+# wpe 1024 x 64 = 65,536; a layer: ln_1 128 + c_attn 64 x 192 + 192 = 12,480 + attn c_proj
+# 64 x 64 + 64 = 4,160 + ln_2 128 + c_fc 64 x 256 + 256 = 16,640 + mlp c_proj 256 x 64 + 64 =
+# 16,448 -> 49,984, x 2 = 99,968; ln_f 128. In all 3,382,080.
+TINY_PARAMETERS = 3_382_080
+GPT2_EOS = 50256  # <|endoftext|>, GPT-2's only special token: the tokenizer's pad token here
+
+
+def _pretrain_phase():
+    """Phase 1's files, training on the workdir's train split (the section: `pretrain`)."""
+    from pubmedqa_gpt2.training.phase import PRETRAIN_PHASE
+
+    return replace(PRETRAIN_PHASE, train_file=paths.TRAIN_FILE)
+
+
+def test_setup_of_a_phase_reports_resumes_and_builds_its_trainer(
+    workdir, tiny, monkeypatch, capsys
+):
+    """Phase 1 (section pretrain) with step checkpoints every 2 steps, whose last run was
+    killed (its marker left, its pid gone) after checkpoint-3, which had seen 500 tokens."""
+    import json
+    import subprocess
+
+    from pubmedqa_gpt2.training.callbacks import StepCheckpoints, StepCount
+
+    set_params(workdir, tiny(save_steps=2, resumable_checkpoints=True))
+    params, phase = load_params(workdir / "params.yaml"), _pretrain_phase()
+    assert recipe.checkpoint_to_resume(params, phase, _main_process_args(workdir)) is None
+    (phase.checkpoints / "checkpoint-3").mkdir()
+    (phase.checkpoints / "checkpoint-3" / "trainer_state.json").write_text(
+        json.dumps({"num_input_tokens_seen": 500})
+    )
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process that existed and is gone, as a SIGKILLed run is
+    phase.running_file.write_text(json.dumps({"pid": dead.pid}))
+    lines = []
+    real_memory_line = recipe.memory_line
+
+    def memory_line(total, trained, cuda, section="train"):
+        lines.append((total, trained, cuda, section))
+        return real_memory_line(total, trained, cuda, section)
+
+    monkeypatch.setattr(recipe, "memory_line", memory_line)
+    capsys.readouterr()
+
+    run = recipe.setup(params, phase)
+
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (
+        f"the last training run here (pid {dead.pid}) did not finish; if it was killed by "
+        "signal 9: probably out of memory (the kernel's out-of-memory killer sends it); to fit: "
+        "lower pretrain.batch_size and raise pretrain.gradient_accumulation_steps by the same "
+        "factor, set pretrain.gradient_checkpointing: true, set pretrain.lora.enabled: true, "
+        "or lower prepare.max_length"
+    )
+    assert (
+        out[1].startswith("weights, gradients and AdamW state need ")
+        and (f"({TINY_PARAMETERS:,} parameters, {TINY_PARAMETERS:,} trained), before activations")
+        in out[1]
+    )
+    assert out[2] == f"resuming from {phase.checkpoints / 'checkpoint-3'}"
+    assert lines == [(TINY_PARAMETERS, TINY_PARAMETERS, False, "pretrain")]
+    assert (run.resume, run.tokens_before) == (str(phase.checkpoints / "checkpoint-3"), 500)
+    assert (run.world_size, run.trainable, run.total) == (1, TINY_PARAMETERS, TINY_PARAMETERS)
+    assert run.args.output_dir == str(phase.checkpoints)
+    model = run.trainer.model
+    assert model.config.pad_token_id == model.generation_config.pad_token_id == GPT2_EOS
+    callbacks = run.trainer.callback_handler.callbacks
+    assert [cb.save_steps for cb in callbacks if isinstance(cb, StepCheckpoints)] == [2]
+    assert isinstance(run.step_count, StepCount) and run.step_count in callbacks
+    assert run.stop in callbacks
+    # The project's collator: right padding with the pad id, the head cut to the completion.
+    batch = next(iter(run.trainer.get_eval_dataloader()))
+    assert {"input_ids", "attention_mask", "labels", "logits_to_keep"} <= set(batch)
+    assert GPT2_EOS in batch["input_ids"][:, -1].tolist()  # dev examples of different lengths
+
+
+def test_setup_passes_the_process_count_and_the_phase_s_files_to_the_run_s_arguments(
+    workdir, tiny, monkeypatch
+):
+    """Process 1 of 2 (WORLD_SIZE 2) of phase 1: the Trainer's arguments are those of 12
+    training examples over 2 processes, checkpointed in phase 1's folder, their errors naming
+    the pretrain section. A stand-in records them (real ones would start the process group)."""
+
+    class Recorded(Exception):
+        pass
+
+    seen = []
+
+    def run_arguments(train, n_examples, world_size, output_dir, section="train"):
+        seen.append((train, n_examples, world_size, output_dir, section))
+        raise Recorded
+
+    set_params(workdir, tiny())
+    params, phase = load_params(workdir / "params.yaml"), _pretrain_phase()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(recipe, "run_arguments", run_arguments)
+    with pytest.raises(Recorded):
+        recipe.setup(params, phase)
+    assert seen == [(params.train, 12, 2, phase.checkpoints, "pretrain")]
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_setup_refuses_only_a_process_of_several_gpus(workdir, tiny, monkeypatch, gpus):
+    """One GPU a process goes on (to the starting model, a stand-in that stops it there);
+    two are refused, the message naming the phase's setting and the way out."""
+    from transformers import TrainingArguments
+
+    class Reached(Exception):
+        pass
+
+    def starting_model(params, phase):
+        raise Reached
+
+    monkeypatch.setattr(TrainingArguments, "n_gpu", property(lambda self: gpus))
+    monkeypatch.setattr(recipe, "starting_model", starting_model)
+    set_params(workdir, tiny())
+    params = load_params(workdir / "params.yaml")
+    if gpus == 1:
+        with pytest.raises(Reached):
+            recipe.setup(params, _pretrain_phase())
+        return
+    with pytest.raises(StageError) as error:
+        recipe.setup(params, _pretrain_phase())
+    assert str(error.value) == (
+        "this process sees 2 GPUs; set pretrain.num_processes to use several (one process per "
+        "GPU), or CUDA_VISIBLE_DEVICES to pick one"
+    )
+
+
+@pytest.mark.parametrize(
+    ("max_examples", "named"),
+    [(None, "data/prepared/train.parquet"), (0, "data/prepared/dev.parquet")],
+)
+def test_setup_names_the_split_too_long_for_the_model(workdir, tiny, max_examples, named):
+    """A model of 16 positions: every prepared example (a question, two context sentences and
+    an answer: more than 16 tokens) is too long. With no training example (max_examples 0)
+    the train split passes and the dev split is the one named."""
+    params = tiny()
+    overrides = {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 16}
+    params["model"] = params["model"] | {"overrides": overrides}
+    set_params(workdir, params)
+    phase = replace(_pretrain_phase(), max_examples=max_examples)
+    with pytest.raises(StageError, match=rf"^{named}: row 0: \d+ tokens, over the model's 16 "):
+        recipe.setup(load_params(workdir / "params.yaml"), phase)
+
+
+def test_setup_of_a_lora_run_trains_the_adapters_only(workdir, tiny, capsys):
+    """LoRA of rank 16 (params.yaml) on c_attn, c_proj and c_fc of the tiny GPT-2, by hand:
+    A is r x in, B is out x r: a layer has c_attn 16 x (64 + 192) = 4,096, attn c_proj
+    16 x (64 + 64) = 2,048, c_fc 16 x (64 + 256) = 5,120, mlp c_proj 16 x (256 + 64) = 5,120
+    -> 16,384; 2 layers: 32,768 trained, on top of the 3,382,080 frozen."""
+    set_params(workdir, tiny(lora={"enabled": True}))
+    run = recipe.setup(load_params(workdir / "params.yaml"), TRAIN_PHASE)
+    assert (run.trainable, run.total) == (32_768, TINY_PARAMETERS + 32_768)
+    trained = [name for name, p in run.trainer.model.named_parameters() if p.requires_grad]
+    assert len(trained) == 2 * 4 * 2 and all("lora_" in name for name in trained)
+    assert f"({TINY_PARAMETERS + 32_768:,} parameters, 32,768 trained)" in capsys.readouterr().out
+
+
+def _saved_bf16_model(folder, tiny_model_params):
+    """The tiny GPT-2 saved in bf16 (as a bf16 run would save it); its weights, in fp32."""
+    from pubmedqa_gpt2.model.loading import build_model
+
+    model = build_model(tiny_model_params).to(torch.bfloat16)
+    model.save_pretrained(folder)
+    return {name: p.float() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("start", ["phase 1 model", "base model"])
+def test_setup_starts_from_the_saved_model_in_fp32(workdir, tiny, tiny_model_params, start):
+    """Whether the saved model is phase 1's (phase.start_from) or the base model itself
+    (model.init: pretrained from that folder), training starts from its weights in fp32 (the
+    master weights), not in the bf16 it was saved in."""
+    saved = workdir / "saved"
+    weights = _saved_bf16_model(saved, tiny_model_params)
+    params = tiny()
+    phase = TRAIN_PHASE
+    if start == "phase 1 model":
+        phase = replace(TRAIN_PHASE, start_from=saved)
+    else:
+        pretrained = {"name": str(saved), "init": "pretrained", "overrides": {}}
+        params["model"] = params["model"] | pretrained
+    set_params(workdir, params)
+    run = recipe.setup(load_params(workdir / "params.yaml"), phase)
+    model = run.trainer.model
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert all(torch.equal(p, weights[name]) for name, p in model.named_parameters())
+
+
+def test_a_phase_without_its_starting_model_says_which_stage_makes_it(tmp_path, tiny_model_params):
+    params = committed_params({"model": tiny_model_params.model_dump()})
+    phase = replace(TRAIN_PHASE, start_from=tmp_path / "phase1")
+    with pytest.raises(StageError) as error:
+        recipe.starting_model(params, phase)
+    assert str(error.value) == (
+        f"{tmp_path / 'phase1'}: no model there; run the pretrain stage first (dvc repro pretrain)"
+    )
+
+
+def test_a_phase_1_model_that_cannot_be_loaded_is_named_so(tmp_path, tiny_model_params):
+    """A config.json and no weights (a copy cut short): the error names phase 1's model."""
+    from pubmedqa_gpt2.model.loading import random_config
+
+    random_config(tiny_model_params).save_pretrained(tmp_path / "phase1")
+    params = committed_params({"model": tiny_model_params.model_dump()})
+    phase = replace(TRAIN_PHASE, start_from=tmp_path / "phase1")
+    with pytest.raises(StageError) as error:
+        recipe.starting_model(params, phase)
+    assert str(error.value).startswith(
+        f"phase 1 model: cannot load a model from {str(tmp_path / 'phase1')!r}: "
+    )
+
+
+def test_a_model_ready_for_training_pads_with_the_pad_id_and_names_its_loss(
+    tiny_model_params, tokenizer, monkeypatch
+):
+    """The pad id (GPT-2's <|endoftext|>, 50256, as the tokenizer pads) on the config and the
+    generation config; the loss named, so transformers picks it without its warning
+    "`loss_type=None` was set in the config but it is unrecognized"."""
+    from transformers import modeling_utils
+    from transformers.utils import logging as hf_logging
+
+    from pubmedqa_gpt2.model.loading import build_model
+
+    warned = []
+    hf_logging.warning_once.cache_clear()  # a warning given before in this process: again
+    monkeypatch.setattr(modeling_utils.logger, "warning", lambda msg, *a, **k: warned.append(msg))
+    model = build_model(tiny_model_params)
+    recipe.prepare_for_training(model, tokenizer.pad_token_id)
+    assert model.config.pad_token_id == model.generation_config.pad_token_id == GPT2_EOS
+    out = model(input_ids=torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]]))
+    assert out.loss is not None
+    assert not [w for w in warned if "loss_type" in w]
+    assert model.loss_type == "ForCausalLM"
+
+
+def test_a_phase_resumes_its_own_checkpoint_and_names_its_own_setting(workdir, capsys):
+    """Phase 1 (section pretrain): its checkpoint-3 is resumed from, and said so; with
+    weights-only checkpoints they are dropped, naming pretrain's setting."""
+    phase, args = _pretrain_phase(), _main_process_args(workdir)
+
+    def resume(resumable):
+        params = committed_params({"train": {"resumable_checkpoints": resumable}})
+        return recipe.checkpoint_to_resume(params, phase, args)
+
+    def checkpoint_3():
+        (phase.checkpoints / "checkpoint-3").mkdir()
+        (phase.checkpoints / "checkpoint-3" / "trainer_state.json").write_text("{}")
+
+    assert resume(True) is None
+    checkpoint_3()
+    capsys.readouterr()
+    assert resume(True) == str(phase.checkpoints / "checkpoint-3")
+    assert capsys.readouterr().out == f"resuming from {phase.checkpoints / 'checkpoint-3'}\n"
+    assert resume(False) is None  # another run's (the params changed): dropped
+    checkpoint_3()
+    capsys.readouterr()
+    assert resume(False) is None
+    assert capsys.readouterr().out == (
+        f"{phase.checkpoints}: weights-only checkpoints (pretrain.resumable_checkpoints: false); "
+        "starting afresh\n"
+    )
