@@ -134,6 +134,36 @@ def test_json_has_the_same_keys_whatever_the_input(eval_workdir, capsys) -> None
     assert "(the context was shortened to fit the model)" in ask(capsys, "--pmid", pmid)
 
 
+def test_the_text_answer_is_the_json_answer_written_for_a_person(eval_workdir, capsys) -> None:
+    """`ask` prints, line by line, what `ask --json` holds for the same question (the model is
+    deterministic): the question, the shortened-context line only when it was shortened, the
+    decision with the three probabilities to 3 decimals in LABELS' order, the answer, and the
+    gold decision and reference answer only for a test question."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(EVAL_TEST_FILE)
+    rows = table.to_pylist()
+    rows[0]["shortened"] = True
+    pq.write_table(table.from_pylist(rows, schema=table.schema), EVAL_TEST_FILE)
+    for args in (["--pmid", rows[0]["pmid"]], ["--question", "Why?", "--no-context"]):
+        answer = json.loads(ask(capsys, *args, "--json"))
+        p = answer["probabilities"]
+        expected = [f"Question: {answer['question']}"]
+        if args[0] == "--pmid":
+            expected.append("(the context was shortened to fit the model)")
+        expected += [
+            f"Decision: {answer['decision']}  "
+            f"(yes {p['yes']:.3f}, no {p['no']:.3f}, maybe {p['maybe']:.3f})",
+            f"Answer: {answer['long_answer']}",
+        ]
+        if args[0] == "--pmid":
+            expected += [
+                f"Gold decision: {rows[0]['decision']}",
+                f"Reference answer: {rows[0]['long_answer']}",
+            ]
+        assert ask(capsys, *args).rstrip("\n") == "\n".join(expected)
+
+
 def decoding_flags() -> dict[str, str]:
     """`ask`'s options named after a field of the `evaluate` section: {flag: field}."""
     from pubmedqa_gpt2.core.config import EvaluateParams

@@ -399,3 +399,50 @@ def test_a_value_holding_equals_signs_is_kept_whole_and_a_parse_error_is_its_fir
         OverridesParser.create().parse_overrides(["train.seed=choice(1,"])
     first = str(hydra_err.value).splitlines()[0]
     assert str(err.value) == f"-S train.seed=choice(1,: {first}"
+
+
+def test_a_remote_that_does_not_answer_stops_status_in_bounded_time(monkeypatch):
+    """`git ls-remote` against a hung remote gets a time limit (without one `slurm status`
+    waits forever); a remote that times out has no experiment yet."""
+    asked = {}
+
+    def hung(cmd, **kwargs):
+        asked.update(kwargs)
+        raise subprocess.TimeoutExpired(cmd, kwargs.get("timeout"))
+
+    monkeypatch.setattr(slurm_status.subprocess, "run", hung)
+    assert slurm_status.landed("ssh://cluster/hung.git") == set()
+    assert isinstance(asked.get("timeout"), int | float) and 0 < asked["timeout"] <= 300
+
+
+@pytest.mark.parametrize(
+    ("committed", "overrides", "resumable"),
+    [
+        pytest.param("true", [[]], True, id="committed-true"),
+        pytest.param("false", [[]], False, id="committed-false"),
+        pytest.param(None, [[]], False, id="committed-missing"),
+        pytest.param("false", [["train.resumable_checkpoints=true"]], True, id="set-true"),
+        pytest.param(
+            "true",
+            [["train.seed=1"], ["train.resumable_checkpoints=False"]],
+            False,
+            id="one-set-false",
+        ),  # fmt: skip
+        pytest.param(
+            "false",
+            [["train.resumable_checkpoints=false", "train.resumable_checkpoints=True"]],
+            True,
+            id="last-wins",
+        ),  # fmt: skip
+    ],
+)
+def test_a_sweep_is_resumable_when_every_experiment_keeps_optimizer_state(
+    tmp_path, committed, overrides, resumable
+):
+    """The committed params.yaml's `train.resumable_checkpoints` (YAML true/false), unless an
+    experiment sets it (the last -S of the key wins, any case of true/false)."""
+    from pubmedqa_gpt2.slurm import submit as submit_module
+
+    train = {"seed": 0} if committed is None else {"resumable_checkpoints": committed == "true"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": train}))
+    assert submit_module.resumable(tmp_path, overrides) is resumable

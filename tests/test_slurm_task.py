@@ -232,3 +232,23 @@ def test_the_task_s_last_line_is_in_its_log_when_it_returns(clone, monkeypatch, 
         task.run_task(manifest(clone), 0)
         logged = {"stdout": out.read_text(), "stderr": err.read_text()}
     assert logged[stream].endswith(line)
+
+
+def test_experiment_names_are_read_from_the_repository_asked(tmp_path, monkeypatch):
+    """The last part of each `refs/exps/...` ref of the repository given, wherever the process
+    runs; a folder that is not a repository is an error, not "no experiment"."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    who = {f"GIT_{role}_{key}": value for role in ("AUTHOR", "COMMITTER")
+           for key, value in (("NAME", "t"), ("EMAIL", "t@t"))}  # fmt: skip
+    env = {**os.environ, **who}
+    for args in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "c"]):
+        subprocess.run(["git", *args], cwd=repo, check=True, env=env)
+    for ref in ("refs/exps/ab/cdef0123/sw-0", "refs/exps/ab/cdef0123/sw-1", "refs/heads/x"):
+        subprocess.run(["git", "update-ref", ref, "HEAD"], cwd=repo, check=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert task.experiment_names(repo) == {"sw-0", "sw-1"}
+    with pytest.raises(subprocess.CalledProcessError):
+        task.experiment_names(elsewhere)
