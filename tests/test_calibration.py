@@ -132,3 +132,19 @@ def test_a_model_s_intervals_include_the_ece_s():
     ci = statistics.figure_intervals(HAND, 200, seed=0)
     assert set(ci) == {"accuracy", "macro_f1", "ece"}
     assert 0 <= ci["ece"]["low"] <= ci["ece"]["high"] <= 1
+
+
+def test_every_interval_of_a_model_is_drawn_from_the_seed_asked():
+    """The same seed gives the same intervals (metrics/eval_*.json is reproducible) and another
+    seed other resamples: 60 questions of mixed labels and confidences, so that the bootstrap's
+    percentiles move with the resamples (HAND's 10 give too few distinct resample means)."""
+    labels = ("yes", "no", "maybe")
+    questions = [
+        sample(0.4 + 0.01 * i, i % 3 != 0, labels[i % 3]) for i in range(60)
+    ]  # fmt: skip
+    first, again = (statistics.figure_intervals(questions, 200, seed=7) for _ in range(2))
+    other = statistics.figure_intervals(questions, 200, seed=8)
+    assert set(first) == {"accuracy", "macro_f1", "ece"}
+    assert first == again
+    for key in first:
+        assert first[key] != other[key], key
