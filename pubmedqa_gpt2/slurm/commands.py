@@ -48,7 +48,10 @@ def add_parser(commands) -> None:
     submit.add_argument(
         "--sbatch", action="append", metavar="OPTION", help="an extra #SBATCH option (repeatable)"
     )
-    submit.add_argument("--no-requeue", dest="requeue", action="store_false", default=None)
+    submit.add_argument(
+        "--no-requeue", dest="requeue", action="store_false", default=None,
+        help="a preempted or time-limited task is not requeued (default: `requeue` of --settings)",
+    )  # fmt: skip
 
 
 def settings_from(args: argparse.Namespace) -> ClusterSettings:
