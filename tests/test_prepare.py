@@ -401,6 +401,59 @@ def test_label_token_ids_are_gpt2_s(tokenizer):
     assert label_token_ids(tokenizer) == [3763, 645, 3863]  # " yes", " no", " maybe" in vocab.json
 
 
+@pytest.fixture
+def bos_tokenizer(tokenizer_dir):
+    """GPT-2's tokenizer made to start every text with <|endoftext|> (50256), as the tokenizers
+    of some causal LMs do (`model.name` takes any)."""
+    from pubmedqa_gpt2.model.loading import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    tok.add_bos_token = True
+    assert tok(" yes")["input_ids"] == [50256, 3763]  # it does add one
+    return tok
+
+
+def test_label_token_ids_hold_no_token_the_tokenizer_adds(bos_tokenizer):
+    """Still GPT-2's single tokens (vocab.json), not 50256 before each (then two pieces)."""
+    from pubmedqa_gpt2.prompt import label_token_ids
+
+    assert label_token_ids(bos_tokenizer) == [3763, 645, 3863]
+
+
+def test_encoded_examples_hold_no_token_the_tokenizer_adds(bos_tokenizer):
+    """The same text as with GPT-2's own tokenizer: no 50256 before the question, the context,
+    "\nAnswer:" or the decision; the completion's one end-of-text is its last token."""
+    enc = encode_example(
+        bos_tokenizer, "Is X safe?", ["X was given."], ["METHODS"], "no", "X was not safe."
+    )
+    prompt = "Question: Is X safe?\nContext: METHODS: X was given.\nAnswer:"
+    assert bos_tokenizer.decode(enc.prompt_ids) == prompt
+    assert bos_tokenizer.decode(enc.completion_ids) == " no. X was not safe.<|endoftext|>"
+    assert 50256 not in enc.prompt_ids and enc.completion_ids.count(50256) == 1
+
+
+def test_a_context_too_long_for_the_model_is_shortened_without_the_tokenizer_s_warning(
+    tokenizer_dir, caplog, monkeypatch
+):
+    """2000 words (2000 tokens, " word" is one) are over GPT-2's 1024 positions: the tokenizer
+    would warn "Token indices sequence length is longer than the specified maximum" (once per
+    tokenizer, hence a fresh one); encode_example shortens the context on purpose and must not
+    set it off. Encoding the same text directly afterwards does warn: the capture works."""
+    import logging
+
+    from pubmedqa_gpt2.model.loading import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    monkeypatch.setattr(logging.getLogger("transformers"), "propagate", True)
+    caplog.set_level(logging.WARNING)
+    warning = "Token indices sequence length is longer"
+    enc = encode_example(tok, "Is it?", ["word " * 2000], [], "yes", "Because.")
+    assert enc.shortened
+    assert warning not in caplog.text
+    tok("word " * 2000)
+    assert warning in caplog.text
+
+
 @needs_tokenizer
 def test_splits_that_share_a_pmid_are_refused_naming_the_first(tmp_path, tokenizer, capsys):
     """train 1, 2, 3 and dev 3, 2: two shared PMIDs, 3 met first (dev lists it first); each
@@ -450,3 +503,24 @@ def test_too_few_records_to_split_is_a_stage_error_naming_the_raw_data():
     labeled = [Record(str(i), "q?", ["c"], ["L"], [], "a.", LABELS[i % 3]) for i in range(12)]
     with pytest.raises(StageError, match=r"^data/raw: .*too few"):
         split_records(labeled, 0, 0, None)
+
+
+@needs_tokenizer
+def test_a_split_is_streamed_in_batches_and_counted_per_label(tmp_path, tokenizer, monkeypatch):
+    """write_split encodes BATCH records at a time, each batch one row group of the parquet file
+    (PQA-A's 211k records are never held whole): 5 records in batches of 2 are 3 row groups of
+    2, 2, 1 rows; its counts are the records' own: labels yes 3, no 1, maybe 1, PMIDs in order."""
+    from pubmedqa_gpt2.data import prepare
+
+    def record(pmid: str, label: str) -> Record:
+        return Record(pmid, "Is it?", ["It is."], ["RESULTS"], [], "Yes.", label)
+
+    monkeypatch.setattr(prepare, "BATCH", 2)
+    given = [record("1", "yes"), record("2", "no"), record("3", "yes"), record("4", "maybe"),
+             record("5", "yes")]  # fmt: skip
+    stats = prepare.write_split(tmp_path / "s.parquet", (r for r in given), tokenizer, 256)
+    parquet = pq.ParquetFile(tmp_path / "s.parquet")
+    sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
+    assert sizes == [2, 2, 1]
+    assert stats.labels == Counter(yes=3, no=1, maybe=1)
+    assert stats.pmids == ["1", "2", "3", "4", "5"]
