@@ -299,3 +299,30 @@ def test_inside_slurm_a_job_given_no_gpu_hides_the_node_s_gpus(monkeypatch, caps
     monkeypatch.setattr(gpu_claims, "physical_gpus", lambda: [])
     env = slurm_env(None)
     assert gpu_claims.claim_gpus(1, environ=env) == [] and "CUDA_VISIBLE_DEVICES" not in env
+
+
+def test_a_waiter_sleeps_the_poll_time_with_a_jitter_of_half_either_way(monkeypatch, tmp_path):
+    """Between two tries a waiter sleeps poll x uniform(0.5, 1.5) (two waiters never poll in
+    lock-step): with the draw stood in by 1.25 and poll 0.4 s, one sleep of 0.5 s, after which
+    the GPU is free and claimed."""
+    monkeypatch.setattr(gpu_claims, "physical_gpus", lambda: ["0"])
+    env = {gpu_claims.LOCK_DIR_ENV: str(tmp_path)}
+    taken = [lock(tmp_path, "0")]
+    draws, sleeps = [], []
+
+    def uniform(low, high):
+        draws.append((low, high))
+        return 1.25
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        os.close(taken.pop())  # the GPU comes free while it sleeps
+
+    monkeypatch.setattr(gpu_claims.random, "uniform", uniform)
+    monkeypatch.setattr(gpu_claims.time, "sleep", sleep)
+    try:
+        assert gpu_claims.claim_gpus(1, env, poll=0.4) == ["0"]
+    finally:
+        gpu_claims.release_gpus()
+    assert draws == [(0.5, 1.5)]
+    assert sleeps == [pytest.approx(0.5)]
