@@ -359,6 +359,13 @@ MUTATION_TESTS = {
     "pubmedqa_gpt2.model.loading": ["test_loading.py"],
     "pubmedqa_gpt2.model.generate": ["test_generate.py", "test_decoding.py"],
     "pubmedqa_gpt2.model.scoring": ["test_scoring.py"],
+    # reached by nearly every test (the params, the prompt, the files every stage writes)
+    "pubmedqa_gpt2.core.config": ["test_config.py"],
+    "pubmedqa_gpt2.core.io": ["test_ingest.py", "test_prepare.py", "test_records.py"],
+    "pubmedqa_gpt2.data.token_files": ["test_evaluate.py", "test_recipe.py", "test_examples.py"],
+    "pubmedqa_gpt2.prompt": [
+        "test_prompt.py", "test_prepare.py", "test_evaluate.py", "test_cli.py", "test_examples.py",
+    ],
 }  # fmt: skip
 
 

@@ -53,8 +53,10 @@ def test_a_slow_module_s_mutants_run_against_its_own_test_files():
         "test_training_settings.py",
         "test_train.py",
     ]
+    prompt = mutation_test_files("pubmedqa_gpt2.prompt.x_format_context__mutmut_6")
+    assert "test_prepare.py" in prompt and "test_train.py" not in prompt
     # Other modules keep mutmut's selection; so do the runs without a mutant.
-    assert mutation_test_files("pubmedqa_gpt2.prompt.x_format_context__mutmut_6") is None
+    assert mutation_test_files("pubmedqa_gpt2.summary.x_markdown__mutmut_6") is None
     assert mutation_test_files("stats") is None and mutation_test_files("") is None
 
 
