@@ -258,6 +258,8 @@ def foreign_code(tmp_path, monkeypatch):
     monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))
     monkeypatch.setattr(sys, "path", [*sys.path])
     monkeypatch.setattr(sys, "stdin", io.StringIO("y\ny\n"))
+    # and input() too, whatever stdin is (mutmut's test processes read none)
+    monkeypatch.setattr("builtins.input", lambda *args: "y")
     return foreign
 
 
