@@ -86,6 +86,41 @@ def test_decode_steps_are_counted() -> None:
     assert "fallback" not in stats
 
 
+def test_a_batch_whose_rows_have_all_ended_stops_at_the_next_check() -> None:
+    """One prompt whose first new token (Hugging Face's `generate`) is declared end-of-text:
+    the row ends at step 0, but the host only asks every CHECK_EVERY = 8 steps whether any row
+    is still active, so the batch stops after step 7: steps 0 to 6 were each followed by a
+    decode step, 7 of them, not the 19 that 20 new tokens would take."""
+    model = gpt2("sdpa")
+    prompt = [5, 6, 7]
+    ids = torch.tensor([prompt])
+    first = model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False, pad_token_id=0
+    )[0, -1].item()
+    stats: dict = {}
+    out = generate_greedy(model, [prompt], max_new_tokens=20, eos_id=first, pad_id=0, stats=stats)
+    assert out == [[]]
+    assert stats["decode_steps"] == 7
+
+
+def test_the_decode_time_adds_up_over_the_batches(monkeypatch) -> None:
+    """A clock that reads 1, 4 (first batch), then 10, 15 (second): 3 + 5 = 8 s over the two
+    batches of test_decode_steps_are_counted's 8 decode steps, 1,000 ms a step."""
+    from types import SimpleNamespace
+
+    from pubmedqa_gpt2.model import generate
+
+    clock = iter([1.0, 4.0, 10.0, 15.0])
+    monkeypatch.setattr(generate, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    stats: dict = {}
+    generate_greedy(
+        gpt2("sdpa"), [[5, 6], [7], [8, 9, 10]], max_new_tokens=5, eos_id=-1, pad_id=0,
+        batch_size=2, stats=stats,
+    )  # fmt: skip
+    assert stats["decode_steps"] == 8 and stats["decode_s"] == 8.0
+    assert stats["decode_step_ms"] == 1000.0
+
+
 def test_auto_modes_by_device() -> None:
     assert resolve_mode("auto", torch.device("cpu")) == "dynamic"
     assert resolve_mode("auto", torch.device("cuda", 0)) == "cuda_graph"

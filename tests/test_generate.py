@@ -217,3 +217,64 @@ def test_an_automatic_batch_is_sized_from_the_free_memory_of_the_model_s_gpu(mon
     generate_greedy(OnGpu(), prompts, 152, NO_EOS, PAD, batch_size="auto", stats=stats)
     assert stats["generation_batch_size"] == 25 and batches == [25, 5]
     assert asked == [torch.device("cuda", 1)]
+
+
+class OnTheHost(torch.Tensor):
+    """A tensor made on the host, which the model's device cannot read (as a CPU tensor given
+    to a model on a GPU): only `.to(the model's device)`, here the CPU, gives a usable one."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.to and args[1:] == (torch.device("cpu"),) and not kwargs:
+            with torch._C.DisableTorchFunctionSubclass():
+                return args[0].as_subclass(torch.Tensor)
+        raise RuntimeError(f"{func.__name__} of a tensor left on the host")
+
+
+def test_generation_makes_its_tensors_on_the_model_s_device(model, monkeypatch) -> None:
+    """The loop's tensors are made on, or moved to, the model's device, never left on torch's
+    default one or the host: stood in for by a default device ("meta", shapes without values)
+    other than the model's (the CPU), and pad_left's rows made on a host the model cannot read
+    until they are moved. Any tensor left behind fails the step. The tokens are Hugging Face's
+    `generate` for each prompt alone, outside of that (repetition penalty and 1-gram blocking
+    on, so the seen-token mask and the banned tokens' index are made too; two lengths, so
+    the rows are padded)."""
+    from pubmedqa_gpt2.model import generate
+
+    settings = {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2}
+    prompts = random_rows((5, 17), seed=7)
+    expected = []
+    for prompt in prompts:
+        ids = torch.tensor([prompt])
+        expected.append(
+            model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                pad_token_id=PAD, eos_token_id=None, **settings,
+            )[0, len(prompt):].tolist()
+        )  # fmt: skip
+    real_pad_left = generate.pad_left
+
+    def pad_left(rows, pad_id):
+        with torch.device("cpu"):
+            ids, mask = real_pad_left(rows, pad_id)
+        return ids.as_subclass(OnTheHost), mask.as_subclass(OnTheHost)
+
+    monkeypatch.setattr(generate, "pad_left", pad_left)
+    with torch.device("meta"):
+        got = generate_greedy(
+            model, prompts, max_new_tokens=6, eos_id=NO_EOS, pad_id=PAD, decode_step="dynamic",
+            **settings,
+        )  # fmt: skip
+    assert got == expected and all(len(row) == 6 for row in got)
+
+
+def test_the_timing_waits_for_the_model_s_gpu_and_only_for_a_gpu(monkeypatch) -> None:
+    """Before the decode steps are timed the host waits for the prompts' pass to end on the
+    model's GPU (cuda:1 here, not whichever is current); a CPU has nothing to wait for."""
+    from pubmedqa_gpt2.model import generate
+
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", waited.append)
+    generate._synchronize(torch.device("cuda", 1))
+    generate._synchronize(torch.device("cpu"))
+    assert waited == [torch.device("cuda", 1)]

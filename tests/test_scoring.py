@@ -175,3 +175,44 @@ def test_scoring_builds_no_kv_cache(model, monkeypatch) -> None:
     score_decisions(model, prompts, LABEL_IDS, batch_size=4)
     continuation_nll(model, prompts, [[1, 2]] * len(prompts), batch_size=4)
     assert len(caches) == 4 and all(cache is None for cache in caches)
+
+
+def biased_head_model():
+    """A 1-layer GPT-2 of 4 tokens whose LM head (as some causal LMs' have) holds a bias: a zero
+    weight and the bias ln 1, ln 2, ln 3, ln 4, so that every position's logits are that bias,
+    next-token probabilities 0.1, 0.2, 0.3, 0.4 whatever the text."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, n_positions=16, vocab_size=4))
+    model.lm_head = torch.nn.Linear(8, 4, bias=True)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.lm_head.bias.copy_(torch.log(torch.tensor([1.0, 2.0, 3.0, 4.0])))
+    return model.eval()
+
+
+def test_the_head_s_bias_counts_in_the_decisions_and_the_likelihoods() -> None:
+    """Labels 0, 1, 2: softmax of ln 1, ln 2, ln 3 is 1/6, 2/6, 3/6 (without the bias, 1/3
+    each). Continuation 3, 1 after prompt 2: NLL -ln 0.4 - ln 0.2 = ln 12.5 (without it,
+    2 ln 4)."""
+    import math
+
+    model = biased_head_model()
+    probs = score_decisions(model, [[2], [1, 3, 0]], [0, 1, 2], batch_size=2)
+    torch.testing.assert_close(probs, torch.tensor([[1, 2, 3], [1, 2, 3]]) / 6.0)
+    nll = continuation_nll(model, [[2]], [[3, 1]])
+    assert nll.tolist() == pytest.approx([math.log(12.5)])
+
+
+def test_the_head_s_rows_are_picked_on_the_weight_s_device() -> None:
+    """Rows 3 and 1 of the head, picked where torch's default device ("meta", shapes without
+    values) is not the weight's (the CPU): the index is made on the weight's device, so the
+    head holds those rows' values: on any input, bias ln 4, ln 2."""
+    import math
+
+    model = biased_head_model()
+    with torch.device("meta"):
+        head = Fp32Head(model, [3, 1])
+    logits = head(torch.randn(2, 8))
+    torch.testing.assert_close(logits, torch.tensor([[math.log(4), math.log(2)]] * 2))
