@@ -166,11 +166,12 @@ def _finished_run(tmp_path, monkeypatch, runtime: float, lora: bool, keep: bool)
 
 
 def test_save_writes_the_perf_figures_of_this_run(tmp_path, monkeypatch):
-    """Tokens this run: 1000 seen in all - 400 before the resume = 600; over a runtime of 7 s,
-    600 / 7 = 85.714... -> 85.7 tokens/s (one decimal); loop seconds 1.23456 -> 1.23."""
+    """Tokens this run: 1000 seen in all - 400 before the resume = 600; over a runtime of
+    7.00456 s (-> 7.0, two decimals), 600 / 7.00456 = 85.658... -> 85.7 tokens/s (one decimal);
+    loop seconds 1.23456 -> 1.23."""
     import json
 
-    run, result = _finished_run(tmp_path, monkeypatch, runtime=7.0, lora=False, keep=False)
+    run, result = _finished_run(tmp_path, monkeypatch, runtime=7.00456, lora=False, keep=False)
     recipe.save(run, result)
     perf = json.loads(run.phase.perf_file.read_text())
     ranks = perf.pop("ranks")
