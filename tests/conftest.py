@@ -39,6 +39,12 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.e
 for _name, _value in (("MALLOC_MMAP_THRESHOLD_", 128 << 20), ("MALLOC_TRIM_THRESHOLD_", 512 << 20)):
     os.environ.setdefault(_name, str(_value))
 
+# Every `dvc` command the tests run would start DVC's usage-analytics daemon: a second Python
+# process importing DVC (seen taking most of a core under `make mutate`), whose report no
+# machine here can send. DVC_NO_ANALYTICS is DVC's documented switch; set for the test
+# processes and the commands they start.
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
 TEST_DATA = locate_for_this_run(SHARED)
 PUBMEDQA_DIR = TEST_DATA.pubmedqa
 TOKENIZER_DIR = TEST_DATA.tokenizer
