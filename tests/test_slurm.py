@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -165,6 +166,45 @@ def test_options_override_the_settings_file_and_a_bad_key_is_named(tmp_path):
         load_settings(tmp_path / "absent.yaml", {"gpus_per_task": -1})
 
 
+def test_the_settings_file_is_found_at_the_top_of_the_repository_and_options_win(
+    tmp_path, monkeypatch
+):
+    """`slurm submit` in a subfolder of the clone: the default --settings (slurm.local.yaml,
+    relative) is the one beside params.yaml at the repository's top; --no-requeue and --sbatch
+    override it. Outside a git repository the command refuses in one line."""
+    from pubmedqa_gpt2.cli import build_parser
+    from pubmedqa_gpt2.slurm import commands
+    from pubmedqa_gpt2.slurm import submit as submit_module
+
+    repo = tmp_path / "repo"
+    git("init", "--quiet", str(repo), cwd=tmp_path)
+    (repo / "slurm.local.yaml").write_text("partition: gpu\nsbatch: [--qos=short]\n")
+    (repo / "sub").mkdir()
+    monkeypatch.chdir(repo / "sub")
+    seen = {}
+
+    def fake_submit(repo, settings, overrides, dry_run):
+        seen.update(repo=repo, settings=settings, overrides=overrides, dry_run=dry_run)
+        return "ok"
+
+    monkeypatch.setattr(submit_module, "submit", fake_submit)
+    args = build_parser().parse_args(
+        ["slurm", "submit", "-S", "train.seed=0", "--no-requeue", "--sbatch=--qos=long"]
+    )
+    assert commands.run(args) == "ok"
+    assert (seen["repo"], seen["overrides"], seen["dry_run"]) == (
+        repo.resolve(), ["train.seed=0"], False,
+    )  # fmt: skip
+    settings = seen["settings"]
+    assert (settings.partition, settings.requeue, settings.sbatch) == ("gpu", False, ["--qos=long"])
+    (tmp_path / "plain").mkdir()
+    monkeypatch.chdir(tmp_path / "plain")
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    with pytest.raises(StageError) as err:
+        commands.repository()
+    assert str(err.value) == "not in a git repository: run this in your clone of the project"
+
+
 # ---- One experiment on several nodes: srun, one torch.distributed.run per task ----
 
 
@@ -287,7 +327,9 @@ def test_two_sweeps_submitted_in_one_second_get_folders_of_their_own(user_repo, 
     from pubmedqa_gpt2.slurm import submit as submit_module
 
     ws = user_repo.parent / "shared" / "ws"
-    monkeypatch.setattr(submit_module.time, "strftime", lambda fmt: "20261206-101500")
+    # sweep-20261206-101500 as in docs/CLUSTER.md; "submitted" is ISO 8601 with its UTC offset
+    times = {"%Y%m%d-%H%M%S": "20261206-101500", "%Y-%m-%dT%H:%M:%S%z": "2026-12-06T10:15:00+0100"}
+    monkeypatch.setattr(submit_module.time, "strftime", times.__getitem__)
     settings = ClusterSettings(workspaces=ws, git_remote="cluster")
     names = []
     for _ in range(3):
@@ -295,6 +337,222 @@ def test_two_sweeps_submitted_in_one_second_get_folders_of_their_own(user_repo, 
         Path(manifest["folder"]).mkdir(parents=True)  # what submit then writes
         names.append(manifest["sweep"])
     assert names == ["sweep-20261206-101500", "sweep-20261206-101500_2", "sweep-20261206-101500_3"]
+
+
+def small_remote(tmp_path: Path) -> tuple[Path, Path]:
+    """A repository with one commit and `cluster`, a bare remote beside it: (repo, remote)."""
+    repo, remote = tmp_path / "repo", tmp_path / "shared" / "origin.git"
+    git("init", "--quiet", "--bare", str(remote), cwd=tmp_path)
+    git("init", "--quiet", "-b", "main", str(repo), cwd=tmp_path)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "--allow-empty",
+        "-m", "start", cwd=repo)  # fmt: skip
+    git("remote", "add", "cluster", str(remote), cwd=repo)
+    return repo, remote
+
+
+def stub(folder: Path, name: str, body: str) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(f"#!/bin/bash\n{body}\n")
+    (folder / name).chmod(0o755)
+
+
+def submit_prepared(tmp_path: Path, monkeypatch, repo: Path) -> tuple[dict, Path, Callable]:
+    """`submit` of a hand-made manifest (prepare's checks are tested above), run from a folder
+    outside the repository (every git command must name it), `bin/` first on PATH."""
+    from pubmedqa_gpt2.slurm import submit as submit_module
+
+    data = manifest(tmp_path, 2) | {"git_remote": "cluster"}
+    data["folder"] = str(tmp_path / "shared" / "ws" / "sweep-1")
+    monkeypatch.setattr(submit_module, "prepare", lambda *args: data)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    settings = ClusterSettings(workspaces=tmp_path / "shared" / "ws", git_remote="cluster")
+    return data, Path(data["folder"]), lambda: submit_module.submit(repo, settings, [], False)
+
+
+def head_of(repo: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+
+
+def test_submit_writes_the_manifest_before_sbatch_and_keeps_the_job_id_of_its_answer(
+    tmp_path, monkeypatch
+):
+    """docs/CLUSTER.md: the sweep's folder holds sweep.json, job.sbatch, logs/, results/,
+    tasks/; a task that starts at once reads sweep.json, so it is there (job_id null) when
+    sbatch runs. `sbatch --parsable` answers `JOBID[;CLUSTER]`: the job id is 4242 here."""
+    repo, remote = small_remote(tmp_path)
+    stub(tmp_path / "bin", "sbatch", f'ls "$(dirname "$2")" > {tmp_path}/seen.txt\n'
+         f'cp "$(dirname "$2")/sweep.json" {tmp_path}/seen.json\necho "4242;cluster"')  # fmt: skip
+    data, folder, run = submit_prepared(tmp_path, monkeypatch, repo)
+    expected = json.loads(json.dumps(data))  # the manifest as given, before submit fills it
+    assert run() == (
+        f"submitted sweep-1: 2 experiment(s) as job array 4242 (folder {folder}); "
+        "follow it with `pubmedqa-gpt2 slurm status`"
+    )
+    listing = "job.sbatch\nlogs\nresults\nsweep.json\ntasks\n"
+    assert (tmp_path / "seen.txt").read_text() == listing
+    assert sorted(p.name for p in folder.iterdir()) == listing.split()
+    assert all((folder / sub).is_dir() for sub in ("logs", "results", "tasks"))
+    for path, job_id in ((tmp_path / "seen.json", None), (folder / "sweep.json", "4242")):
+        text = path.read_text()
+        assert json.loads(text) == expected | {"job_id": job_id}
+        assert text == json.dumps(json.loads(text), indent=1) + "\n"  # one space a level
+    refs = subprocess.run(["git", "ls-remote", str(remote)], capture_output=True, text=True)
+    assert refs.stdout == f"{head_of(repo)}\trefs/pubmedqa-slurm/sweep-1\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        pytest.param(  # sbatch's last line, its "sbatch: error: " prefix dropped
+            "printf 'sbatch: warning: first\\nsbatch: second\\nsbatch: error: Batch job "
+            "submission failed: Invalid account\\n' >&2; exit 1",
+            "Batch job submission failed: Invalid account",
+            id="stderr",
+        ),
+        pytest.param("exit 3", "exit status 3", id="silent"),
+    ],
+)
+def test_a_sweep_sbatch_refuses_leaves_no_folder_and_no_ref(tmp_path, monkeypatch, body, why):
+    repo, remote = small_remote(tmp_path)
+    stub(tmp_path / "bin", "sbatch",
+         f"git ls-remote {remote} > {tmp_path}/seen.txt\n{body}")  # fmt: skip
+    _, folder, run = submit_prepared(tmp_path, monkeypatch, repo)
+    with pytest.raises(StageError) as err:
+        run()
+    assert str(err.value) == f"sbatch refused the sweep: {why}"
+    # pushed before sbatch ran, deleted after it refused
+    pushed = f"{head_of(repo)}\trefs/pubmedqa-slurm/sweep-1\n"
+    assert (tmp_path / "seen.txt").read_text() == pushed
+    refs = subprocess.run(["git", "ls-remote", str(remote)], capture_output=True, text=True)
+    assert refs.returncode == 0 and refs.stdout == ""
+    assert not folder.exists() and folder.parent.is_dir()
+
+
+@pytest.mark.parametrize("case", ["hook", "silent"])
+def test_a_refused_push_is_one_line_and_nothing_is_written(tmp_path, monkeypatch, case):
+    """git's last line: a declined push ends with `error: failed to push some refs to 'URL'`
+    (git 2.x); a push that fails without a word is said to have failed."""
+    repo, remote = small_remote(tmp_path)
+    stub(tmp_path / "bin", "sbatch", f"touch {tmp_path}/sbatch-called")
+    if case == "hook":
+        stub(remote / "hooks", "pre-receive", "echo 'hook says no' >&2; exit 1")
+        why = f"error: failed to push some refs to '{remote}'"
+    else:
+        stub(tmp_path / "bin", "git", f'[ "$1" = push ] && exit 1\nexec {shutil.which("git")} "$@"')
+        why = "failed"
+    _, folder, run = submit_prepared(tmp_path, monkeypatch, repo)
+    with pytest.raises(StageError) as err:
+        run()
+    assert str(err.value) == f"git push cluster HEAD:refs/pubmedqa-slurm/sweep-1: {why}"
+    assert not folder.parent.exists() and not (tmp_path / "sbatch-called").exists()
+
+
+def test_shared_cache_asks_dvc_in_the_repository(tmp_path, monkeypatch):
+    """`dvc cache dir` of the repository (not of the current folder): the path its config sets;
+    where DVC answers nothing (no DVC repository) the cache is unknown."""
+    from pubmedqa_gpt2.slurm import submit as submit_module
+
+    repo, elsewhere = tmp_path / "repo", tmp_path / "elsewhere"
+    (repo / ".dvc").mkdir(parents=True)
+    elsewhere.mkdir()
+    cache = tmp_path / "shared" / "cache"
+    (repo / ".dvc" / "config").write_text(
+        f"[core]\n    no_scm = true\n[cache]\n    dir = {cache}\n"
+    )
+    monkeypatch.chdir(elsewhere)
+    assert submit_module.shared_cache(repo) == str(cache)
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(StageError) as err:
+        submit_module.shared_cache(tmp_path / "plain")
+    assert str(err.value) == (
+        "the DVC cache is unknown, inside this repository: the tasks need one on the cluster's "
+        "shared filesystem (dvc cache dir --local /shared/path/dvc-cache; docs/CLUSTER.md)"
+    )
+
+
+def test_no_workspaces_names_the_option_and_the_setting(tmp_path):
+    """docs/CLUSTER.md: `--workspaces DIR` or `workspaces:` in slurm.local.yaml."""
+    from pubmedqa_gpt2.slurm import submit as submit_module
+
+    with pytest.raises(StageError) as err:
+        submit_module.workspaces_folder(tmp_path, ClusterSettings())
+    assert str(err.value) == (
+        "no folder for the tasks' workspaces: give --workspaces DIR (on the shared "
+        "filesystem) or set workspaces: in slurm.local.yaml"
+    )
+
+
+def test_a_remote_s_url_is_made_absolute_when_a_path_and_kept_when_a_host(tmp_path, monkeypatch):
+    """A path (even one holding ":" past its first "/") is made absolute, as the nodes clone it
+    from elsewhere; `host:path` (scp-like) is kept. The reachability check is `git ls-remote`
+    of that URL in the repository: its own config (here core.sshCommand, a stand-in for ssh
+    that runs git-upload-pack locally) applies, and its other remote `origin` is not asked."""
+    from pubmedqa_gpt2.slurm import submit as submit_module
+
+    repo, remote = small_remote(tmp_path)
+    git("remote", "add", "origin", str(tmp_path / "gone.git"), cwd=repo)
+    odd = tmp_path / "sh:ared" / "origin.git"
+    git("init", "--quiet", "--bare", str(odd), cwd=tmp_path)
+    stub(tmp_path / "bin", "fake-ssh", 'eval "git ${2#git-}"')  # HOST "git-upload-pack 'PATH'"
+    git("config", "core.sshCommand", str(tmp_path / "bin" / "fake-ssh"), cwd=repo)
+    git("config", "ssh.variant", "simple", cwd=repo)
+    monkeypatch.setenv("GIT_SSH", "/bin/false")  # no ssh outside the repository's config
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    for url, expected in (
+        ("../shared/origin.git", str(remote.resolve())),
+        ("../sh:ared/origin.git", str(odd.resolve())),
+        (f"login-node:{remote}", f"login-node:{remote}"),
+    ):
+        git("remote", "set-url", "cluster", url, cwd=repo)
+        assert submit_module.remote_url(repo, "cluster") == expected, url
+    git("remote", "set-url", "cluster", "login-node:/gone.git", cwd=repo)
+    with pytest.raises(StageError) as err:
+        submit_module.remote_url(repo, "cluster")
+    assert str(err.value) == (
+        "git remote 'cluster' (login-node:/gone.git): not reachable (git ls-remote failed)"
+    )
+
+
+def test_uncommitted_changes_are_counted_and_the_first_three_named(tmp_path, monkeypatch):
+    """`git status --porcelain` lists untracked files as `?? NAME`, sorted: three are named
+    whole, a fourth becomes ", ...". A clean tree gives HEAD's commit (git rev-parse HEAD)."""
+    from pubmedqa_gpt2.slurm import submit as submit_module
+
+    repo, _ = small_remote(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert submit_module.committed_head(repo) == head_of(repo)
+    tail = ": the tasks clone the last commit and would not see them; commit or stash them"
+    for name, named in (("c", "a, b, c"), ("d", "a, b, c, ...")):
+        for each in ("a", "b", name):
+            (repo / each).write_text("x")
+        with pytest.raises(StageError) as err:
+            submit_module.committed_head(repo)
+        count = 3 if name == "c" else 4
+        assert str(err.value) == f"{count} uncommitted change(s) ({named}){tail}"
+
+
+def test_git_commands_of_submit_have_a_time_bound(tmp_path, monkeypatch):
+    """Without a timeout a hung remote stops `slurm submit` forever."""
+    from pubmedqa_gpt2.slurm import submit as submit_module
+
+    asked = {}
+    monkeypatch.setattr(submit_module.subprocess, "run", lambda cmd, **kw: asked.update(kw))
+    submit_module.git("status", cwd=tmp_path)
+    assert isinstance(asked.get("timeout"), int | float) and 0 < asked["timeout"] <= 300
+
+
+def test_a_sweep_that_expands_to_nothing_is_named_whole(tmp_path):
+    """range(0,0) is empty, so the product with train.lr=1 is too; both -S are named."""
+    from pubmedqa_gpt2.slurm import submit as submit_module
+
+    with pytest.raises(StageError) as err:
+        submit_module.prepare(tmp_path, ClusterSettings(), ["train.seed=range(0,0)", "train.lr=1"])
+    assert str(err.value) == "the sweep train.seed=range(0,0) train.lr=1 expands to no experiment"
 
 
 # ---- `slurm status` from a sweep's folder ----
@@ -434,6 +692,9 @@ def test_a_remote_that_does_not_answer_stops_status_in_bounded_time(monkeypatch)
             True,
             id="last-wins",
         ),  # fmt: skip
+        # The value is everything after the first "=": "true=no" and "no=true" are not "true".
+        pytest.param("false", [["train.resumable_checkpoints=true=no"]], False, id="value-a=b"),
+        pytest.param("false", [["train.resumable_checkpoints=no=true"]], False, id="value-b=a"),
     ],
 )
 def test_a_sweep_is_resumable_when_every_experiment_keeps_optimizer_state(
