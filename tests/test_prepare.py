@@ -524,3 +524,35 @@ def test_a_split_is_streamed_in_batches_and_counted_per_label(tmp_path, tokenize
     assert sizes == [2, 2, 1]
     assert stats.labels == Counter(yes=3, no=1, maybe=1)
     assert stats.pmids == ["1", "2", "3", "4", "5"]
+    # Lengths and the shortened count are the file's own, summed over every batch.
+    rows = parquet.read().to_pylist()
+    assert stats.lengths == [len(r["prompt_ids"]) + len(r["completion_ids"]) for r in rows]
+    assert stats.shortened == sum(r["shortened"] for r in rows) == 0
+
+
+@needs_tokenizer
+def test_contexts_shortened_in_every_batch_are_all_counted(tmp_path, tokenizer, monkeypatch):
+    """Three records whose context (400 words) cannot fit 256 tokens, in batches of 2: all
+    three are shortened and counted (2 in the first batch + 1 in the second); an empty split
+    is refused naming it."""
+    from pubmedqa_gpt2.core.errors import StageError
+    from pubmedqa_gpt2.data import prepare
+
+    monkeypatch.setattr(prepare, "BATCH", 2)
+    given = [Record(str(i), "Is it?", ["word " * 400], ["RESULTS"], [], "Yes.", "yes")
+             for i in range(3)]  # fmt: skip
+    stats = prepare.write_split(tmp_path / "s.parquet", given, tokenizer, 256)
+    assert stats.shortened == 3
+    assert all(length <= 256 for length in stats.lengths)
+    with pytest.raises(StageError) as err:
+        prepare.write_split(tmp_path / "empty.parquet", [], tokenizer, 256)
+    assert str(err.value) == "empty: the split is empty"
+
+
+def test_json_files_are_written_with_sorted_keys(tmp_path):
+    """metrics and perf files list their keys in order (stable diffs, `dvc metrics diff`)."""
+    from pubmedqa_gpt2.core.io import write_json
+
+    write_json(tmp_path / "m.json", {"b": 1, "a": {"d": 2, "c": 3}})
+    text = (tmp_path / "m.json").read_text()
+    assert text.index('"a"') < text.index('"b"') and text.index('"c"') < text.index('"d"')

@@ -5,6 +5,7 @@ out of memory as one line of advice."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import replace
 
 import pytest
@@ -623,8 +624,11 @@ def test_setup_names_the_split_too_long_for_the_model(workdir, tiny, max_example
     params["model"] = params["model"] | {"overrides": overrides}
     set_params(workdir, params)
     phase = replace(_pretrain_phase(), max_examples=max_examples)
-    with pytest.raises(StageError, match=rf"^{named}: row 0: \d+ tokens, over the model's 16 "):
+    with pytest.raises(StageError) as err:
         recipe.setup(load_params(workdir / "params.yaml"), phase)
+    message = str(err.value)
+    assert re.match(rf"^{named}: row 0: \d+ tokens, over the model's 16 positions; ", message)
+    assert message.endswith("; lower prepare.max_length")
 
 
 def test_setup_of_a_lora_run_trains_the_adapters_only(workdir, tiny, capsys):
