@@ -214,19 +214,24 @@ sys.stdout.write(vl_convert.vegalite_to_svg(json.load(sys.stdin), vl_version="5.
 """
 
 
-def draw(chart: dict, seconds: float = 60) -> str:
-    """The chart as SVG, drawn by vl-convert in a fresh process (its drawing thread, started
-    in a process forked from a threaded one as mutmut's test processes are, never starts);
-    a failure if it errs or takes over `seconds`."""
+def in_fresh_process(script: str, stdin: str, *args: str, seconds: float = 60) -> str:
+    """The stdout of a vl-convert `script` run in a fresh Python (vl-convert's drawing thread,
+    started in a process forked from a threaded one as mutmut's test processes are, never
+    starts); a failure if it errs or takes over `seconds`."""
     try:
         run = subprocess.run(
-            [sys.executable, "-c", DRAW], input=json.dumps(chart), capture_output=True,
+            [sys.executable, "-c", script, *args], input=stdin, capture_output=True,
             text=True, timeout=seconds,
         )  # fmt: skip
     except subprocess.TimeoutExpired:
         pytest.fail(f"vl-convert drew nothing in {seconds} s")
     assert run.returncode == 0, run.stderr[-2000:]
     return run.stdout
+
+
+def draw(chart: dict, seconds: float = 60) -> str:
+    """The chart as SVG, drawn by vl-convert in a fresh process."""
+    return in_fresh_process(DRAW, json.dumps(chart), seconds=seconds)
 
 
 def test_the_chart_draws_a_point_per_run_and_a_diamond_and_interval_per_group():
@@ -344,15 +349,8 @@ def scenegraph(chart: dict, seconds: float = 60) -> dict:
     pytest.importorskip("vl_convert", reason="vl-convert-python draws the chart")
     key = json.dumps(chart, sort_keys=True)
     if key not in _scenegraphs:
-        try:
-            run = subprocess.run(
-                [sys.executable, "-c", SCENEGRAPH, json.dumps(TOOLTIP_KEYS)], input=key,
-                capture_output=True, text=True, timeout=seconds,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"vl-convert drew nothing in {seconds} s")
-        assert run.returncode == 0, run.stderr[-2000:]
-        _scenegraphs[key] = json.loads(run.stdout)["scenegraph"]
+        out = in_fresh_process(SCENEGRAPH, key, json.dumps(TOOLTIP_KEYS), seconds=seconds)
+        _scenegraphs[key] = json.loads(out)["scenegraph"]
     return _scenegraphs[key]
 
 
