@@ -78,7 +78,6 @@ def test_json_answer_is_the_evaluate_stage_answer(eval_workdir, capsys, monkeypa
         (["--question", "   ", "--context", "Some text."], "--question is empty"),
         (["--context", "Some text."], r"give --question \(with --context\) or --pmid"),
         (["--question", "Why?", "--pmid", "2000"], "not both"),
-        # A question without its abstract is refused unless asked for by name.
         (["--question", "Why?"], "--question needs --context .* or --no-context"),
         (["--question", "Why?", "--context", "  "], "--context is empty"),
         (["--question", "Why?", "--context", "Text.", "--no-context"], "not both"),
@@ -98,6 +97,158 @@ def test_json_answer_is_the_evaluate_stage_answer(eval_workdir, capsys, monkeypa
 )
 def test_bad_input_is_a_one_line_error(eval_workdir, capsys, args, message) -> None:
     assert re.search(message, failure(capsys, *args))
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--context", "Text."], "give --question (with --context) or --pmid"),
+        (["--question", "Why?", "--pmid", "2000"],
+         "give either --question (with --context) or --pmid, not both"),
+        # A question without its abstract is refused unless asked for by name.
+        (["--question", "Why?"],
+         "--question needs --context (the abstract it is about), or --no-context to ask "
+         "without one"),
+        (["--question", " ", "--no-context"], "--question is empty"),
+        (["--question", "Why?", "--context", "Text.", "--no-context"],
+         "give --context or --no-context, not both"),
+        (["--question", "Why?", "--context", " "],
+         "--context is empty (--no-context asks without one)"),
+        (["--pmid", "2000", "--no-context"],
+         "--pmid takes its context from the test set: drop --context"),
+    ],
+)  # fmt: skip
+def test_each_refused_combination_of_flags_is_told_in_its_own_words(
+    eval_workdir, capsys, args, line
+) -> None:
+    """The whole line, as docs/CLI.md's user reads it: what to give instead."""
+    assert failure(capsys, *args) == f"error: {line}\n"
+
+
+def test_an_unloadable_model_is_named_by_its_flag(eval_workdir, capsys) -> None:
+    broken = Path("broken-model")
+    broken.mkdir()
+    for name in ("config.json", "tokenizer_config.json"):
+        (broken / name).write_text((EVAL_MODEL_DIR / name).read_text())
+    # An unknown architecture: transformers explains it in three paragraphs, told on one line.
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    err = failure(capsys, "--model", str(broken), "--question", "Why?", "--no-context")
+    assert err.startswith(
+        "error: --model broken-model: cannot load a model from 'broken-model': The checkpoint "
+        "you are trying to load has model type `no-such-architecture` but Transformers does not "
+        "recognize this architecture."
+    )
+
+
+def test_the_model_runs_on_the_device_picked_in_its_inference_dtype(
+    eval_workdir, capsys, monkeypatch
+) -> None:
+    """`ask` loads the model in `inference_dtype` of the device `pick_device` gives (bf16 here
+    stands in for a GPU's) and moves it there before scoring."""
+    import torch
+
+    from pubmedqa_gpt2.evaluation import answers
+    from pubmedqa_gpt2.model import loading
+
+    picked = torch.device("cpu", 0)  # told from a bare "cpu" (and from None) by its index
+    monkeypatch.setattr(loading, "pick_device", lambda: picked)
+    monkeypatch.setattr(loading, "inference_dtype", lambda device: torch.bfloat16)
+    moved, scored = [], []
+    real_load, real_decide = loading.load_model, answers.decide
+
+    def load(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        real_to = model.to
+        model.to = lambda device: (moved.append(device), real_to(device))[1]
+        return model
+
+    def decide(model, *args, **kwargs):
+        scored.append({p.dtype for p in model.parameters()})
+        return real_decide(model, *args, **kwargs)
+
+    monkeypatch.setattr(loading, "load_model", load)
+    monkeypatch.setattr(answers, "decide", decide)
+    ask(capsys, "--question", "Why?", "--no-context", "--max-new-tokens", "2")
+    assert moved == [picked]
+    assert scored == [{torch.bfloat16}]
+
+
+def prompt_room(tokenizer) -> int:
+    """The positions the longest decision (" maybe." and the like) takes after a prompt."""
+    return max(
+        len(tokenizer(f" {label}.", add_special_tokens=False)["input_ids"]) for label in LABELS
+    )
+
+
+def with_positions(monkeypatch, n_positions: int) -> None:
+    """`ask`'s model, told it has `n_positions` positions (its weights keep 1,024)."""
+    from pubmedqa_gpt2.model import loading
+
+    real = loading.load_model
+
+    def load(*args, **kwargs):
+        model = real(*args, **kwargs)
+        model.config.n_positions = n_positions
+        return model
+
+    monkeypatch.setattr(loading, "load_model", load)
+
+
+def test_a_question_fits_when_prompt_decision_and_answer_fill_the_positions_exactly(
+    eval_workdir, capsys, monkeypatch, tokenizer
+) -> None:
+    from pubmedqa_gpt2.prompt import encode_example
+
+    question, new = "Do statins reduce mortality?", 4
+    length = len(encode_example(tokenizer, question, [], max_length=1024).prompt_ids)
+    room = prompt_room(tokenizer)
+    with_positions(monkeypatch, length + room + new)
+    out = ask(capsys, "--question", question, "--no-context", "--max-new-tokens", str(new))
+    assert out.startswith(f"Question: {question}\n")
+    with_positions(monkeypatch, length + room + new - 1)
+    assert failure(capsys, "--question", question, "--no-context", "--max-new-tokens",
+                   str(new)) == (
+        f"error: --question: too long for the model's {length + room + new - 1} positions "
+        f"with --max-new-tokens {new}\n"
+    )  # fmt: skip
+
+
+def test_a_test_question_needs_room_for_its_decision_and_one_more_token(
+    eval_workdir, capsys, monkeypatch, tokenizer
+) -> None:
+    import pyarrow.parquet as pq
+
+    row = pq.read_table(EVAL_TEST_FILE).to_pylist()[0]
+    length, room = len(row["prompt_ids"]), prompt_room(tokenizer)
+    with_positions(monkeypatch, length + room + 1)
+    assert json.loads(ask(capsys, "--pmid", row["pmid"], "--json"))["pmid"] == row["pmid"]
+    with_positions(monkeypatch, length + room)
+    assert failure(capsys, "--pmid", row["pmid"]) == (
+        f"error: --pmid {row['pmid']}: the prompt leaves no room in {length + room} positions\n"
+    )
+
+
+def test_the_json_answer_keeps_non_ascii_text_as_it_is(eval_workdir, capsys) -> None:
+    out = ask(capsys, "--question", "Does β-blockade lower mortality?", "--no-context", "--json")
+    assert '"question": "Does β-blockade lower mortality?"' in out
+
+
+def test_the_decoding_settings_come_from_the_params_file_given(eval_workdir, capsys, monkeypatch):
+    import yaml
+
+    from pubmedqa_gpt2.evaluation import answers
+
+    seen = []
+    real = answers.generate_answers
+    monkeypatch.setattr(
+        answers, "generate_answers",
+        lambda *args, **kwargs: (seen.append(args[4]), real(*args, **kwargs))[1],
+    )  # fmt: skip
+    other = yaml.safe_load(Path("params.yaml").read_text())
+    other["evaluate"] |= {"max_new_tokens": 3, "repetition_penalty": 1.5}
+    Path("other.yaml").write_text(yaml.safe_dump(other))
+    ask(capsys, "--question", "Why?", "--no-context", "--params", "other.yaml")
+    assert (seen[0].max_new_tokens, seen[0].repetition_penalty) == (3, 1.5)
 
 
 def test_no_context_asks_the_question_alone(eval_workdir, capsys) -> None:

@@ -294,7 +294,11 @@ def test_dry_run_prints_the_script_and_submits_nothing(user_repo, submit):
     assert got.returncode == 0, got.stderr
     assert got.stdout.startswith("#!/bin/bash\n") and "#SBATCH --array=0-1" in got.stdout
     # The committed params keep weights-only checkpoints: a requeued task would start afresh.
-    assert "warning: train.resumable_checkpoints is false" in got.stderr
+    assert got.stderr == (
+        "warning: train.resumable_checkpoints is false: a preempted or time-limited task "
+        "restarts its training from the beginning (-S train.resumable_checkpoints=true "
+        "keeps optimizer state in checkpoints to resume from)\n"
+    )
     nothing_happened(user_repo)
 
 
@@ -331,12 +335,40 @@ def test_two_sweeps_submitted_in_one_second_get_folders_of_their_own(user_repo, 
     times = {"%Y%m%d-%H%M%S": "20261206-101500", "%Y-%m-%dT%H:%M:%S%z": "2026-12-06T10:15:00+0100"}
     monkeypatch.setattr(submit_module.time, "strftime", times.__getitem__)
     settings = ClusterSettings(workspaces=ws, git_remote="cluster")
-    names = []
+    names, manifests = [], []
     for _ in range(3):
-        manifest = submit_module.prepare(user_repo, settings, ["train.seed=0"])
+        manifest = submit_module.prepare(user_repo, settings, ["train.seed=0,1"])
         Path(manifest["folder"]).mkdir(parents=True)  # what submit then writes
         names.append(manifest["sweep"])
+        manifests.append(manifest)
     assert names == ["sweep-20261206-101500", "sweep-20261206-101500_2", "sweep-20261206-101500_3"]
+    # The whole manifest, by hand: what `slurm task` and `slurm status` read.
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=user_repo, capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    assert manifests[1] == {
+        "sweep": "sweep-20261206-101500_2",
+        "submitted": "2026-12-06T10:15:00+0100",
+        "repository": str(user_repo.resolve()),
+        "commit": head,
+        "ref": "refs/pubmedqa-slurm/sweep-20261206-101500_2",
+        "git_remote": "cluster",
+        "git_remote_url": str((user_repo.parent / "shared" / "origin.git").resolve()),
+        "cache": str((user_repo.parent / "shared" / "cache").resolve()),
+        "folder": str(ws / "sweep-20261206-101500_2"),
+        "python": sys.executable,
+        "bin": os.path.dirname(sys.executable),
+        "job_id": None,
+        "experiments": [
+            {"name": "sweep-20261206-101500_2-0", "set": ["train.seed=0"]},
+            {"name": "sweep-20261206-101500_2-1", "set": ["train.seed=1"]},
+        ],
+    }
+    # However many were submitted in that second (a script looping over sweeps).
+    for n in range(4, 131):
+        (ws / f"sweep-20261206-101500_{n}").mkdir()
+    assert submit_module.prepare(user_repo, settings, ["train.seed=0"])["folder"] == str(
+        ws / "sweep-20261206-101500_131"
+    )
 
 
 def small_remote(tmp_path: Path) -> tuple[Path, Path]:
@@ -496,6 +528,8 @@ def test_a_remote_s_url_is_made_absolute_when_a_path_and_kept_when_a_host(tmp_pa
     git("remote", "add", "origin", str(tmp_path / "gone.git"), cwd=repo)
     odd = tmp_path / "sh:ared" / "origin.git"
     git("init", "--quiet", "--bare", str(odd), cwd=tmp_path)
+    odder = tmp_path / "sh:" / "ared" / "origin.git"  # "../sh://ared/origin.git" to git: a path
+    git("init", "--quiet", "--bare", str(odder), cwd=tmp_path)
     stub(tmp_path / "bin", "fake-ssh", 'eval "git ${2#git-}"')  # HOST "git-upload-pack 'PATH'"
     git("config", "core.sshCommand", str(tmp_path / "bin" / "fake-ssh"), cwd=repo)
     git("config", "ssh.variant", "simple", cwd=repo)
@@ -505,6 +539,8 @@ def test_a_remote_s_url_is_made_absolute_when_a_path_and_kept_when_a_host(tmp_pa
     for url, expected in (
         ("../shared/origin.git", str(remote.resolve())),
         ("../sh:ared/origin.git", str(odd.resolve())),
+        ("../sh://ared/origin.git", str(odder.resolve())),
+        (f"file://{remote}", f"file://{remote}"),
         (f"login-node:{remote}", f"login-node:{remote}"),
     ):
         git("remote", "set-url", "cluster", url, cwd=repo)

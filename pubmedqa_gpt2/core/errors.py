@@ -15,7 +15,9 @@ def run_stage(main: Callable[[], None]) -> None:
     try:
         main()
     except StageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # One line even when the message quotes a library's (YAML's, transformers') paragraphs.
+        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"error: {text}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

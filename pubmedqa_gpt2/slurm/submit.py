@@ -53,7 +53,9 @@ def remote_url(repo: Path, remote: str) -> str:
             f"(git remote add {remote} /shared/path/pubmedqa.git) or name it with --git-remote"
         )
     url = got.stdout.strip()
-    if "://" not in url and ":" not in url.split("/")[0]:  # a path, not URL or scp-like host:
+    # As git tells them: "scheme://..." and scp-like "host:path" have a ":" before the first
+    # "/"; anything else is a path (even one holding "://" further on).
+    if ":" not in url.split("/")[0]:
         url = str((repo / url).resolve())
     if git("ls-remote", "--heads", url, cwd=repo).returncode:
         raise StageError(f"git remote {remote!r} ({url}): not reachable (git ls-remote failed)")
@@ -108,11 +110,11 @@ def prepare(repo: Path, settings: ClusterSettings, overrides: list[str]) -> dict
     url = remote_url(repo, settings.git_remote)
     cache = shared_cache(repo)
     workspaces = workspaces_folder(repo, settings)
-    sweep = "sweep-" + time.strftime("%Y%m%d-%H%M%S")
-    for n in range(2, 100):  # two sweeps submitted in one second get folders of their own
-        if not (workspaces / sweep).exists():
-            break
-        sweep = f"{sweep.rsplit('_', 1)[0]}_{n}"
+    stamp = "sweep-" + time.strftime("%Y%m%d-%H%M%S")
+    sweep, n = stamp, 1
+    while (workspaces / sweep).exists():  # sweeps submitted in one second: folders of their own
+        n += 1
+        sweep = f"{stamp}_{n}"
     folder = workspaces / sweep
     if settings.requeue and not resumable(repo, sets):
         print(
