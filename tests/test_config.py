@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from pubmedqa_gpt2.core.config import Params, load_params, parse_params
 from pubmedqa_gpt2.core.errors import StageError
@@ -301,3 +302,30 @@ def test_one_section_is_read_and_its_errors_are_named_with_the_section(tmp_path)
     with pytest.raises(StageError) as err:
         load_section("evaluate", path)
     assert str(err.value).startswith(f"{path}: evaluate: ")
+
+
+def test_a_params_file_s_errors_name_the_file_they_are_in(tmp_path):
+    """load_params names the file it read; parse_params of a mapping from elsewhere names
+    params.yaml; an empty file is a mapping of no sections (each named missing), and a YAML
+    error is the parser's message on one line."""
+    missing = "missing (params.yaml sets every key; see pubmedqa_gpt2/core/config.py)"
+    sections = ("data", "prepare", "model", "pretrain", "train", "evaluate")
+    path = tmp_path / "exp.yaml"
+    path.write_text("")
+    with pytest.raises(StageError) as err:
+        load_params(path)
+    assert str(err.value).splitlines() == [f"{path}: {name}: {missing}" for name in sections]
+    with pytest.raises(StageError) as err:
+        parse_params({"data": {}} | dict.fromkeys(sections[1:], {}) | {"x": 1})
+    assert str(err.value).splitlines()[-1] == (
+        "params.yaml: x: unknown key; allowed: " + ", ".join(sections)
+    )
+    path.write_text("train: [1,\n")
+    with pytest.raises(StageError) as err:
+        load_params(path)
+    try:  # PyYAML's own words, on several lines
+        yaml.safe_load("train: [1,\n")
+    except yaml.YAMLError as exc:
+        words = str(exc).split()
+    assert "\n" not in str(err.value)
+    assert str(err.value).split() == [f"{path}:", "not", "valid", "YAML:", *words]

@@ -22,21 +22,6 @@ def test_bad_input_is_one_error_line_and_status_1(capsys):
     assert ending(capsys, main) == (1, "", "error: params.yaml: train.epochs: bad\n")
 
 
-def test_a_message_quoting_a_library_s_paragraphs_is_still_one_line(capsys):
-    def main():
-        raise StageError(
-            "params.yaml: not valid YAML: while parsing a flow node\n"
-            "expected the node content\n  in line 1, column 5:\n\n    a: [\n"
-        )
-
-    assert ending(capsys, main) == (
-        1,
-        "",
-        "error: params.yaml: not valid YAML: while parsing a flow node expected the node "
-        "content in line 1, column 5: a: [\n",
-    )
-
-
 def test_an_interrupt_is_one_line_and_status_130(capsys):
     def main():
         raise KeyboardInterrupt
@@ -47,3 +32,12 @@ def test_an_interrupt_is_one_line_and_status_130(capsys):
 def test_a_stage_that_ends_well_just_returns(capsys):
     run_stage(lambda: print("done"))
     assert capsys.readouterr().out == "done\n"
+
+
+def test_a_library_s_paragraphs_are_quoted_on_one_line():
+    from pubmedqa_gpt2.core.errors import one_line
+
+    exc = ValueError(
+        "while parsing a flow node\nexpected the node content\n  in line 1:\n\n    a: [\n"
+    )
+    assert one_line(exc) == "while parsing a flow node expected the node content in line 1: a: ["

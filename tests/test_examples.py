@@ -35,9 +35,16 @@ def test_read_split_missing_file_and_column(tmp_path):
     with pytest.raises(StageError, match="file not found; run the prepare stage"):
         read_split(tmp_path / "nope.parquet", LABEL_IDS)
     path = tmp_path / "dev.parquet"
-    pq.write_table(pa.table({"prompt_ids": [[1]]}), path)
-    with pytest.raises(StageError, match="missing column.*completion_ids"):
+    pq.write_table(pa.table({"prompt_ids": [[1]], "note": ["x"]}), path)
+    with pytest.raises(StageError) as err:
         read_split(path, LABEL_IDS)
+    assert str(err.value) == (
+        f"{path}: missing column(s) pmid, completion_ids, shortened; has prompt_ids, note"
+    )
+    path.write_bytes(b"not parquet")
+    with pytest.raises(StageError) as err:
+        read_split(path, LABEL_IDS)
+    assert str(err.value).startswith(f"{path}: not a readable parquet file: ")
 
 
 def write_split(path, prompts, completions, shortened):

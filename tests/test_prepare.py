@@ -556,3 +556,9 @@ def test_json_files_are_written_with_sorted_keys(tmp_path):
     write_json(tmp_path / "m.json", {"b": 1, "a": {"d": 2, "c": 3}})
     text = (tmp_path / "m.json").read_text()
     assert text.index('"a"') < text.index('"b"') and text.index('"c"') < text.index('"d"')
+    # Two spaces a level, text as it is in UTF-8 (a sample's "β-blocker"), one final newline:
+    # the layout `git diff` and `dvc metrics diff` readers see, written out by hand.
+    write_json(tmp_path / "s.json", {"z": ["β-blocker", 0.5], "a": None}, sort_keys=False)
+    assert (tmp_path / "s.json").read_bytes() == (
+        '{\n  "z": [\n    "β-blocker",\n    0.5\n  ],\n  "a": null\n}\n'.encode()
+    )

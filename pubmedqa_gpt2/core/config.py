@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pubmedqa_gpt2.core.errors import StageError
+from pubmedqa_gpt2.core.errors import StageError, one_line
 from pubmedqa_gpt2.core.paths import PARAMS_FILE
 
 MAX_SEED = 2**32 - 1  # numpy's seeds (transformers' set_seed, the bootstrap) are 0 .. 2**32 - 1
@@ -280,7 +280,7 @@ def read_params_file(path: Path | str) -> Any:
     except FileNotFoundError:
         raise StageError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:
-        raise StageError(f"{path}: not valid YAML: {exc}") from None
+        raise StageError(f"{path}: not valid YAML: {one_line(exc)}") from None
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:

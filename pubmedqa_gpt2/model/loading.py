@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from pubmedqa_gpt2.core.config import ModelParams
-from pubmedqa_gpt2.core.errors import StageError
+from pubmedqa_gpt2.core.errors import StageError, one_line
 
 # The shapes of the public GPT-2 checkpoints (vocabulary 50257, 1024 positions).
 GPT2_SHAPES = {
@@ -33,7 +33,7 @@ def load_tokenizer(source: str | Path):
         tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise StageError(
-            f"model.tokenizer: cannot load tokenizer from {str(source)!r}: {exc}"
+            f"model.tokenizer: cannot load tokenizer from {str(source)!r}: {one_line(exc)}"
         ) from None
     if tokenizer.pad_token is None:
         # GPT-2 has no pad token; padded positions are masked out of attention and labels.
@@ -102,7 +102,9 @@ def load_model(name_or_dir: str | Path, dtype=None, what: str = "model"):
             name_or_dir, dtype=dtype, use_safetensors=True, trust_remote_code=False
         )
     except (OSError, ValueError) as exc:
-        raise StageError(f"{what}: cannot load a model from {str(name_or_dir)!r}: {exc}") from None
+        raise StageError(
+            f"{what}: cannot load a model from {str(name_or_dir)!r}: {one_line(exc)}"
+        ) from None
 
 
 def gpu_has_bf16() -> bool:
