@@ -126,17 +126,21 @@ def test_each_refused_combination_of_flags_is_told_in_its_own_words(
 
 
 def test_an_unloadable_model_is_named_by_its_flag(eval_workdir, capsys) -> None:
+    """A weights file cut short (a copy interrupted) is one line naming --model, as a missing
+    one is; not safetensors' traceback."""
+    import shutil
+
     broken = Path("broken-model")
-    broken.mkdir()
-    for name in ("config.json", "tokenizer_config.json"):
-        (broken / name).write_text((EVAL_MODEL_DIR / name).read_text())
-    # An unknown architecture: transformers explains it in three paragraphs, told on one line.
-    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    shutil.copytree(EVAL_MODEL_DIR, broken)
+    weights = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(weights[: len(weights) // 2])
     err = failure(capsys, "--model", str(broken), "--question", "Why?", "--no-context")
-    assert err.startswith(
-        "error: --model broken-model: cannot load a model from 'broken-model': The checkpoint "
-        "you are trying to load has model type `no-such-architecture` but Transformers does not "
-        "recognize this architecture."
+    assert err.startswith("error: --model broken-model: cannot load a model from 'broken-model': ")
+    (broken / "model.safetensors").unlink()
+    err = failure(capsys, "--model", str(broken), "--question", "Why?", "--no-context")
+    assert err == (
+        "error: --model broken-model: cannot load a model from 'broken-model': Error no file "
+        "named model.safetensors found in directory broken-model.\n"
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pubmedqa_gpt2.core.errors import StageError
 from pubmedqa_gpt2.model.loading import build_model, load_model
 from pubmedqa_gpt2.training.phase import TRAIN_PHASE
 from pubmedqa_gpt2.training.recipe import starting_model
@@ -306,3 +307,17 @@ def test_a_random_model_s_own_code_is_never_run(foreign_code):
     model = {"name": str(foreign_code), "init": "random", "overrides": {}}
     with pytest.raises(ValueError, match="trust_remote_code=True"):
         build_model(committed_params({"model": model}).model)
+
+
+def test_an_unknown_architecture_is_one_line_quoting_transformers(tmp_path):
+    """transformers explains an unknown model_type in three paragraphs: quoted on one line."""
+    (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    with pytest.raises(StageError) as err:
+        load_model(tmp_path, what="--model m")
+    assert "\n" not in str(err.value)
+    assert str(err.value).startswith(
+        f"--model m: cannot load a model from {str(tmp_path)!r}: The checkpoint you are trying "
+        "to load has model type `no-such-architecture` but Transformers does not recognize "
+        "this architecture. This could be because of an issue with the checkpoint, or because "
+        "your version of Transformers is out of date. You can update Transformers with"
+    )

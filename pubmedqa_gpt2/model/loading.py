@@ -95,13 +95,14 @@ def build_model(params: ModelParams, dtype=None):
 
 def load_model(name_or_dir: str | Path, dtype=None, what: str = "model"):
     """`from_pretrained` with safetensors only and no remote code; errors in one line."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     try:
         return AutoModelForCausalLM.from_pretrained(
             name_or_dir, dtype=dtype, use_safetensors=True, trust_remote_code=False
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # the last: a truncated weights file
         raise StageError(
             f"{what}: cannot load a model from {str(name_or_dir)!r}: {one_line(exc)}"
         ) from None
