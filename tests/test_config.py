@@ -320,6 +320,9 @@ def test_a_params_file_s_errors_name_the_file_they_are_in(tmp_path):
     assert str(err.value).splitlines()[-1] == (
         "params.yaml: x: unknown key; allowed: " + ", ".join(sections)
     )
+    with pytest.raises(StageError) as err:
+        parse_params(["data", "train"])
+    assert str(err.value) == "params.yaml: expected a mapping of sections, got list"
     path.write_text("train: [1,\n")
     with pytest.raises(StageError) as err:
         load_params(path)
