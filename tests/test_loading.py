@@ -286,15 +286,17 @@ def test_a_tokenizer_s_own_code_is_never_run(foreign_code):
 
 def test_a_random_model_s_config_code_is_never_run(foreign_code):
     """model.init=random from a folder whose config.json names a model type transformers
-    lacks and maps AutoConfig to custom.Config: refused (transformers' ValueError), the code
-    not run."""
+    lacks and maps AutoConfig to custom.Config: refused in one line naming the setting
+    (transformers' ValueError quoted), the code not run."""
     import json
 
     config = {"model_type": "someone-elses-gpt2", "auto_map": {"AutoConfig": "custom.Config"}}
     (foreign_code / "config.json").write_text(json.dumps(config))
     model = {"name": str(foreign_code), "init": "random", "overrides": {}}
-    with pytest.raises(ValueError, match="trust_remote_code=True"):
+    with pytest.raises(StageError) as err:
         build_model(committed_params({"model": model}).model)
+    assert str(err.value).startswith(f"model.name: cannot read a config from '{foreign_code}': ")
+    assert "trust_remote_code=True" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_a_random_model_s_own_code_is_never_run(foreign_code):
@@ -305,8 +307,10 @@ def test_a_random_model_s_own_code_is_never_run(foreign_code):
     config = {"model_type": "vit", "auto_map": {"AutoModelForCausalLM": "custom.Model"}}
     (foreign_code / "config.json").write_text(json.dumps(config))
     model = {"name": str(foreign_code), "init": "random", "overrides": {}}
-    with pytest.raises(ValueError, match="trust_remote_code=True"):
+    with pytest.raises(StageError) as err:
         build_model(committed_params({"model": model}).model)
+    assert str(err.value).startswith(f"model.name: cannot build a model from '{foreign_code}': ")
+    assert "trust_remote_code=True" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_an_unknown_architecture_is_one_line_quoting_transformers(tmp_path):

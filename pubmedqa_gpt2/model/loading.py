@@ -48,7 +48,12 @@ def random_config(params: ModelParams):
     if params.name in GPT2_SHAPES:
         config = GPT2Config(**GPT2_SHAPES[params.name])
     elif (Path(params.name) / "config.json").is_file():
-        config = AutoConfig.from_pretrained(params.name, trust_remote_code=False)
+        try:
+            config = AutoConfig.from_pretrained(params.name, trust_remote_code=False)
+        except (OSError, ValueError) as exc:  # e.g. a config that names code of its own
+            raise StageError(
+                f"model.name: cannot read a config from {params.name!r}: {one_line(exc)}"
+            ) from None
     else:
         raise StageError(
             f"model.name: {params.name!r} is not a GPT-2 preset ({', '.join(GPT2_SHAPES)}) "
@@ -85,8 +90,13 @@ def build_model(params: ModelParams, dtype=None):
     if params.init == "random":
         config = random_config(params)
         torch.manual_seed(params.seed)
-        with init_device():
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+        try:
+            with init_device():
+                model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+        except ValueError as exc:  # no causal LM for this config but code of its own
+            raise StageError(
+                f"model.name: cannot build a model from {params.name!r}: {one_line(exc)}"
+            ) from None
         return model if dtype is None else model.to(dtype)
     if params.overrides:
         raise StageError("model.overrides: only used with model.init=random; set it to {}")
