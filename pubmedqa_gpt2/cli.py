@@ -116,7 +116,8 @@ def check_question(args: argparse.Namespace) -> None:
         raise StageError("give --question (with --context) or --pmid")
     if args.pmid is not None:
         if args.context is not None or args.no_context:
-            raise StageError("--pmid takes its context from the test set: drop --context")
+            given = "--context" if args.context is not None else "--no-context"
+            raise StageError(f"--pmid takes its context from the test set: drop {given}")
         return
     if not args.question.strip():
         raise StageError("--question is empty")

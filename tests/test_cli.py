@@ -115,6 +115,8 @@ def test_bad_input_is_a_one_line_error(eval_workdir, capsys, args, message) -> N
         (["--question", "Why?", "--context", " "],
          "--context is empty (--no-context asks without one)"),
         (["--pmid", "2000", "--no-context"],
+         "--pmid takes its context from the test set: drop --no-context"),
+        (["--pmid", "2000", "--context", "Text."],
          "--pmid takes its context from the test set: drop --context"),
     ],
 )  # fmt: skip

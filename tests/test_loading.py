@@ -301,7 +301,8 @@ def test_a_random_model_s_config_code_is_never_run(foreign_code):
 
 def test_a_random_model_s_own_code_is_never_run(foreign_code):
     """model.init=random from a folder whose config is a type transformers knows (ViT) but
-    has no causal LM of, its auto_map naming custom.Model for one: refused, the code not run."""
+    has no causal LM of, its auto_map naming custom.Model for one: refused in one line naming
+    the setting, the code not run."""
     import json
 
     config = {"model_type": "vit", "auto_map": {"AutoModelForCausalLM": "custom.Model"}}
@@ -309,8 +310,29 @@ def test_a_random_model_s_own_code_is_never_run(foreign_code):
     model = {"name": str(foreign_code), "init": "random", "overrides": {}}
     with pytest.raises(StageError) as err:
         build_model(committed_params({"model": model}).model)
-    assert str(err.value).startswith(f"model.name: cannot build a model from '{foreign_code}': ")
-    assert "trust_remote_code=True" in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value) == (
+        f"model.name: '{foreign_code}' holds a ViTConfig, for which transformers has no causal "
+        "language model (code a model folder names is never run)"
+    )
+
+
+def test_a_shape_transformers_cannot_build_is_one_line_naming_the_overrides(tmp_path):
+    """A width no head count divides (768 wide, 12 heads: 100 is not a multiple of 12): the
+    overrides that made it are named, with transformers' reason; from a config folder
+    without overrides, model.name is."""
+    import json
+
+    model = {"name": "gpt2", "init": "random", "overrides": {"n_layer": 1, "n_embd": 100}}
+    with pytest.raises(StageError) as err:
+        build_model(committed_params({"model": model}).model)
+    assert str(err.value).startswith("model.overrides: cannot build a GPT2Config: ")
+    assert "divisible" in str(err.value) and "\n" not in str(err.value)
+    config = {"model_type": "gpt2", "n_layer": 1, "n_embd": 100, "n_head": 12}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model = {"name": str(tmp_path), "init": "random", "overrides": {}}
+    with pytest.raises(StageError) as err:
+        build_model(committed_params({"model": model}).model)
+    assert str(err.value).startswith("model.name: cannot build a GPT2Config: ")
 
 
 def test_an_unknown_architecture_is_one_line_quoting_transformers(tmp_path):

@@ -534,12 +534,14 @@ def test_a_remote_s_url_is_made_absolute_when_a_path_and_kept_when_a_host(tmp_pa
     git("config", "core.sshCommand", str(tmp_path / "bin" / "fake-ssh"), cwd=repo)
     git("config", "ssh.variant", "simple", cwd=repo)
     monkeypatch.setenv("GIT_SSH", "/bin/false")  # no ssh outside the repository's config
+    monkeypatch.setenv("HOME", str(remote.parent))
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     for url, expected in (
         ("../shared/origin.git", str(remote.resolve())),
         ("../sh:ared/origin.git", str(odd.resolve())),
         ("../sh://ared/origin.git", str(odder.resolve())),
+        ("~/origin.git", str(remote.resolve())),  # git expands "~" in a path: HOME below
         (f"file://{remote}", f"file://{remote}"),
         (f"login-node:{remote}", f"login-node:{remote}"),
     ):

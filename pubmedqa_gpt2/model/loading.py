@@ -85,17 +85,23 @@ def build_model(params: ModelParams, dtype=None):
     """The model before fine-tuning: pretrained weights or a seeded random initialisation,
     drawn in fp32 on `init_device()` (then cast to `dtype`)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoModelForCausalLM
 
     if params.init == "random":
         config = random_config(params)
         torch.manual_seed(params.seed)
+        if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:  # e.g. only its own code has one
+            raise StageError(
+                f"model.name: {params.name!r} holds a {type(config).__name__}, for which "
+                "transformers has no causal language model (code a model folder names is never run)"
+            )
         try:
             with init_device():
                 model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
-        except ValueError as exc:  # no causal LM for this config but code of its own
+        except ValueError as exc:  # a shape it cannot build, e.g. a width no head count divides
+            setting = "model.overrides" if params.overrides else "model.name"
             raise StageError(
-                f"model.name: cannot build a model from {params.name!r}: {one_line(exc)}"
+                f"{setting}: cannot build a {type(config).__name__}: {one_line(exc)}"
             ) from None
         return model if dtype is None else model.to(dtype)
     if params.overrides:

@@ -56,7 +56,7 @@ def remote_url(repo: Path, remote: str) -> str:
     # As git tells them: "scheme://..." and scp-like "host:path" have a ":" before the first
     # "/"; anything else is a path (even one holding "://" further on).
     if ":" not in url.split("/")[0]:
-        url = str((repo / url).resolve())
+        url = str((repo / Path(url).expanduser()).resolve())  # git expands "~" too
     if git("ls-remote", "--heads", url, cwd=repo).returncode:
         raise StageError(f"git remote {remote!r} ({url}): not reachable (git ls-remote failed)")
     return url
