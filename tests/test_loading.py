@@ -316,6 +316,21 @@ def test_a_random_model_s_own_code_is_never_run(foreign_code):
     )
 
 
+def test_a_random_gpt2_whose_config_maps_code_of_its_own_is_built_without_it(foreign_code):
+    """A GPT-2 config (a type transformers has a causal LM for) whose auto_map names
+    custom.Model: the model is transformers' own GPT2LMHeadModel, the code not run (even with
+    stdin and input() answering yes)."""
+    import json
+
+    config = {"model_type": "gpt2", "n_layer": 1, "n_embd": 8, "n_head": 2,
+              "auto_map": {"AutoModelForCausalLM": "custom.Model"}}  # fmt: skip
+    (foreign_code / "config.json").write_text(json.dumps(config))
+    model = {"name": str(foreign_code), "init": "random", "overrides": {}}
+    built = build_model(committed_params({"model": model}).model)
+    assert type(built).__name__ == "GPT2LMHeadModel"
+    assert type(built).__module__ == "transformers.models.gpt2.modeling_gpt2"
+
+
 def test_a_shape_transformers_cannot_build_is_one_line_naming_the_overrides(tmp_path):
     """A width no head count divides (768 wide, 12 heads: 100 is not a multiple of 12): the
     overrides that made it are named, with transformers' reason; from a config folder
