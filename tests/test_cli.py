@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -76,13 +77,6 @@ def test_json_answer_is_the_evaluate_stage_answer(eval_workdir, capsys, monkeypa
             "--model no/such/dir: no such directory",
         ),
         (["--question", "   ", "--context", "Some text."], "--question is empty"),
-        (["--context", "Some text."], r"give --question \(with --context\) or --pmid"),
-        (["--question", "Why?", "--pmid", "2000"], "not both"),
-        (["--question", "Why?"], "--question needs --context .* or --no-context"),
-        (["--question", "Why?", "--context", "  "], "--context is empty"),
-        (["--question", "Why?", "--context", "Text.", "--no-context"], "not both"),
-        (["--pmid", "2000", "--context", "Text."], "--pmid takes its context from the test"),
-        (["--pmid", "2000", "--no-context"], "--pmid takes its context from the test"),
         (["--pmid", "1"], "--pmid 1: not in data/prepared/test.parquet"),
         (["--model", ".", "--question", "Why?", "--no-context"], r"--model \.: no config\.json"),
         (
@@ -146,6 +140,35 @@ def test_an_unloadable_model_is_named_by_its_flag(eval_workdir, capsys) -> None:
     )
 
 
+def after_loading(monkeypatch, change: Callable) -> None:
+    """`ask`'s model passed to `change` as soon as it is loaded."""
+    from pubmedqa_gpt2.model import loading
+
+    real = loading.load_model
+
+    def load(*args, **kwargs):
+        model = real(*args, **kwargs)
+        change(model)
+        return model
+
+    monkeypatch.setattr(loading, "load_model", load)
+
+
+def generation_settings_seen(monkeypatch) -> list:
+    """The decoding settings each `generate_answers` call of `ask` runs with, in order."""
+    from pubmedqa_gpt2.evaluation import answers
+
+    seen = []
+    real = answers.generate_answers
+
+    def spy(model, tokenizer, prompts, labels, settings, **kwargs):
+        seen.append(settings)
+        return real(model, tokenizer, prompts, labels, settings, **kwargs)
+
+    monkeypatch.setattr(answers, "generate_answers", spy)
+    return seen
+
+
 def test_the_model_runs_on_the_device_picked_in_its_inference_dtype(
     eval_workdir, capsys, monkeypatch
 ) -> None:
@@ -160,19 +183,17 @@ def test_the_model_runs_on_the_device_picked_in_its_inference_dtype(
     monkeypatch.setattr(loading, "pick_device", lambda: picked)
     monkeypatch.setattr(loading, "inference_dtype", lambda device: torch.bfloat16)
     moved, scored = [], []
-    real_load, real_decide = loading.load_model, answers.decide
+    real_decide = answers.decide
 
-    def load(*args, **kwargs):
-        model = real_load(*args, **kwargs)
+    def record_moves(model) -> None:
         real_to = model.to
         model.to = lambda device: (moved.append(device), real_to(device))[1]
-        return model
 
     def decide(model, *args, **kwargs):
         scored.append({p.dtype for p in model.parameters()})
         return real_decide(model, *args, **kwargs)
 
-    monkeypatch.setattr(loading, "load_model", load)
+    after_loading(monkeypatch, record_moves)
     monkeypatch.setattr(answers, "decide", decide)
     ask(capsys, "--question", "Why?", "--no-context", "--max-new-tokens", "2")
     assert moved == [picked]
@@ -188,16 +209,7 @@ def prompt_room(tokenizer) -> int:
 
 def with_positions(monkeypatch, n_positions: int) -> None:
     """`ask`'s model, told it has `n_positions` positions (its weights keep 1,024)."""
-    from pubmedqa_gpt2.model import loading
-
-    real = loading.load_model
-
-    def load(*args, **kwargs):
-        model = real(*args, **kwargs)
-        model.config.n_positions = n_positions
-        return model
-
-    monkeypatch.setattr(loading, "load_model", load)
+    after_loading(monkeypatch, lambda model: setattr(model.config, "n_positions", n_positions))
 
 
 def test_a_question_fits_when_prompt_decision_and_answer_fill_the_positions_exactly(
@@ -242,14 +254,7 @@ def test_the_json_answer_keeps_non_ascii_text_as_it_is(eval_workdir, capsys) -> 
 def test_the_decoding_settings_come_from_the_params_file_given(eval_workdir, capsys, monkeypatch):
     import yaml
 
-    from pubmedqa_gpt2.evaluation import answers
-
-    seen = []
-    real = answers.generate_answers
-    monkeypatch.setattr(
-        answers, "generate_answers",
-        lambda *args, **kwargs: (seen.append(args[4]), real(*args, **kwargs))[1],
-    )  # fmt: skip
+    seen = generation_settings_seen(monkeypatch)
     other = yaml.safe_load(Path("params.yaml").read_text())
     other["evaluate"] |= {"max_new_tokens": 3, "repetition_penalty": 1.5}
     Path("other.yaml").write_text(yaml.safe_dump(other))
@@ -339,19 +344,11 @@ def test_every_decoding_flag_reaches_the_generation_settings(eval_workdir, capsy
     """Each flag, given alone with a value other than params.yaml's, is the value generation
     runs with; the other settings stay params.yaml's."""
     from pubmedqa_gpt2.core.config import load_section
-    from pubmedqa_gpt2.evaluation import answers
 
     flags = decoding_flags()
     assert set(flags.values()) == {"max_new_tokens", "repetition_penalty", "no_repeat_ngram_size"}
     committed = load_section("evaluate", "params.yaml")
-    seen = []
-    real = answers.generate_answers
-
-    def spy(model, tokenizer, prompts, labels, settings, **kwargs):
-        seen.append(settings)
-        return real(model, tokenizer, prompts, labels, settings, **kwargs)
-
-    monkeypatch.setattr(answers, "generate_answers", spy)
+    seen = generation_settings_seen(monkeypatch)
     for flag, field in flags.items():
         value = getattr(committed, field) + 2  # valid for each (a count, a penalty)
         ask(capsys, "--model", str(EVAL_MODEL_DIR), "--question", "Q?", "--no-context",

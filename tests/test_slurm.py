@@ -343,13 +343,11 @@ def test_two_sweeps_submitted_in_one_second_get_folders_of_their_own(user_repo, 
         manifests.append(manifest)
     assert names == ["sweep-20261206-101500", "sweep-20261206-101500_2", "sweep-20261206-101500_3"]
     # The whole manifest, by hand: what `slurm task` and `slurm status` read.
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=user_repo, capture_output=True,
-                          text=True, check=True).stdout.strip()  # fmt: skip
     assert manifests[1] == {
         "sweep": "sweep-20261206-101500_2",
         "submitted": "2026-12-06T10:15:00+0100",
         "repository": str(user_repo.resolve()),
-        "commit": head,
+        "commit": head_of(user_repo),
         "ref": "refs/pubmedqa-slurm/sweep-20261206-101500_2",
         "git_remote": "cluster",
         "git_remote_url": str((user_repo.parent / "shared" / "origin.git").resolve()),
@@ -541,7 +539,7 @@ def test_a_remote_s_url_is_made_absolute_when_a_path_and_kept_when_a_host(tmp_pa
         ("../shared/origin.git", str(remote.resolve())),
         ("../sh:ared/origin.git", str(odd.resolve())),
         ("../sh://ared/origin.git", str(odder.resolve())),
-        ("~/origin.git", str(remote.resolve())),  # git expands "~" in a path: HOME below
+        ("~/origin.git", str(remote.resolve())),  # git expands "~" in a path: HOME above
         (f"file://{remote}", f"file://{remote}"),
         (f"login-node:{remote}", f"login-node:{remote}"),
     ):
